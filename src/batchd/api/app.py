@@ -1,0 +1,67 @@
+"""The app factory. The lifespan builds and owns every service; there are no module globals."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from batchd import __version__
+from batchd.api import batches, files, health
+from batchd.api.deps import Services
+from batchd.api.errors import install_error_handlers
+from batchd.api.middleware import RequestContextMiddleware
+from batchd.config import Settings
+from batchd.engine import BatchManager
+from batchd.lock import DataDirLock
+from batchd.storage import LocalStorage
+from batchd.store import SQLStore
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("batchd")
+
+
+def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> FastAPI:
+    """Build the app. ``lock`` is a data-directory lock the caller already holds; without one the
+    lifespan takes it (and fails with :class:`~batchd.errors.DataDirLocked` if it cannot)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        data_lock = lock or DataDirLock(settings.data_dir)
+        data_lock.acquire()
+        store = SQLStore(settings.resolved_database_url)
+        storage = LocalStorage(settings.data_dir / "files")
+        try:
+            await store.open()
+            await storage.open()
+            manager = BatchManager(store, storage, settings)
+            await manager.start()
+            app.state.services = Services(settings, store, storage, manager)
+            log.info("batchd %s ready (data directory %s)", __version__, settings.data_dir)
+            try:
+                yield
+            finally:
+                app.state.services = None
+                await manager.stop()
+        finally:
+            await store.close()
+            data_lock.release()
+
+    app = FastAPI(
+        title="batchd",
+        version=__version__,
+        summary="A self-hosted, OpenAI-compatible Batch API.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.services = None
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(files.router)
+    app.include_router(batches.router)
+    app.add_middleware(RequestContextMiddleware)
+    return app

@@ -1,0 +1,249 @@
+"""``/v1/batches``: create, list, retrieve, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response
+
+from batchd.api.deps import Services, services
+from batchd.api.params import parse_limit
+from batchd.api.responses import JSONResponse, batch_object
+from batchd.errors import InvalidRequest, NotFound, PayloadTooLarge
+from batchd.ids import is_batch_id, new_batch_id
+from batchd.protocol import BATCH_ENDPOINTS, ListPage
+from batchd.store import BatchRecord
+from batchd.validation import normalize_url
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+ServicesDep = Annotated[Services, Depends(services)]
+
+MAX_BODY_BYTES = 1024 * 1024
+COMPLETION_WINDOWS = ("24h",)
+_CREATE_KEYS = {
+    "input_file_id",
+    "endpoint",
+    "completion_window",
+    "metadata",
+    "output_expires_after",
+}
+MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
+MIN_EXPIRY, MAX_EXPIRY = 3600, 30 * 24 * 3600
+
+
+def _not_found(batch_id: str) -> NotFound:
+    return NotFound(f"No batch found with id '{batch_id}'.")
+
+
+async def _read_json_object(request: Request) -> dict[str, Any]:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise PayloadTooLarge(
+                f"The request body is larger than {MAX_BODY_BYTES} bytes.",
+                code="request_too_large",
+            )
+    try:
+        value = orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The OpenAI API expects a JSON "
+            "payload.",
+            code="invalid_json",
+        ) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+    return value
+
+
+def _type_name(value: Any) -> str:
+    names = {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+        type(None): "null",
+    }
+    return names.get(type(value), "a value")
+
+
+def _required_string(body: dict[str, Any], key: str) -> str:
+    value = body.get(key)
+    if value is None:
+        raise InvalidRequest(
+            f"Missing required parameter: '{key}'.", param=key, code="missing_required_parameter"
+        )
+    if not isinstance(value, str):
+        raise InvalidRequest(
+            f"Invalid type for '{key}': expected a string, but got {_type_name(value)} instead.",
+            param=key,
+            code="invalid_type",
+        )
+    return value
+
+
+def _metadata(value: Any) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest(
+            f"Invalid type for 'metadata': expected an object, but got {_type_name(value)} "
+            "instead.",
+            param="metadata",
+            code="invalid_type",
+        )
+    if len(value) > MAX_METADATA_PAIRS:
+        raise InvalidRequest(
+            f"Invalid 'metadata': too many properties. Expected an object with at most "
+            f"{MAX_METADATA_PAIRS} properties, but got an object with {len(value)} properties "
+            "instead.",
+            param="metadata",
+            code="object_above_max_size",
+        )
+    for key, item in value.items():
+        if len(key) > MAX_METADATA_KEY:
+            raise InvalidRequest(
+                f"Invalid 'metadata': key {key[:20]!r}... is longer than {MAX_METADATA_KEY} "
+                "characters.",
+                param="metadata",
+                code="string_above_max_length",
+            )
+        if not isinstance(item, str):
+            raise InvalidRequest(
+                f"Invalid type for 'metadata.{key}': expected a string, but got "
+                f"{_type_name(item)} instead.",
+                param=f"metadata.{key}",
+                code="invalid_type",
+            )
+        if len(item) > MAX_METADATA_VALUE:
+            raise InvalidRequest(
+                f"Invalid 'metadata.{key}': string too long. Expected a string with maximum "
+                f"length {MAX_METADATA_VALUE}, but got a string with length {len(item)} instead.",
+                param=f"metadata.{key}",
+                code="string_above_max_length",
+            )
+    return dict(value)
+
+
+def _output_expires_after(value: Any) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest(
+            "Invalid type for 'output_expires_after': expected an object with 'anchor' and "
+            f"'seconds', but got {_type_name(value)} instead.",
+            param="output_expires_after",
+            code="invalid_type",
+        )
+    if value.get("anchor") != "created_at":
+        raise InvalidRequest(
+            "Invalid value for 'output_expires_after.anchor': supported values are: 'created_at'.",
+            param="output_expires_after.anchor",
+            code="invalid_value",
+        )
+    seconds = value.get("seconds")
+    if not isinstance(seconds, int) or isinstance(seconds, bool):
+        raise InvalidRequest(
+            "Invalid type for 'output_expires_after.seconds': expected an integer.",
+            param="output_expires_after.seconds",
+            code="invalid_type",
+        )
+    if not MIN_EXPIRY <= seconds <= MAX_EXPIRY:
+        raise InvalidRequest(
+            f"Invalid 'output_expires_after.seconds': {seconds}. Expected a value between "
+            f"{MIN_EXPIRY} (1 hour) and {MAX_EXPIRY} (30 days).",
+            param="output_expires_after.seconds",
+            code="invalid_value",
+        )
+    return seconds
+
+
+@router.post("", summary="Create a batch")
+async def create_batch(request: Request, svc: ServicesDep) -> Response:
+    body = await _read_json_object(request)
+    for key in body:
+        if key not in _CREATE_KEYS:
+            raise InvalidRequest(
+                f"Unrecognized request argument supplied: {key}",
+                param=key,
+                code="unknown_parameter",
+            )
+    input_file_id = _required_string(body, "input_file_id")
+    endpoint = _required_string(body, "endpoint")
+    if normalize_url(endpoint) not in BATCH_ENDPOINTS:
+        supported = ", ".join(f"'{e}'" for e in BATCH_ENDPOINTS)
+        raise InvalidRequest(
+            f"Invalid value: '{endpoint}'. Supported values are: {supported}.",
+            param="endpoint",
+            code="invalid_value",
+        )
+    window = _required_string(body, "completion_window")
+    if window not in COMPLETION_WINDOWS:
+        raise InvalidRequest(
+            f"Invalid value for 'completion_window': '{window}'. Supported values are: '24h'.",
+            param="completion_window",
+            code="invalid_value",
+        )
+    metadata = _metadata(body.get("metadata"))
+    output_expires_after = _output_expires_after(body.get("output_expires_after"))
+    now = svc.now()
+    record = BatchRecord(
+        id=new_batch_id(),
+        endpoint=endpoint,
+        input_file_id=input_file_id,
+        completion_window=window,
+        status="validating",
+        created_at=now,
+        expires_at=now + svc.settings.completion_window_seconds,
+        metadata=metadata,
+        output_expires_after=output_expires_after,
+    )
+    await svc.manager.submit(record)
+    return JSONResponse(batch_object(record))
+
+
+@router.get("", summary="List batches, newest first")
+async def list_batches(
+    svc: ServicesDep,
+    after: Annotated[str | None, Query()] = None,
+    limit: Annotated[str | None, Query(description="1 to 100, default 20")] = None,
+) -> Response:
+    size = parse_limit(limit, default=20, maximum=100)
+    after_seq = None
+    if after is not None:
+        after_seq = await svc.store.batch_cursor(after) if is_batch_id(after) else None
+        if after_seq is None:
+            raise InvalidRequest(
+                f"Invalid 'after': no batch with id {after!r}.", param="after", code="invalid_value"
+            )
+    records, has_more = await svc.store.list_batches(after_seq=after_seq, limit=size)
+    page = ListPage(
+        data=[batch_object(r) for r in records],
+        first_id=records[0].id if records else None,
+        last_id=records[-1].id if records else None,
+        has_more=has_more,
+    )
+    return JSONResponse(page.model_dump())
+
+
+@router.get("/{batch_id}", summary="Retrieve a batch")
+async def retrieve_batch(batch_id: str, svc: ServicesDep) -> Response:
+    record = await svc.store.get_batch(batch_id) if is_batch_id(batch_id) else None
+    if record is None:
+        raise _not_found(batch_id)
+    return JSONResponse(batch_object(record))
+
+
+@router.post("/{batch_id}/cancel", summary="Cancel a batch")
+async def cancel_batch(batch_id: str, svc: ServicesDep) -> Response:
+    if not is_batch_id(batch_id):
+        raise _not_found(batch_id)
+    return JSONResponse(batch_object(await svc.manager.cancel(batch_id)))

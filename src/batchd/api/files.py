@@ -1,0 +1,210 @@
+"""``/v1/files``: upload, list, retrieve, delete, content."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response, StreamingResponse
+
+from batchd.api.deps import Services, services
+from batchd.api.params import parse_choice, parse_limit
+from batchd.api.responses import JSONResponse, file_object
+from batchd.api.upload import parse_upload, too_large
+from batchd.errors import InvalidRequest, NotFound
+from batchd.ids import is_file_id, new_file_id
+from batchd.protocol import UPLOAD_PURPOSES, FileDeleted, ListPage
+from batchd.store import FileRecord
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+ServicesDep = Annotated[Services, Depends(services)]
+MIN_EXPIRY, MAX_EXPIRY = 3600, 30 * 24 * 3600
+
+
+def _not_found(file_id: str) -> NotFound:
+    return NotFound(f"No such File object: {file_id}", param="id")
+
+
+async def _live_file(svc: Services, file_id: str) -> FileRecord:
+    if not is_file_id(file_id):
+        raise _not_found(file_id)
+    record = await svc.store.get_file(file_id, now=svc.now())
+    if record is None:
+        raise _not_found(file_id)
+    return record
+
+
+def _expiry_seconds(fields: dict[str, str]) -> int | None:
+    """``expires_after[anchor]``/``[seconds]``, or the dotted ``expires_after.seconds`` form."""
+    anchor = fields.get("expires_after[anchor]", fields.get("expires_after.anchor"))
+    seconds = fields.get("expires_after[seconds]", fields.get("expires_after.seconds"))
+    if anchor is None and seconds is None:
+        return None
+    if anchor is None:
+        raise InvalidRequest(
+            "Missing required parameter: 'expires_after.anchor'.",
+            param="expires_after.anchor",
+            code="missing_required_parameter",
+        )
+    if anchor != "created_at":
+        raise InvalidRequest(
+            f"Invalid value for 'expires_after.anchor': {anchor!r}. Supported values are: "
+            "'created_at'.",
+            param="expires_after.anchor",
+            code="invalid_value",
+        )
+    if seconds is None:
+        raise InvalidRequest(
+            "Missing required parameter: 'expires_after.seconds'.",
+            param="expires_after.seconds",
+            code="missing_required_parameter",
+        )
+    try:
+        value = int(seconds)
+    except ValueError:
+        raise InvalidRequest(
+            f"Invalid type for 'expires_after.seconds': expected an integer, got {seconds!r}.",
+            param="expires_after.seconds",
+            code="invalid_type",
+        ) from None
+    if not MIN_EXPIRY <= value <= MAX_EXPIRY:
+        raise InvalidRequest(
+            f"Invalid 'expires_after.seconds': {value}. Expected a value between {MIN_EXPIRY} "
+            f"(1 hour) and {MAX_EXPIRY} (30 days).",
+            param="expires_after.seconds",
+            code="invalid_value",
+        )
+    return value
+
+
+@router.post("", summary="Upload a file")
+async def create_file(request: Request, svc: ServicesDep) -> Response:
+    settings = svc.settings
+    upload = await parse_upload(request, svc.storage, settings)
+    writer = upload.writer
+    try:
+        purpose = upload.fields.get("purpose")
+        if purpose is None:
+            raise InvalidRequest(
+                "Missing required parameter: 'purpose'.",
+                param="purpose",
+                code="missing_required_parameter",
+            )
+        if purpose not in UPLOAD_PURPOSES:
+            supported = ", ".join(f"'{p}'" for p in UPLOAD_PURPOSES)
+            raise InvalidRequest(
+                f"Invalid value for 'purpose': {purpose!r}. Supported values are: {supported}.",
+                param="purpose",
+                code="invalid_value",
+            )
+        if writer is None or upload.filename is None:
+            raise InvalidRequest(
+                "Missing required parameter: 'file'.",
+                param="file",
+                code="missing_required_parameter",
+            )
+        seconds = _expiry_seconds(upload.fields)
+        limit = settings.max_file_bytes(purpose)
+        if writer.size > limit:
+            raise too_large(limit, purpose)
+        if (
+            purpose == "batch"
+            and settings.require_jsonl_extension
+            and not upload.filename.endswith(".jsonl")
+        ):
+            raise InvalidRequest("Invalid file format for Batch API. Must be .jsonl")
+    except BaseException:
+        if writer is not None:
+            await writer.abort()
+        raise
+    if seconds is None and purpose == "batch":
+        seconds = settings.batch_file_expiry_seconds
+    file_id = new_file_id()
+    blob = await writer.commit(file_id)
+    now = svc.now()
+    record = FileRecord(
+        id=file_id,
+        bytes=blob.size,
+        created_at=now,
+        expires_at=now + seconds if seconds else None,
+        filename=upload.filename,
+        purpose=purpose,
+        sha256=blob.sha256,
+    )
+    try:
+        await svc.store.create_file(record)
+    except BaseException:
+        await svc.storage.delete(file_id)
+        raise
+    return JSONResponse(file_object(record))
+
+
+@router.get("", summary="List files")
+async def list_files(
+    svc: ServicesDep,
+    after: Annotated[str | None, Query()] = None,
+    limit: Annotated[str | None, Query(description="1 to 10000, default 10000")] = None,
+    order: Annotated[str | None, Query(description="asc or desc (default)")] = None,
+    purpose: Annotated[str | None, Query()] = None,
+) -> Response:
+    size = parse_limit(limit, default=10_000, maximum=10_000)
+    direction = parse_choice(order, name="order", choices=("asc", "desc"), default="desc")
+    after_seq = None
+    if after is not None:
+        after_seq = await svc.store.file_cursor(after) if is_file_id(after) else None
+        if after_seq is None:
+            raise InvalidRequest(
+                f"Invalid 'after': no file with id {after!r}.", param="after", code="invalid_value"
+            )
+    records, has_more = await svc.store.list_files(
+        now=svc.now(),
+        purpose=purpose,
+        after_seq=after_seq,
+        limit=size,
+        order="asc" if direction == "asc" else "desc",
+    )
+    data = [file_object(r) for r in records]
+    page = ListPage(
+        data=data,
+        first_id=records[0].id if records else None,
+        last_id=records[-1].id if records else None,
+        has_more=has_more,
+    )
+    return JSONResponse(page.model_dump())
+
+
+@router.get("/{file_id}", summary="Retrieve a file")
+async def retrieve_file(file_id: str, svc: ServicesDep) -> Response:
+    return JSONResponse(file_object(await _live_file(svc, file_id)))
+
+
+@router.delete("/{file_id}", summary="Delete a file")
+async def delete_file(file_id: str, svc: ServicesDep) -> Response:
+    if not is_file_id(file_id):
+        raise _not_found(file_id)
+    record = await svc.store.delete_file(file_id, now=svc.now())
+    if record is None:
+        raise _not_found(file_id)
+    svc.manager.purge_soon()
+    return JSONResponse(FileDeleted(id=file_id, deleted=True).model_dump())
+
+
+@router.get("/{file_id}/content", summary="Retrieve a file's content")
+async def file_content(file_id: str, svc: ServicesDep) -> Response:
+    record = await _live_file(svc, file_id)
+    return StreamingResponse(
+        svc.storage.read_chunks(record.id),
+        media_type="application/octet-stream",
+        headers={
+            "content-length": str(record.bytes),
+            "content-disposition": f'attachment; filename="{_header_safe(record.filename)}"',
+            "x-content-type-options": "nosniff",
+        },
+    )
+
+
+def _header_safe(filename: str) -> str:
+    return "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename)

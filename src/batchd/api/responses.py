@@ -1,0 +1,61 @@
+"""JSON responses rendered with orjson, and the conversion of records to wire objects."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from batchd.protocol import Batch, BatchErrors, BatchRequestCounts, BatchUsage, FileObject
+from batchd.store import BatchRecord, FileRecord
+
+__all__ = ["JSONResponse", "batch_object", "file_object"]
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def file_object(record: FileRecord) -> dict[str, Any]:
+    return FileObject(
+        id=record.id,
+        bytes=record.bytes,
+        created_at=record.created_at,
+        expires_at=record.expires_at,
+        filename=record.filename,
+        purpose=record.purpose,  # type: ignore[arg-type]
+        status="processed",
+        status_details=None,
+    ).model_dump()
+
+
+def batch_object(record: BatchRecord) -> dict[str, Any]:
+    return Batch(
+        id=record.id,
+        endpoint=record.endpoint,
+        model=record.model,
+        errors=BatchErrors.model_validate({"data": record.errors}) if record.errors else None,
+        input_file_id=record.input_file_id,
+        completion_window=record.completion_window,
+        status=record.status,  # type: ignore[arg-type]
+        output_file_id=record.output_file_id,
+        error_file_id=record.error_file_id,
+        created_at=record.created_at,
+        in_progress_at=record.in_progress_at,
+        expires_at=record.expires_at,
+        finalizing_at=record.finalizing_at,
+        completed_at=record.completed_at,
+        failed_at=record.failed_at,
+        expired_at=record.expired_at,
+        cancelling_at=record.cancelling_at,
+        cancelled_at=record.cancelled_at,
+        request_counts=BatchRequestCounts(
+            total=record.total, completed=record.completed, failed=record.failed
+        ),
+        usage=BatchUsage.model_validate(record.usage) if record.usage else None,
+        metadata=record.metadata,
+    ).model_dump()

@@ -1,0 +1,123 @@
+"""``batchd`` commands. Each command turns its options into :class:`~batchd.config.Settings`
+(options > ``BATCHD_*`` environment > config file > defaults) and hands them down."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from batchd import __version__
+from batchd.config import Settings
+from batchd.errors import BatchdError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="batchd",
+    help="batchd: a self-hosted, OpenAI-compatible Batch API.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="BATCHD_CONFIG",
+        help="TOML config file with settings and the [[models]] routing table, "
+        "e.g. --config batchd.toml. Also BATCHD_CONFIG.",
+        dir_okay=False,
+    ),
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"batchd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """batchd: a self-hosted, OpenAI-compatible Batch API."""
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None,
+        typer.Option(help="Address to bind, e.g. --host 0.0.0.0. Default 127.0.0.1; BATCHD_HOST."),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(help="Port to listen on, e.g. --port 9000. Default 8080; BATCHD_PORT."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory for the database and file contents, e.g. --data-dir ./batchd-data. "
+            "Default: the user data directory (~/.local/share/batchd on Linux); BATCHD_DATA_DIR.",
+            file_okay=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option(help="debug, info, warning or error. Default info; BATCHD_LOG_LEVEL."),
+    ] = None,
+) -> None:
+    """Serve the Files and Batches API, e.g. `batchd serve --port 8080 --data-dir ./data`.
+
+    Point the OpenAI SDK at it with OpenAI(base_url="http://127.0.0.1:8080/v1", api_key="-").
+    """
+    import uvicorn
+
+    from batchd.api import create_app
+    from batchd.lock import DataDirLock
+
+    try:
+        settings = Settings.load(
+            config, host=host, port=port, data_dir=data_dir, log_level=log_level
+        )
+        level = settings.log_level.upper()
+        logging.basicConfig(
+            level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+        )
+        lock = DataDirLock(settings.data_dir)
+        lock.acquire()
+    except BatchdError as exc:
+        typer.echo(f"batchd: {exc}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(settings, lock=lock),
+                host=settings.host,
+                port=settings.port,
+                log_level=settings.log_level.lower(),
+                access_log=False,
+                timeout_graceful_shutdown=10,
+                h11_max_incomplete_event_size=64 * 1024,
+            )
+        )
+        server.run()
+    finally:
+        lock.release()
+    if not server.started:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

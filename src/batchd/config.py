@@ -1,0 +1,164 @@
+"""Settings: defaults < TOML config file < ``BATCHD_*`` environment < command-line options.
+
+Settings are built once at the edge (the CLI, or a test) with :meth:`Settings.load` and passed down
+explicitly; nothing else in batchd reads the environment.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from batchd.errors import ConfigError
+
+__all__ = ["MB", "ModelRoute", "Settings", "default_data_dir"]
+
+MB = 1024 * 1024
+
+# The parsed config file, visible to the settings source only while Settings.load runs.
+_config_file_values: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "batchd_config_file_values", default=None
+)
+
+
+def default_data_dir() -> Path:
+    """The per-user data directory, e.g. ``~/.local/share/batchd`` on Linux."""
+    return Path(platformdirs.user_data_dir("batchd", appauthor=False))
+
+
+class ModelRoute(BaseModel):
+    """One ``[[models]]`` entry of the routing table: a model name clients send in ``body.model``.
+
+    Provider settings (``base_url``, ``api_key_env``, ``max_concurrency``…) are kept as extra
+    fields; each provider validates its own.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str = Field(min_length=1)
+    provider: str = Field(min_length=1)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The provider settings: every key but ``name`` and ``provider``."""
+        return dict(self.model_extra or {})
+
+
+class _ConfigFileSource(PydanticBaseSettingsSource):
+    """Values read from the TOML config file by :meth:`Settings.load`."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        # Unused: __call__ returns the whole mapping at once.
+        return (_config_file_values.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_config_file_values.get() or {})
+
+
+class Settings(BaseSettings):
+    """Everything batchd can be configured with."""
+
+    model_config = SettingsConfigDict(env_prefix="BATCHD_", extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    data_dir: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL; default: a SQLite file in the data directory.",
+    )
+    log_level: str = "info"
+
+    # Files
+    max_upload_bytes: int = Field(default=512 * MB, gt=0)
+    max_batch_file_bytes: int = Field(default=200 * MB, gt=0)
+    batch_file_expiry_seconds: int | None = Field(default=30 * 24 * 3600, gt=0)
+    output_file_expiry_seconds: int | None = Field(default=30 * 24 * 3600, gt=0)
+    require_jsonl_extension: bool = False
+
+    # Batches
+    max_requests_per_batch: int = Field(default=50_000, gt=0)
+    max_validation_errors: int = Field(default=1000, gt=0)
+    max_request_bytes: int = Field(default=32 * MB, gt=0)
+    completion_window_seconds: int = Field(default=24 * 3600, gt=0)
+
+    # Routing table
+    models: tuple[ModelRoute, ...] = ()
+
+    @field_validator("models")
+    @classmethod
+    def _unique_model_names(cls, models: tuple[ModelRoute, ...]) -> tuple[ModelRoute, ...]:
+        seen: set[str] = set()
+        for route in models:
+            if route.name in seen:
+                raise ValueError(f"model {route.name!r} is configured twice in [[models]]")
+            seen.add(route.name)
+        return models
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _ConfigFileSource(settings_cls))
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides: Any) -> Settings:
+        """Build settings from a TOML file, the environment and explicit overrides.
+
+        ``None`` overrides are ignored, so CLI options that were not given fall through.
+        Raises :class:`ConfigError` with a message naming the bad key.
+        """
+        file_values: dict[str, Any] = {}
+        if config_file is not None:
+            try:
+                with open(config_file, "rb") as fh:
+                    file_values = tomllib.load(fh)
+            except FileNotFoundError as exc:
+                raise ConfigError(f"config file not found: {config_file}") from exc
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
+        token = _config_file_values.set(file_values)
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as exc:
+            where = f" in {config_file}" if config_file else ""
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ConfigError(f"invalid configuration{where}: {problems}") from exc
+        finally:
+            _config_file_values.reset(token)
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "batchd.sqlite3"
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.sqlite_path}"
+
+    def route(self, model: str) -> ModelRoute | None:
+        """The routing-table entry serving ``model``, if any."""
+        for route in self.models:
+            if route.name == model:
+                return route
+        return None
+
+    def max_file_bytes(self, purpose: str | None) -> int:
+        """The upload size limit for a purpose (the largest one while the purpose is unknown)."""
+        if purpose == "batch":
+            return min(self.max_batch_file_bytes, self.max_upload_bytes)
+        return self.max_upload_bytes

@@ -1,0 +1,281 @@
+"""The batch lifecycle: validation, cancellation, recovery and file purging.
+
+All state lives in the store; the manager keeps only the tasks it runs, so a restart (or a crash)
+resumes from the store: ``validating`` batches are validated again, ``cancelling`` ones finish
+cancelling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import anyio.to_thread
+
+from batchd.config import Settings
+from batchd.engine.finalize import CANCELLED, write_unexecuted
+from batchd.errors import Conflict, NotFound
+from batchd.ids import new_file_id
+from batchd.storage import BlobInfo, Storage
+from batchd.store import BatchRecord, FileRecord, Store
+from batchd.validation import ValidationResult, validate_stream
+
+__all__ = ["ACTIVE_STATUSES", "BatchManager"]
+
+log = logging.getLogger("batchd.engine")
+
+ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
+_CANCELLABLE = ("validating", "in_progress", "finalizing")
+
+
+class BatchManager:
+    """Runs the background work of batches. Build it, ``await start()``, ``await stop()``."""
+
+    def __init__(
+        self,
+        store: Store,
+        storage: Storage,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        purge_interval: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self.settings = settings
+        self.clock = clock
+        self.purge_interval = purge_interval
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stop_flags: dict[str, threading.Event] = {}
+        self._shutdown = threading.Event()
+        self._purge_wakeup = asyncio.Event()
+        self._validation_slots = asyncio.Semaphore(2)
+
+    def now(self) -> int:
+        return int(self.clock())
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume what a previous process left unfinished, and start the purger."""
+        for batch in await self.store.batches_with_status(["validating"]):
+            log.info("batch %s: resuming validation", batch.id)
+            self._spawn(self._validate(batch.id), f"validate-{batch.id}")
+        for batch in await self.store.batches_with_status(["cancelling"]):
+            log.info("batch %s: resuming cancellation", batch.id)
+            self._spawn(self._finish_cancel(batch.id), f"cancel-{batch.id}")
+        self._spawn(self._purge_loop(), "purge-files")
+
+    async def stop(self) -> None:
+        """Stop background work; unfinished batches stay as they are in the store."""
+        self._shutdown.set()
+        for flag in self._stop_flags.values():
+            flag.set()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(self._guard(coro, name), name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _guard(coro: Coroutine[Any, Any, None], name: str) -> None:
+        try:
+            await coro
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task %s failed", name)
+
+    # -- batches ----------------------------------------------------------------------------
+
+    async def submit(self, batch: BatchRecord) -> None:
+        """Store a new ``validating`` batch and validate it in the background."""
+        await self.store.create_batch(batch)
+        log.info("batch %s: created (validating %s)", batch.id, batch.input_file_id)
+        self._spawn(self._validate(batch.id), f"validate-{batch.id}")
+
+    async def cancel(self, batch_id: str) -> BatchRecord:
+        """Move a batch to ``cancelling`` (or leave it ``cancelling``/``cancelled``)."""
+        now = self.now()
+        updated = await self.store.transition(
+            batch_id, _CANCELLABLE, status="cancelling", cancelling_at=now
+        )
+        if updated is not None:
+            log.info("batch %s: cancelling", batch_id)
+            flag = self._stop_flags.get(batch_id)
+            if flag is not None:
+                flag.set()  # the validator stops; _validate then finishes the cancel
+            else:
+                self._spawn(self._finish_cancel(batch_id), f"cancel-{batch_id}")
+            return updated
+        batch = await self.store.get_batch(batch_id)
+        if batch is None:
+            raise NotFound(f"No batch found with id '{batch_id}'.")
+        if batch.status in ("cancelling", "cancelled"):
+            return batch
+        raise Conflict(f"Cannot cancel a batch with status '{batch.status}'.")
+
+    async def _validate(self, batch_id: str) -> None:
+        async with self._validation_slots:
+            batch = await self.store.get_batch(batch_id)
+            if batch is None or batch.status != "validating":
+                if batch is not None and batch.status == "cancelling":
+                    await self._finish_cancel(batch_id)
+                return
+            result = await self._run_validation(batch)
+        if result.stopped and self._shutdown.is_set():
+            return  # resumed by the next process
+        now = self.now()
+        if result.stopped:
+            updated = None
+        elif result.ok:
+            updated = await self.store.transition(
+                batch_id,
+                ["validating"],
+                status="in_progress",
+                in_progress_at=now,
+                model=result.model,
+                total=result.total,
+            )
+            if updated is not None:
+                log.info(
+                    "batch %s: in_progress (%d requests for %s)",
+                    batch_id,
+                    result.total,
+                    result.model,
+                )
+        else:
+            updated = await self.store.transition(
+                batch_id, ["validating"], status="failed", failed_at=now, errors=result.errors
+            )
+            if updated is not None:
+                log.info("batch %s: failed validation (%d errors)", batch_id, result.error_count)
+        if updated is None:  # cancelled while validating: no request was accepted
+            await self._finish_cancel(batch_id)
+
+    async def _run_validation(self, batch: BatchRecord) -> ValidationResult:
+        file = await self.store.get_file(batch.input_file_id, now=self.now())
+        if file is None or file.purpose != "batch":
+            reason = (
+                f"Cannot find file {batch.input_file_id}; upload it with purpose 'batch' first."
+                if file is None
+                else f"File {file.id} has purpose '{file.purpose}'; a batch needs a file "
+                "uploaded with purpose 'batch'."
+            )
+            result = ValidationResult(error_count=1)
+            result.errors.append(
+                {"code": "invalid_request", "message": reason, "param": "file_id", "line": None}
+            )
+            return result
+        flag = self._stop_flags.setdefault(batch.id, threading.Event())
+        if self._shutdown.is_set():
+            flag.set()
+        settings = self.settings
+        models = frozenset(route.name for route in settings.models)
+
+        def run() -> ValidationResult:
+            with self.storage.open_binary(file.id) as fh:
+                return validate_stream(
+                    fh,
+                    endpoint=batch.endpoint,
+                    models=models,
+                    max_requests=settings.max_requests_per_batch,
+                    max_errors=settings.max_validation_errors,
+                    max_line_bytes=settings.max_request_bytes,
+                    should_stop=flag.is_set,
+                )
+
+        try:
+            return await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
+        finally:
+            self._stop_flags.pop(batch.id, None)
+
+    async def _finish_cancel(self, batch_id: str) -> None:
+        """Write each request that did not run as a ``batch_cancelled`` line, then ``cancelled``."""
+        batch = await self.store.get_batch(batch_id)
+        if batch is None or batch.status != "cancelling":
+            return
+        error_file_id = batch.error_file_id
+        failed = batch.failed
+        unexecuted = batch.total - batch.completed - batch.failed
+        if unexecuted > 0 and error_file_id is None:
+            file_id = new_file_id()
+            written = await anyio.to_thread.run_sync(
+                lambda: write_unexecuted(
+                    self.storage,
+                    batch.input_file_id,
+                    file_id,
+                    CANCELLED,
+                    max_line_bytes=self.settings.max_request_bytes,
+                )
+            )
+            if written is not None:
+                blob, count = written
+                await self.publish(blob, f"{batch.id}_error.jsonl", batch.output_expires_after)
+                error_file_id = file_id
+                failed += count
+        updated = await self.store.transition(
+            batch_id,
+            ["cancelling"],
+            status="cancelled",
+            cancelled_at=self.now(),
+            error_file_id=error_file_id,
+            failed=failed,
+        )
+        if updated is not None:
+            log.info("batch %s: cancelled", batch_id)
+
+    async def publish(self, blob: BlobInfo, filename: str, expires_after: int | None) -> FileRecord:
+        """Record a blob written by the engine as a ``batch_output`` file."""
+        now = self.now()
+        seconds = expires_after or self.settings.output_file_expiry_seconds
+        record = FileRecord(
+            id=blob.key,
+            bytes=blob.size,
+            created_at=now,
+            expires_at=now + seconds if seconds else None,
+            filename=filename,
+            purpose="batch_output",
+            sha256=blob.sha256,
+        )
+        await self.store.create_file(record)
+        return record
+
+    # -- files ------------------------------------------------------------------------------
+
+    def purge_soon(self) -> None:
+        """Ask the purger to run now (after a delete)."""
+        self._purge_wakeup.set()
+
+    async def purge_files(self) -> int:
+        """Remove the blobs of deleted and expired files that no active batch still reads."""
+        purged = 0
+        while True:
+            now = self.now()
+            batch = await self.store.files_to_purge(
+                now=now, active_statuses=ACTIVE_STATUSES, limit=100
+            )
+            for file in batch:
+                await self.storage.delete(file.id)
+                await self.store.mark_purged(file.id, now=now)
+                purged += 1
+            if len(batch) < 100:
+                return purged
+
+    async def _purge_loop(self) -> None:
+        while True:
+            purged = await self.purge_files()
+            if purged:
+                log.info("purged %d deleted or expired files", purged)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._purge_wakeup.wait(), self.purge_interval)
+            self._purge_wakeup.clear()

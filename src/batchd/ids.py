@@ -1,0 +1,53 @@
+"""Object ids in OpenAI's shapes: ``file-…``, ``batch_…``, ``batch_req_…``, ``req_…``.
+
+Ids are random (not guessable, not ordered); ordering in lists uses the store's sequence column.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import string
+
+__all__ = [
+    "is_batch_id",
+    "is_file_id",
+    "new_batch_id",
+    "new_batch_request_id",
+    "new_file_id",
+    "new_request_id",
+]
+
+_ALNUM = string.ascii_letters + string.digits
+_FILE_ID = re.compile(r"file-[A-Za-z0-9]{1,64}")
+_BATCH_ID = re.compile(r"batch_[A-Za-z0-9]{1,64}")
+
+
+def new_file_id() -> str:
+    """``file-`` and 24 alphanumerics, like OpenAI's file ids."""
+    return "file-" + "".join(secrets.choice(_ALNUM) for _ in range(24))
+
+
+def new_batch_id() -> str:
+    """``batch_`` and 32 hex digits, like OpenAI's batch ids."""
+    return "batch_" + secrets.token_hex(16)
+
+
+def new_batch_request_id() -> str:
+    """The ``id`` of one line of an output or error file."""
+    return "batch_req_" + secrets.token_hex(16)
+
+
+def new_request_id() -> str:
+    """The ``x-request-id`` of one HTTP response."""
+    return "req_" + secrets.token_hex(16)
+
+
+def is_file_id(value: str) -> bool:
+    """Whether ``value`` has the shape of a file id (checked before any storage access)."""
+    return _FILE_ID.fullmatch(value) is not None
+
+
+def is_batch_id(value: str) -> bool:
+    """Whether ``value`` has the shape of a batch id."""
+    return _BATCH_ID.fullmatch(value) is not None

@@ -1,0 +1,162 @@
+"""Wire models: the JSON objects of the OpenAI Files and Batch APIs, field for field.
+
+Every optional field of the official schema is always serialised (``null`` where empty), because
+some clients read keys without ``.get``. The status enums are ``Literal`` types.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = [
+    "BATCH_ENDPOINTS",
+    "TERMINAL_STATUSES",
+    "UPLOAD_PURPOSES",
+    "Batch",
+    "BatchError",
+    "BatchErrors",
+    "BatchRequestCounts",
+    "BatchStatus",
+    "BatchUsage",
+    "FileDeleted",
+    "FileObject",
+    "FilePurpose",
+    "InputTokensDetails",
+    "ListPage",
+    "OutputTokensDetails",
+]
+
+BatchStatus = Literal[
+    "validating",
+    "failed",
+    "in_progress",
+    "finalizing",
+    "completed",
+    "expired",
+    "cancelling",
+    "cancelled",
+]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
+
+FilePurpose = Literal[
+    "assistants",
+    "assistants_output",
+    "batch",
+    "batch_output",
+    "fine-tune",
+    "fine-tune-results",
+    "vision",
+    "user_data",
+    "evals",
+]
+# What a client may upload; the *_output purposes are written by batchd itself.
+UPLOAD_PURPOSES: tuple[str, ...] = (
+    "assistants",
+    "batch",
+    "fine-tune",
+    "vision",
+    "user_data",
+    "evals",
+)
+
+# The endpoints a batch may target on this server, with the request-body fields each one requires.
+BATCH_ENDPOINTS: dict[str, tuple[str, ...]] = {
+    "/v1/chat/completions": ("messages",),
+    "/v1/completions": ("prompt",),
+    "/v1/embeddings": ("input",),
+    "/v1/responses": ("input",),
+    "/v1/moderations": ("input",),
+}
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FileObject(_Wire):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: int
+    expires_at: int | None
+    filename: str
+    purpose: FilePurpose
+    status: Literal["uploaded", "processed", "error"] = "processed"
+    status_details: str | None = None
+
+
+class FileDeleted(_Wire):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool
+
+
+class BatchError(_Wire):
+    code: str
+    message: str
+    param: str | None = None
+    line: int | None = None
+
+
+class BatchErrors(_Wire):
+    object: Literal["list"] = "list"
+    data: list[BatchError]
+
+
+class BatchRequestCounts(_Wire):
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+class InputTokensDetails(_Wire):
+    cached_tokens: int = 0
+
+
+class OutputTokensDetails(_Wire):
+    reasoning_tokens: int = 0
+
+
+class BatchUsage(_Wire):
+    input_tokens: int = 0
+    input_tokens_details: InputTokensDetails = InputTokensDetails()
+    output_tokens: int = 0
+    output_tokens_details: OutputTokensDetails = OutputTokensDetails()
+    total_tokens: int = 0
+
+
+class Batch(_Wire):
+    id: str
+    object: Literal["batch"] = "batch"
+    endpoint: str
+    model: str | None
+    errors: BatchErrors | None
+    input_file_id: str
+    completion_window: str
+    status: BatchStatus
+    output_file_id: str | None
+    error_file_id: str | None
+    created_at: int
+    in_progress_at: int | None
+    expires_at: int | None
+    finalizing_at: int | None
+    completed_at: int | None
+    failed_at: int | None
+    expired_at: int | None
+    cancelling_at: int | None
+    cancelled_at: int | None
+    request_counts: BatchRequestCounts
+    usage: BatchUsage | None
+    metadata: dict[str, str] | None
+
+
+class ListPage(_Wire):
+    """A cursor page: ``first_id``/``last_id`` are ``null`` on an empty page."""
+
+    object: Literal["list"] = "list"
+    data: list[Any]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool

@@ -1,0 +1,64 @@
+"""The storage interface."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+__all__ = ["BlobInfo", "BlobTooLarge", "BlobWriter", "Storage"]
+
+
+class BlobTooLarge(Exception):
+    """A write went past the writer's size limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"blob larger than {limit} bytes")
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    key: str
+    size: int
+    sha256: str
+
+
+class BlobWriter(Protocol):
+    """A blob being written: ``write`` (cheap, synchronous), then ``commit`` or ``abort``."""
+
+    @property
+    def size(self) -> int: ...
+
+    def write(self, data: bytes) -> None:
+        """Append ``data``; raises :class:`BlobTooLarge` past the limit."""
+
+    async def commit(self, key: str) -> BlobInfo:
+        """Make the blob durable under ``key``."""
+        ...
+
+    def commit_sync(self, key: str) -> BlobInfo:
+        """:meth:`commit` for callers already off the event loop."""
+        ...
+
+    async def abort(self) -> None:
+        """Throw the partial blob away."""
+
+    def abort_sync(self) -> None:
+        """:meth:`abort` for callers already off the event loop."""
+
+
+class Storage(Protocol):
+    async def open(self) -> None: ...
+
+    def writer(self, *, max_bytes: int | None = None) -> BlobWriter: ...
+
+    def read_chunks(self, key: str, *, chunk_size: int = ...) -> AsyncIterator[bytes]: ...
+
+    def open_binary(self, key: str) -> BinaryIO:
+        """A blocking binary reader; use it off the event loop."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def exists(self, key: str) -> bool: ...

@@ -1,0 +1,119 @@
+"""Blob storage in a local directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
+
+import anyio
+import anyio.to_thread
+
+from batchd.storage.base import BlobInfo, BlobTooLarge
+
+__all__ = ["LocalStorage", "LocalWriter"]
+
+_KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+CHUNK = 1024 * 1024
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalWriter:
+    """Writes to ``tmp/`` while hashing; ``commit`` fsyncs and renames into ``blobs/``."""
+
+    def __init__(self, storage: LocalStorage, max_bytes: int | None) -> None:
+        self._storage = storage
+        self._max = max_bytes
+        self._tmp = storage.tmp_dir / f"{os.getpid()}-{os.urandom(8).hex()}.part"
+        self._fh: BinaryIO | None = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._hash = hashlib.sha256()
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, data: bytes) -> None:
+        if self._fh is None:
+            raise RuntimeError("write after commit or abort")
+        self._size += len(data)
+        if self._max is not None and self._size > self._max:
+            raise BlobTooLarge(self._max)
+        self._hash.update(data)
+        self._fh.write(data)
+
+    def commit_sync(self, key: str) -> BlobInfo:
+        if self._fh is None:
+            raise RuntimeError("commit after commit or abort")
+        fh, self._fh = self._fh, None
+        try:
+            fh.flush()
+            os.fsync(fh.fileno())
+        finally:
+            fh.close()
+        os.replace(self._tmp, self._storage.path(key))
+        _fsync_dir(self._storage.blob_dir)
+        return BlobInfo(key=key, size=self._size, sha256=self._hash.hexdigest())
+
+    async def commit(self, key: str) -> BlobInfo:
+        return await anyio.to_thread.run_sync(self.commit_sync, key)
+
+    def abort_sync(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self._tmp.unlink(missing_ok=True)
+
+    async def abort(self) -> None:
+        self.abort_sync()
+
+
+class LocalStorage:
+    """Blobs as files under ``root/blobs``; partial writes under ``root/tmp``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.blob_dir = root / "blobs"
+        self.tmp_dir = root / "tmp"
+
+    async def open(self) -> None:
+        """Create the directories and remove partial writes left by a crash."""
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp_dir.glob("*.part"):
+            leftover.unlink(missing_ok=True)
+
+    def path(self, key: str) -> Path:
+        if _KEY.fullmatch(key) is None or key in {".", ".."}:
+            raise ValueError(f"invalid blob key: {key!r}")
+        return self.blob_dir / key
+
+    def writer(self, *, max_bytes: int | None = None) -> LocalWriter:
+        return LocalWriter(self, max_bytes)
+
+    def open_binary(self, key: str) -> BinaryIO:
+        return open(self.path(key), "rb")
+
+    async def read_chunks(self, key: str, *, chunk_size: int = CHUNK) -> AsyncIterator[bytes]:
+        fh = await anyio.to_thread.run_sync(self.open_binary, key)
+        try:
+            while chunk := await anyio.to_thread.run_sync(fh.read, chunk_size):
+                yield chunk
+        finally:
+            fh.close()
+
+    async def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    async def exists(self, key: str) -> bool:
+        return self.path(key).exists()

@@ -1,0 +1,51 @@
+"""Domain records: what the store keeps, as frozen dataclasses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["BatchRecord", "FileRecord"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    id: str
+    bytes: int
+    created_at: int
+    filename: str
+    purpose: str
+    sha256: str
+    expires_at: int | None = None
+    status: str = "processed"
+    deleted_at: int | None = None
+    purged_at: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    id: str
+    endpoint: str
+    input_file_id: str
+    completion_window: str
+    status: str
+    created_at: int
+    expires_at: int | None = None
+    model: str | None = None
+    errors: list[dict[str, Any]] | None = None
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    in_progress_at: int | None = None
+    finalizing_at: int | None = None
+    completed_at: int | None = None
+    failed_at: int | None = None
+    expired_at: int | None = None
+    cancelling_at: int | None = None
+    cancelled_at: int | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    usage: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None
+    output_expires_after: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,256 @@
+"""SQLAlchemy (async) implementation of the store."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from batchd.errors import StoreError
+from batchd.store import migrate
+from batchd.store.records import BatchRecord, FileRecord
+from batchd.store.tables import batches, files
+
+__all__ = ["Order", "SQLStore", "Store"]
+
+Order = Literal["asc", "desc"]
+
+_FILE_FIELDS = [f.name for f in dataclasses.fields(FileRecord)]
+_BATCH_FIELDS = [f.name for f in dataclasses.fields(BatchRecord)]
+
+
+class Store(Protocol):
+    """What the API and the engine need from a metadata store."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> None: ...
+
+    async def create_file(self, record: FileRecord) -> None: ...
+    async def get_file(self, file_id: str, *, now: int) -> FileRecord | None: ...
+    async def file_cursor(self, file_id: str) -> int | None: ...
+    async def list_files(
+        self, *, now: int, purpose: str | None, after_seq: int | None, limit: int, order: Order
+    ) -> tuple[list[FileRecord], bool]: ...
+    async def delete_file(self, file_id: str, *, now: int) -> FileRecord | None: ...
+    async def files_to_purge(
+        self, *, now: int, active_statuses: Iterable[str], limit: int
+    ) -> list[FileRecord]: ...
+    async def mark_purged(self, file_id: str, *, now: int) -> None: ...
+
+    async def create_batch(self, record: BatchRecord) -> None: ...
+    async def get_batch(self, batch_id: str) -> BatchRecord | None: ...
+    async def batch_cursor(self, batch_id: str) -> int | None: ...
+    async def list_batches(
+        self, *, after_seq: int | None, limit: int
+    ) -> tuple[list[BatchRecord], bool]: ...
+    async def batches_with_status(self, statuses: Iterable[str]) -> list[BatchRecord]: ...
+    async def transition(
+        self, batch_id: str, from_statuses: Iterable[str], **changes: Any
+    ) -> BatchRecord | None: ...
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class SQLStore:
+    """The store over an SQLAlchemy async engine. Build with a URL, then ``await open()``."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: AsyncEngine = create_async_engine(url)
+        if self._engine.dialect.name == "sqlite":
+            event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def open(self) -> None:
+        """Bring the schema to the newest migration."""
+        try:
+            async with self._engine.begin() as conn:
+                await conn.run_sync(migrate.upgrade_to_head)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"cannot open the metadata store at {self.url}: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def ping(self) -> None:
+        await self._fetch(sa.select(sa.literal(1)))
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    async def _fetch(self, stmt: sa.Executable) -> Sequence[sa.Row[Any]]:
+        try:
+            async with self._engine.connect() as conn:
+                return (await conn.execute(stmt)).all()
+        except SQLAlchemyError as exc:
+            raise StoreError(str(exc)) from exc
+
+    async def _execute(self, stmt: sa.Executable) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(stmt)
+        except SQLAlchemyError as exc:
+            raise StoreError(str(exc)) from exc
+
+    @staticmethod
+    def _file(row: sa.Row[Any]) -> FileRecord:
+        m = row._mapping
+        return FileRecord(**{name: m[name] for name in _FILE_FIELDS})
+
+    @staticmethod
+    def _batch(row: sa.Row[Any]) -> BatchRecord:
+        m = row._mapping
+        values = {name: m[name] for name in _BATCH_FIELDS}
+        values["extra"] = values["extra"] or {}
+        return BatchRecord(**values)
+
+    @staticmethod
+    def _page(rows: Sequence[sa.Row[Any]], limit: int) -> tuple[Sequence[sa.Row[Any]], bool]:
+        return rows[:limit], len(rows) > limit
+
+    # -- files ------------------------------------------------------------------------------
+
+    async def create_file(self, record: FileRecord) -> None:
+        await self._execute(sa.insert(files).values(**dataclasses.asdict(record)))
+
+    @staticmethod
+    def _live_files(now: int) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            files.c.deleted_at.is_(None),
+            sa.or_(files.c.expires_at.is_(None), files.c.expires_at > now),
+        )
+
+    async def get_file(self, file_id: str, *, now: int) -> FileRecord | None:
+        rows = await self._fetch(
+            sa.select(files).where(files.c.id == file_id, self._live_files(now))
+        )
+        return self._file(rows[0]) if rows else None
+
+    async def file_cursor(self, file_id: str) -> int | None:
+        rows = await self._fetch(sa.select(files.c.seq).where(files.c.id == file_id))
+        return int(rows[0][0]) if rows else None
+
+    async def list_files(
+        self, *, now: int, purpose: str | None, after_seq: int | None, limit: int, order: Order
+    ) -> tuple[list[FileRecord], bool]:
+        stmt = sa.select(files).where(self._live_files(now))
+        if purpose is not None:
+            stmt = stmt.where(files.c.purpose == purpose)
+        if order == "desc":
+            if after_seq is not None:
+                stmt = stmt.where(files.c.seq < after_seq)
+            stmt = stmt.order_by(files.c.seq.desc())
+        else:
+            if after_seq is not None:
+                stmt = stmt.where(files.c.seq > after_seq)
+            stmt = stmt.order_by(files.c.seq.asc())
+        rows, has_more = self._page(await self._fetch(stmt.limit(limit + 1)), limit)
+        return [self._file(r) for r in rows], has_more
+
+    async def delete_file(self, file_id: str, *, now: int) -> FileRecord | None:
+        """Mark a live file deleted; returns it, or ``None`` if there was no live file."""
+        try:
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    sa.update(files)
+                    .where(files.c.id == file_id, self._live_files(now))
+                    .values(deleted_at=now)
+                )
+                if result.rowcount != 1:
+                    return None
+                row = (await conn.execute(sa.select(files).where(files.c.id == file_id))).one()
+        except SQLAlchemyError as exc:
+            raise StoreError(str(exc)) from exc
+        return self._file(row)
+
+    async def files_to_purge(
+        self, *, now: int, active_statuses: Iterable[str], limit: int
+    ) -> list[FileRecord]:
+        """Deleted or expired files whose blob is still stored and that no active batch reads."""
+        in_use = sa.exists().where(
+            batches.c.input_file_id == files.c.id, batches.c.status.in_(list(active_statuses))
+        )
+        rows = await self._fetch(
+            sa.select(files)
+            .where(
+                files.c.purged_at.is_(None),
+                sa.or_(
+                    files.c.deleted_at.is_not(None),
+                    sa.and_(files.c.expires_at.is_not(None), files.c.expires_at <= now),
+                ),
+                ~in_use,
+            )
+            .order_by(files.c.seq)
+            .limit(limit)
+        )
+        return [self._file(r) for r in rows]
+
+    async def mark_purged(self, file_id: str, *, now: int) -> None:
+        await self._execute(sa.update(files).where(files.c.id == file_id).values(purged_at=now))
+
+    # -- batches ----------------------------------------------------------------------------
+
+    async def create_batch(self, record: BatchRecord) -> None:
+        await self._execute(sa.insert(batches).values(**dataclasses.asdict(record)))
+
+    async def get_batch(self, batch_id: str) -> BatchRecord | None:
+        rows = await self._fetch(sa.select(batches).where(batches.c.id == batch_id))
+        return self._batch(rows[0]) if rows else None
+
+    async def batch_cursor(self, batch_id: str) -> int | None:
+        rows = await self._fetch(sa.select(batches.c.seq).where(batches.c.id == batch_id))
+        return int(rows[0][0]) if rows else None
+
+    async def list_batches(
+        self, *, after_seq: int | None, limit: int
+    ) -> tuple[list[BatchRecord], bool]:
+        stmt = sa.select(batches).order_by(batches.c.seq.desc())
+        if after_seq is not None:
+            stmt = stmt.where(batches.c.seq < after_seq)
+        rows, has_more = self._page(await self._fetch(stmt.limit(limit + 1)), limit)
+        return [self._batch(r) for r in rows], has_more
+
+    async def batches_with_status(self, statuses: Iterable[str]) -> list[BatchRecord]:
+        rows = await self._fetch(
+            sa.select(batches).where(batches.c.status.in_(list(statuses))).order_by(batches.c.seq)
+        )
+        return [self._batch(r) for r in rows]
+
+    async def transition(
+        self, batch_id: str, from_statuses: Iterable[str], **changes: Any
+    ) -> BatchRecord | None:
+        """Apply ``changes`` only if the batch is in one of ``from_statuses`` (compare-and-set).
+
+        Returns the updated batch, or ``None`` when the batch is missing or in another status.
+        """
+        unknown = set(changes) - set(_BATCH_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown batch fields: {sorted(unknown)}")
+        try:
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    sa.update(batches)
+                    .where(batches.c.id == batch_id, batches.c.status.in_(list(from_statuses)))
+                    .values(**changes)
+                )
+                if result.rowcount != 1:
+                    return None
+                row = (await conn.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
+        except SQLAlchemyError as exc:
+            raise StoreError(str(exc)) from exc
+        return self._batch(row)

@@ -1,0 +1,65 @@
+"""The schema, as SQLAlchemy Core tables. Portable SQL only (SQLite and Postgres).
+
+Changing this file needs a new Alembic revision in ``migrations/versions``; a test checks that the
+migrations produce exactly this schema.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+__all__ = ["batches", "files", "metadata"]
+
+metadata = sa.MetaData()
+
+# An auto-incrementing integer key that orders rows by insertion on both SQLite and Postgres.
+_Seq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+files = sa.Table(
+    "files",
+    metadata,
+    sa.Column("seq", _Seq, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("bytes", sa.BigInteger(), nullable=False),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Column("expires_at", sa.BigInteger(), nullable=True),
+    sa.Column("filename", sa.String(512), nullable=False),
+    sa.Column("purpose", sa.String(32), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("deleted_at", sa.BigInteger(), nullable=True),
+    sa.Column("purged_at", sa.BigInteger(), nullable=True),
+    sa.Index("ix_files_purpose", "purpose"),
+)
+
+batches = sa.Table(
+    "batches",
+    metadata,
+    sa.Column("seq", _Seq, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("endpoint", sa.String(64), nullable=False),
+    sa.Column("model", sa.String(256), nullable=True),
+    sa.Column("errors", sa.JSON(), nullable=True),
+    sa.Column("input_file_id", sa.String(64), nullable=False),
+    sa.Column("completion_window", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("output_file_id", sa.String(64), nullable=True),
+    sa.Column("error_file_id", sa.String(64), nullable=True),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Column("in_progress_at", sa.BigInteger(), nullable=True),
+    sa.Column("expires_at", sa.BigInteger(), nullable=True),
+    sa.Column("finalizing_at", sa.BigInteger(), nullable=True),
+    sa.Column("completed_at", sa.BigInteger(), nullable=True),
+    sa.Column("failed_at", sa.BigInteger(), nullable=True),
+    sa.Column("expired_at", sa.BigInteger(), nullable=True),
+    sa.Column("cancelling_at", sa.BigInteger(), nullable=True),
+    sa.Column("cancelled_at", sa.BigInteger(), nullable=True),
+    sa.Column("total", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("completed", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("failed", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("usage", sa.JSON(), nullable=True),
+    sa.Column("metadata", sa.JSON(), nullable=True),
+    sa.Column("output_expires_after", sa.BigInteger(), nullable=True),
+    sa.Column("extra", sa.JSON(), nullable=True),
+    sa.Index("ix_batches_status", "status"),
+)

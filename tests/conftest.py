@@ -1,0 +1,56 @@
+"""Shared fixtures: a real batchd server process, SDK clients, and the official schemas."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from tests.serverproc import BatchdServer, write_config
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SPEC_DIR = SHARED / "spec"
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatchdServer]:
+    """One batchd server for the session, with the default test routing table."""
+    root = tmp_path_factory.mktemp("batchd-session")
+    config = write_config(root / "batchd.toml", max_requests_per_batch=50)
+    srv = BatchdServer(root / "data", config).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def client(server: BatchdServer) -> Iterator[OpenAI]:
+    with OpenAI(base_url=server.api_url, api_key="test-key", max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture
+def async_client(server: BatchdServer) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=server.api_url, api_key="test-key", max_retries=0)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def wait_for_status(
+    client: OpenAI, batch_id: str, statuses: set[str], timeout: float = 30.0
+) -> Any:
+    """Poll a batch until its status is one of ``statuses``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in statuses:
+            return batch
+        if time.monotonic() > deadline:
+            raise AssertionError(f"batch {batch_id} still {batch.status} after {timeout}s")
+        time.sleep(0.05)

@@ -1,0 +1,123 @@
+"""Run the real ``batchd serve`` as a subprocess on a free port, for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import urllib.error
+import urllib.request
+
+__all__ = ["DEFAULT_MODELS", "BatchdServer", "free_port", "write_config"]
+
+DEFAULT_MODELS: list[dict[str, Any]] = [
+    {"name": "gpt-4o-mini", "provider": "openai", "base_url": "http://127.0.0.1:9/v1"},
+    {"name": "text-embedding-3-small", "provider": "openai", "base_url": "http://127.0.0.1:9/v1"},
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_config(
+    path: Path, *, models: list[dict[str, Any]] | None = None, **settings: Any
+) -> Path:
+    """Write a batchd TOML config with top-level settings and a ``[[models]]`` table."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in settings.items()]
+    for model in DEFAULT_MODELS if models is None else models:
+        lines.append("\n[[models]]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in model.items())
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class BatchdServer:
+    """``batchd serve`` in a subprocess; ``start()`` waits until ``/health`` answers 200."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        config: Path | None = None,
+        *,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.config = config
+        self.port = port or free_port()
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"batchd-{self.port}.log"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "batchd", "serve", "--port", str(self.port)]
+        cmd += ["--data-dir", str(self.data_dir)]
+        if self.config is not None:
+            cmd += ["--config", str(self.config)]
+        return cmd
+
+    def start(self, timeout: float = 30.0) -> BatchdServer:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
+        env.update(self.env)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"batchd exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"batchd did not become ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
