@@ -8,11 +8,10 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Any
-
 import urllib.error
 import urllib.request
+from pathlib import Path
+from typing import Any
 
 __all__ = ["DEFAULT_MODELS", "BatchdServer", "free_port", "write_config"]
 

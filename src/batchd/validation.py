@@ -32,6 +32,8 @@ BOM = b"\xef\xbb\xbf"
 _REQUIRED_KEYS = ("custom_id", "method", "url", "body")
 _FIELD_NAMES = {"messages": "Messages", "input": "Input", "prompt": "Prompt"}
 _CHECK_STOP_EVERY = 1024
+_SKIP_CHUNK = 1024 * 1024
+_MAX_QUOTED = 100
 
 
 def normalize_url(url: str) -> str:
@@ -51,27 +53,41 @@ class LineTooLong:
 def iter_lines(fh: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, bytes | LineTooLong]]:
     """Yield ``(line_number, raw_line)`` with line ends and a leading BOM removed.
 
-    A line longer than ``max_line_bytes`` is yielded as :class:`LineTooLong` after skipping it in
-    bounded chunks.
+    A line whose content (without its ``\\n`` or ``\\r\\n`` end, and without the BOM) is longer
+    than ``max_line_bytes`` is yielded as :class:`LineTooLong` after skipping it in bounded chunks.
     """
+    limit = max_line_bytes + 2  # room for a "\r\n" line end
     lineno = 0
     while True:
-        raw = fh.readline(max_line_bytes + 1)
+        raw = fh.readline(limit)
         if not raw:
             return
         lineno += 1
         if lineno == 1 and raw.startswith(BOM):
             raw = raw[len(BOM) :]
-        if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
-            length = len(raw)
-            while raw and not raw.endswith(b"\n"):
-                raw = fh.readline(1024 * 1024)
-                length += len(raw)
-            yield lineno, LineTooLong(length - (1 if raw.endswith(b"\n") else 0))
-            continue
+            if not raw.endswith(b"\n"):
+                raw += fh.readline(len(BOM))  # the BOM does not count against the limit
         if raw.endswith(b"\n"):
             raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
+        elif len(raw) >= limit:
+            yield lineno, LineTooLong(_skip_line(fh, raw))
+            continue
+        if len(raw) > max_line_bytes:
+            yield lineno, LineTooLong(len(raw))
+            continue
         yield lineno, raw
+
+
+def _skip_line(fh: BinaryIO, head: bytes) -> int:
+    """Read past the rest of a line that starts with ``head``; its length without the line end."""
+    length = len(head)
+    previous, chunk = head, head
+    while chunk and not chunk.endswith(b"\n"):
+        previous, chunk = chunk, fh.readline(_SKIP_CHUNK)
+        length += len(chunk)
+    if chunk.endswith(b"\n"):
+        length -= 2 if (chunk[-2:-1] or previous[-1:]) == b"\r" else 1
+    return length
 
 
 @dataclass(slots=True)
@@ -110,6 +126,7 @@ class Validator:
         self.result = ValidationResult()
         self._custom_ids: set[str] = set()
         self._lines = 0  # non-blank lines: candidate requests
+        self._needs_messages = "messages" in self.required_body
 
     def error(self, code: str, message: str, *, line: int | None, param: str | None) -> None:
         self.result.error_count += 1
@@ -143,6 +160,9 @@ class Validator:
             )
             return
         self._lines += 1
+        if isinstance(request, dict) and self._accept(request):
+            self.result.total += 1
+            return
         if not isinstance(request, dict):
             self.error(
                 "invalid_request",
@@ -155,6 +175,46 @@ class Validator:
         self._check_request(lineno, request)
         if self.result.error_count == before:
             self.result.total += 1
+
+    def _accept(self, request: dict[str, Any]) -> bool:
+        """The fast path for the common case, a valid request: accept it (with the side effects
+        of the full checks) if it certainly passes them all; otherwise return ``False`` without
+        side effects, so that the full checks run and report what is wrong.
+
+        Keep it in step with :meth:`_check_request`, :meth:`_check_custom_id` and
+        :meth:`_check_body`: it must never accept a request that they would reject.
+        """
+        custom_id = request.get("custom_id")
+        body = request.get("body")
+        if not (
+            isinstance(custom_id, str)
+            and custom_id
+            and isinstance(body, dict)
+            and request.get("method") == "POST"
+            # normalize_url is idempotent and self.endpoint is normalized, so equality suffices;
+            # other spellings (Azure's "/chat/completions") take the full checks
+            and request.get("url") == self.endpoint
+            and custom_id not in self._custom_ids
+            and body.get("stream") is not True
+        ):
+            return False
+        model = body.get("model")
+        if not isinstance(model, str) or model not in self.models:
+            return False
+        if self.result.model is not None and model != self.result.model:
+            return False
+        for name in self.required_body:
+            if body.get(name) is None:
+                return False
+        if self._needs_messages:
+            messages = body["messages"]  # present and not null: it is required
+            if not isinstance(messages, list) or not messages:
+                return False
+        if len(self._custom_ids) <= self.max_requests:
+            self._custom_ids.add(custom_id)
+        if self.result.model is None:
+            self.result.model = model
+        return True
 
     def _check_request(self, lineno: int, request: dict[str, Any]) -> None:
         missing = [key for key in _REQUIRED_KEYS if request.get(key) is None]
@@ -209,7 +269,7 @@ class Validator:
         elif custom_id in self._custom_ids:
             self.error(
                 "duplicate_custom_id",
-                f"The custom_id '{custom_id}' is a duplicate of the custom_id of an earlier "
+                f"The custom_id '{_clip(custom_id)}' is a duplicate of the custom_id of an earlier "
                 "request; every request in a batch needs its own.",
                 line=lineno,
                 param="custom_id",
@@ -240,7 +300,7 @@ class Validator:
         elif model not in self.models:
             self.error(
                 "model_not_found",
-                f"The provided model '{model}' is not supported by the Batch API "
+                f"The provided model '{_clip(model)}' is not supported by the Batch API "
                 "of this server (it is not in the routing table).",
                 line=lineno,
                 param="body.model",
@@ -250,7 +310,7 @@ class Validator:
         elif model != self.result.model:
             self.error(
                 "model_mismatch",
-                f"The model '{model}' of this request does not match the model "
+                f"The model '{_clip(model)}' of this request does not match the model "
                 f"'{self.result.model}' of the rest of the file; a batch serves one model.",
                 line=lineno,
                 param="body.model",
@@ -274,24 +334,26 @@ class Validator:
                 param="body.messages",
             )
 
+    def file_error(self, code: str, message: str) -> None:
+        """An error about the whole file: always listed, whatever the cap."""
+        self.result.error_count += 1
+        self.result.errors.append({"code": code, "message": message, "param": None, "line": None})
+
     def finish(self) -> ValidationResult:
+        line_errors = self.result.error_count
         if self._lines == 0:
-            self.error(
+            self.file_error(
                 "empty_file",
                 "The input file is empty. Please ensure the batch contains at least one request.",
-                line=None,
-                param=None,
             )
         elif self._lines > self.max_requests:
-            self.error(
+            self.file_error(
                 "too_many_tasks",
                 f"The input file has {self._lines} requests; a batch may have at most "
                 f"{self.max_requests}. Split it into several batches.",
-                line=None,
-                param=None,
             )
         listed = len(self.result.errors)
-        if self.result.error_count > listed:
+        if line_errors > self.max_errors:
             self.result.errors.append(
                 {
                     "code": "too_many_errors",
@@ -348,5 +410,14 @@ def _json_type(value: Any) -> str:
 
 
 def _short(value: Any, limit: int = 60) -> str:
-    text = orjson.dumps(value).decode()
+    """``value`` as JSON for an error message, cut to ``limit`` characters."""
+    try:
+        text = orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (it reads deeper)
+        text = "[...]" if isinstance(value, list) else "{...}"
+    return _clip(text, limit)
+
+
+def _clip(text: str, limit: int = _MAX_QUOTED) -> str:
+    """A client-supplied string quoted in an error message, cut so that messages stay small."""
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -9,7 +9,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from batchd.api.deps import Services, services
-from batchd.api.params import parse_limit
+from batchd.api.params import (
+    EXPIRY_SECONDS_SCHEMA,
+    check_expiry_seconds,
+    parse_cursor,
+    parse_limit,
+)
 from batchd.api.responses import JSONResponse, batch_object
 from batchd.errors import InvalidRequest, NotFound, PayloadTooLarge
 from batchd.ids import is_batch_id, new_batch_id
@@ -33,7 +38,6 @@ _CREATE_KEYS = {
     "output_expires_after",
 }
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
-MIN_EXPIRY, MAX_EXPIRY = 3600, 30 * 24 * 3600
 
 
 def _not_found(batch_id: str) -> NotFound:
@@ -156,17 +160,47 @@ def _output_expires_after(value: Any) -> int | None:
             param="output_expires_after.seconds",
             code="invalid_type",
         )
-    if not MIN_EXPIRY <= seconds <= MAX_EXPIRY:
-        raise InvalidRequest(
-            f"Invalid 'output_expires_after.seconds': {seconds}. Expected a value between "
-            f"{MIN_EXPIRY} (1 hour) and {MAX_EXPIRY} (30 days).",
-            param="output_expires_after.seconds",
-            code="invalid_value",
-        )
-    return seconds
+    return check_expiry_seconds(seconds, param="output_expires_after.seconds")
 
 
-@router.post("", summary="Create a batch")
+_CREATE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["input_file_id", "endpoint", "completion_window"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "input_file_id": {"type": "string"},
+                        "endpoint": {"type": "string", "enum": list(BATCH_ENDPOINTS)},
+                        "completion_window": {"type": "string", "enum": list(COMPLETION_WINDOWS)},
+                        "metadata": {
+                            "type": ["object", "null"],
+                            "maxProperties": MAX_METADATA_PAIRS,
+                            "additionalProperties": {
+                                "type": "string",
+                                "maxLength": MAX_METADATA_VALUE,
+                            },
+                        },
+                        "output_expires_after": {
+                            "type": "object",
+                            "required": ["anchor", "seconds"],
+                            "properties": {
+                                "anchor": {"type": "string", "enum": ["created_at"]},
+                                "seconds": EXPIRY_SECONDS_SCHEMA,
+                            },
+                        },
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("", summary="Create a batch", openapi_extra=_CREATE_BODY)
 async def create_batch(request: Request, svc: ServicesDep) -> Response:
     body = await _read_json_object(request)
     for key in body:
@@ -217,13 +251,9 @@ async def list_batches(
     limit: Annotated[str | None, Query(description="1 to 100, default 20")] = None,
 ) -> Response:
     size = parse_limit(limit, default=20, maximum=100)
-    after_seq = None
-    if after is not None:
-        after_seq = await svc.store.batch_cursor(after) if is_batch_id(after) else None
-        if after_seq is None:
-            raise InvalidRequest(
-                f"Invalid 'after': no batch with id {after!r}.", param="after", code="invalid_value"
-            )
+    after_seq = await parse_cursor(
+        after, kind="batch", well_formed=is_batch_id, lookup=svc.store.batch_cursor
+    )
     records, has_more = await svc.store.list_batches(after_seq=after_seq, limit=size)
     page = ListPage(
         data=[batch_object(r) for r in records],

@@ -8,7 +8,13 @@ from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from batchd.api.deps import Services, services
-from batchd.api.params import parse_choice, parse_limit
+from batchd.api.params import (
+    EXPIRY_SECONDS_SCHEMA,
+    check_expiry_seconds,
+    parse_choice,
+    parse_cursor,
+    parse_limit,
+)
 from batchd.api.responses import JSONResponse, file_object
 from batchd.api.upload import parse_upload, too_large
 from batchd.errors import InvalidRequest, NotFound
@@ -21,7 +27,6 @@ __all__ = ["router"]
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 ServicesDep = Annotated[Services, Depends(services)]
-MIN_EXPIRY, MAX_EXPIRY = 3600, 30 * 24 * 3600
 
 
 def _not_found(file_id: str) -> NotFound:
@@ -70,17 +75,31 @@ def _expiry_seconds(fields: dict[str, str]) -> int | None:
             param="expires_after.seconds",
             code="invalid_type",
         ) from None
-    if not MIN_EXPIRY <= value <= MAX_EXPIRY:
-        raise InvalidRequest(
-            f"Invalid 'expires_after.seconds': {value}. Expected a value between {MIN_EXPIRY} "
-            f"(1 hour) and {MAX_EXPIRY} (30 days).",
-            param="expires_after.seconds",
-            code="invalid_value",
-        )
-    return value
+    return check_expiry_seconds(value, param="expires_after.seconds")
 
 
-@router.post("", summary="Upload a file")
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "purpose"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "purpose": {"type": "string", "enum": list(UPLOAD_PURPOSES)},
+                        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+                        "expires_after[seconds]": EXPIRY_SECONDS_SCHEMA,
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+@router.post("", summary="Upload a file", openapi_extra=_UPLOAD_BODY)
 async def create_file(request: Request, svc: ServicesDep) -> Response:
     settings = svc.settings
     upload = await parse_upload(request, svc.storage, settings)
@@ -152,13 +171,9 @@ async def list_files(
 ) -> Response:
     size = parse_limit(limit, default=10_000, maximum=10_000)
     direction = parse_choice(order, name="order", choices=("asc", "desc"), default="desc")
-    after_seq = None
-    if after is not None:
-        after_seq = await svc.store.file_cursor(after) if is_file_id(after) else None
-        if after_seq is None:
-            raise InvalidRequest(
-                f"Invalid 'after': no file with id {after!r}.", param="after", code="invalid_value"
-            )
+    after_seq = await parse_cursor(
+        after, kind="file", well_formed=is_file_id, lookup=svc.store.file_cursor
+    )
     records, has_more = await svc.store.list_files(
         now=svc.now(),
         purpose=purpose,

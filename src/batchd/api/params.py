@@ -2,11 +2,57 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
 
 from batchd.errors import InvalidRequest
 
-__all__ = ["parse_choice", "parse_limit"]
+__all__ = [
+    "EXPIRY_SECONDS_SCHEMA",
+    "MAX_EXPIRY",
+    "MIN_EXPIRY",
+    "check_expiry_seconds",
+    "parse_choice",
+    "parse_cursor",
+    "parse_limit",
+]
+
+# expires_after / output_expires_after: 1 hour to 30 days after the file is created.
+MIN_EXPIRY, MAX_EXPIRY = 3600, 30 * 24 * 3600
+EXPIRY_SECONDS_SCHEMA: dict[str, Any] = {
+    "type": "integer",
+    "minimum": MIN_EXPIRY,
+    "maximum": MAX_EXPIRY,
+}
+
+
+def check_expiry_seconds(value: int, *, param: str) -> int:
+    if not MIN_EXPIRY <= value <= MAX_EXPIRY:
+        raise InvalidRequest(
+            f"Invalid '{param}': {value}. Expected a value between {MIN_EXPIRY} (1 hour) and "
+            f"{MAX_EXPIRY} (30 days).",
+            param=param,
+            code="invalid_value",
+        )
+    return value
+
+
+async def parse_cursor(
+    after: str | None,
+    *,
+    kind: str,
+    well_formed: Callable[[str], bool],
+    lookup: Callable[[str], Awaitable[int | None]],
+) -> int | None:
+    """The store sequence number of the ``after`` cursor object, or a 400 naming the bad id."""
+    if after is None:
+        return None
+    seq = await lookup(after) if well_formed(after) else None
+    if seq is None:
+        raise InvalidRequest(
+            f"Invalid 'after': no {kind} with id {after!r}.", param="after", code="invalid_value"
+        )
+    return seq
 
 
 def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:

@@ -33,9 +33,9 @@ def sanitize_filename(raw: str) -> str:
 
 def too_large(limit: int, purpose: str | None) -> PayloadTooLarge:
     what = f"files with purpose '{purpose}'" if purpose else "uploaded files"
+    size = f"{limit} bytes" if limit < 1024 * 1024 else f"{limit / (1024 * 1024):g} MiB"
     return PayloadTooLarge(
-        f"The file is too large: {what} may be at most {limit} bytes "
-        f"({limit / (1024 * 1024):.0f} MB). Split it into smaller files.",
+        f"The file is too large: {what} may be at most {size}. Split it into smaller files.",
         param="file",
         code="file_too_large",
     )

@@ -131,7 +131,21 @@ class BatchManager:
                 if batch is not None and batch.status == "cancelling":
                     await self._finish_cancel(batch_id)
                 return
-            result = await self._run_validation(batch)
+            try:
+                result = await self._run_validation(batch)
+            except Exception as exc:
+                log.exception("batch %s: validation crashed", batch_id)
+                result = ValidationResult(error_count=1)
+                result.errors.append(
+                    {
+                        "code": "server_error",
+                        "message": f"batchd could not validate the input file "
+                        f"({type(exc).__name__}). Create the batch again; if it fails again, "
+                        "report it with the batch id.",
+                        "param": None,
+                        "line": None,
+                    }
+                )
         if result.stopped and self._shutdown.is_set():
             return  # resumed by the next process
         now = self.now()

@@ -1,0 +1,91 @@
+"""Local blob storage (atomic, hashed writes) and the data-directory lock."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from batchd.errors import DataDirLocked
+from batchd.lock import DataDirLock
+from batchd.storage import BlobTooLarge, LocalStorage
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_write_commit_read(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    await storage.open()
+    writer = storage.writer(max_bytes=100)
+    writer.write(b"hello ")
+    writer.write(b"world")
+    assert not await storage.exists("file-abc")
+    info = await writer.commit("file-abc")
+    assert (info.size, info.sha256) == (11, hashlib.sha256(b"hello world").hexdigest())
+    chunks = [c async for c in storage.read_chunks("file-abc", chunk_size=4)]
+    assert b"".join(chunks) == b"hello world"
+    assert list((tmp_path / "tmp").iterdir()) == []
+    await storage.delete("file-abc")
+    assert not await storage.exists("file-abc")
+
+
+async def test_limit_and_abort_leave_nothing(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    await storage.open()
+    writer = storage.writer(max_bytes=4)
+    writer.write(b"1234")
+    with pytest.raises(BlobTooLarge):
+        writer.write(b"5")
+    await writer.abort()
+    assert list((tmp_path / "tmp").iterdir()) == []
+    assert list((tmp_path / "blobs").iterdir()) == []
+
+
+async def test_open_removes_partial_writes(tmp_path: Path) -> None:
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "tmp" / "123-abc.part").write_bytes(b"partial")
+    await LocalStorage(tmp_path).open()
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("key", ["../etc", "a/b", "", ".", "x" * 200])
+def test_keys_cannot_escape(tmp_path: Path, key: str) -> None:
+    with pytest.raises(ValueError, match="invalid blob key"):
+        LocalStorage(tmp_path).path(key)
+
+
+def test_lock_excludes_other_processes(tmp_path: Path) -> None:
+    lock = DataDirLock(tmp_path)
+    lock.acquire()
+    try:
+        code = (
+            "import sys; from pathlib import Path; from batchd.lock import DataDirLock\n"
+            "from batchd.errors import DataDirLocked\n"
+            "try:\n    DataDirLock(Path(sys.argv[1])).acquire()\n"
+            "except DataDirLocked as e:\n    print(e); sys.exit(3)\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=False
+        )
+        assert out.returncode == 3
+        assert str(tmp_path) in out.stdout
+        assert "already serving" in out.stdout
+    finally:
+        lock.release()
+    # Released: another holder can take it now.
+    other = DataDirLock(tmp_path)
+    other.acquire()
+    other.release()
+
+
+def test_lock_is_reentrant_per_object_only(tmp_path: Path) -> None:
+    first = DataDirLock(tmp_path)
+    first.acquire()
+    first.acquire()  # no-op for the holder
+    assert first.held
+    with pytest.raises(DataDirLocked):
+        DataDirLock(tmp_path).acquire()
+    first.release()

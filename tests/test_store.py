@@ -1,0 +1,143 @@
+"""The SQL store on a real SQLite file: migrations, compare-and-set transitions, pagination."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from batchd.store import BatchRecord, FileRecord, SQLStore
+from batchd.store.tables import metadata
+
+pytestmark = pytest.mark.anyio
+
+
+POSTGRES_URL = os.environ.get("BATCHD_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The store on a fresh SQLite file, and on Postgres when ``BATCHD_TEST_POSTGRES_URL`` names
+    one (e.g. ``postgresql+asyncpg://user:pw@127.0.0.1/batchd_test``, with asyncpg installed)."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
+    elif POSTGRES_URL is None:
+        pytest.skip("set BATCHD_TEST_POSTGRES_URL to run the store tests on Postgres")
+    else:
+        url = POSTGRES_URL
+        wipe = SQLStore(url)
+        async with wipe.engine.begin() as conn:
+            await conn.run_sync(metadata.drop_all)
+            await conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
+        await wipe.close()
+    s = SQLStore(url)
+    await s.open()
+    yield s
+    await s.close()
+
+
+def _file(i: int, *, purpose: str = "batch", expires_at: int | None = None) -> FileRecord:
+    return FileRecord(
+        id=f"file-{i:024d}",
+        bytes=i,
+        created_at=1000 + i,
+        filename=f"f{i}.jsonl",
+        purpose=purpose,
+        sha256="0" * 64,
+        expires_at=expires_at,
+    )
+
+
+def _batch(i: int, status: str = "validating") -> BatchRecord:
+    return BatchRecord(
+        id=f"batch_{i:032x}",
+        endpoint="/v1/chat/completions",
+        input_file_id=f"file-{i:024d}",
+        completion_window="24h",
+        status=status,
+        created_at=1000,
+    )
+
+
+async def test_migrations_build_exactly_the_declared_schema(store: SQLStore) -> None:
+    async with store.engine.connect() as conn:
+
+        def diff(sync_conn: sa.Connection) -> list[object]:
+            return list(compare_metadata(MigrationContext.configure(sync_conn), metadata))
+
+        assert await conn.run_sync(diff) == []
+
+
+async def test_sqlite_open_is_idempotent_and_uses_wal(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
+    for _ in range(2):
+        s = SQLStore(url)
+        await s.open()
+        async with s.engine.connect() as conn:
+            mode = (await conn.execute(sa.text("PRAGMA journal_mode"))).scalar()
+        await s.close()
+        assert mode == "wal"
+
+
+async def test_transition_is_compare_and_set(store: SQLStore) -> None:
+    await store.create_batch(_batch(1))
+    moved = await store.transition(_batch(1).id, ["validating"], status="in_progress", total=3)
+    assert moved is not None
+    assert (moved.status, moved.total) == ("in_progress", 3)
+    # A second writer expecting the old status loses.
+    assert await store.transition(_batch(1).id, ["validating"], status="failed") is None
+    assert (await store.get_batch(_batch(1).id)).status == "in_progress"  # type: ignore[union-attr]
+    assert await store.transition("batch_missing", ["validating"], status="failed") is None
+    with pytest.raises(ValueError, match="unknown batch fields"):
+        await store.transition(_batch(1).id, ["in_progress"], colour="red")
+
+
+async def test_batches_page_newest_first(store: SQLStore) -> None:
+    for i in range(5):
+        await store.create_batch(_batch(i))
+    page, more = await store.list_batches(after_seq=None, limit=2)
+    assert [b.id for b in page] == [_batch(4).id, _batch(3).id]
+    assert more
+    cursor = await store.batch_cursor(page[-1].id)
+    page, more = await store.list_batches(after_seq=cursor, limit=10)
+    assert [b.id for b in page] == [_batch(i).id for i in (2, 1, 0)]
+    assert not more
+
+
+async def test_files_hide_deleted_and_expired(store: SQLStore) -> None:
+    await store.create_file(_file(1))
+    await store.create_file(_file(2, expires_at=1500))
+    await store.create_file(_file(3, purpose="user_data"))
+    assert await store.get_file(_file(2).id, now=1499) is not None
+    assert await store.get_file(_file(2).id, now=1500) is None
+    deleted = await store.delete_file(_file(1).id, now=1400)
+    assert deleted is not None
+    assert deleted.deleted_at == 1400
+    assert await store.delete_file(_file(1).id, now=1401) is None
+    live, _ = await store.list_files(now=1600, purpose=None, after_seq=None, limit=10, order="asc")
+    assert [f.id for f in live] == [_file(3).id]
+    batch_files, _ = await store.list_files(
+        now=1000, purpose="batch", after_seq=None, limit=10, order="desc"
+    )
+    assert [f.id for f in batch_files] == [_file(2).id]
+    # A deleted file still works as a pagination cursor.
+    assert await store.file_cursor(_file(1).id) is not None
+
+
+async def test_purge_skips_files_that_active_batches_read(store: SQLStore) -> None:
+    await store.create_file(_file(1))
+    await store.create_file(_file(2))
+    await store.create_batch(_batch(1, status="in_progress"))  # reads file 1
+    await store.delete_file(_file(1).id, now=2000)
+    await store.delete_file(_file(2).id, now=2000)
+    active = ["validating", "in_progress", "finalizing", "cancelling"]
+    due = await store.files_to_purge(now=2000, active_statuses=active, limit=10)
+    assert [f.id for f in due] == [_file(2).id]
+    await store.mark_purged(_file(2).id, now=2001)
+    await store.transition(_batch(1).id, ["in_progress"], status="cancelled")
+    due = await store.files_to_purge(now=2002, active_statuses=active, limit=10)
+    assert [f.id for f in due] == [_file(1).id]
