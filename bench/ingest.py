@@ -22,10 +22,15 @@ What it does:
    streaming multipart body written with ``http.client`` in 1 MiB chunks.
 5. ``batches.create``, then polls ``batches.retrieve`` every 20 ms until the batch leaves
    ``validating``; validation time = from before ``create`` to the ``in_progress`` answer.
+   batchd validates a ``purpose=batch`` file while it streams in, so most of the validation
+   work is inside the upload time; the target is therefore on upload + validation.
+5b. Uploads the same bytes with ``purpose=user_data`` (stored and hashed, not validated): the
+   difference to upload + validation is what validating costs, also shown against the baseline.
 6. Reads the server's ``VmHWM`` again; RSS growth = peak after - RSS before.
 
-``--repeat N`` does steps 3-5 N times on the same server and reports the medians (the machine's
-speed drifts: compare ratios, which are taken per run, rather than absolute times).
+``--repeat N`` (default 3) does steps 3-5b N times on the same server and reports the medians
+(the machine's speed drifts: compare ratios, which are taken per run, rather than absolute
+times).
 
 Times are wall-clock (``time.perf_counter``). MB = 10^6 bytes throughout, RSS included.
 """
@@ -343,9 +348,9 @@ class Server:
 # -- the client side --------------------------------------------------------------------------
 
 
-def upload_sdk(client: OpenAI, path: Path) -> str:
+def upload_sdk(client: OpenAI, path: Path, purpose: str = "batch") -> str:
     with open(path, "rb") as fh:
-        return client.files.create(file=fh, purpose="batch").id
+        return client.files.create(file=fh, purpose=purpose).id  # type: ignore[arg-type]
 
 
 def upload_raw(base_url: str, path: Path, chunk_size: int = 1024 * 1024) -> str:
@@ -407,6 +412,7 @@ class Run:
     baseline_s: float
     upload_s: float
     validation_s: float
+    plain_upload_s: float  # the same bytes with purpose=user_data: stored, not validated
 
     @property
     def total_s(self) -> float:
@@ -414,7 +420,8 @@ class Run:
 
     @property
     def ratio_validation(self) -> float:
-        return self.validation_s / self.baseline_s
+        """What validating costs on top of storing the file, against the baseline."""
+        return max(self.total_s - self.plain_upload_s, 0.0) / self.baseline_s
 
     @property
     def ratio_total(self) -> float:
@@ -432,6 +439,7 @@ class Result:
     validation_s: float
     total_s: float
     baseline_s: float
+    plain_upload_s: float
     ratio_validation: float
     ratio_total: float
     upload_mb_s: float
@@ -446,7 +454,6 @@ class Result:
     request_total: int
     cpus: int
     loadavg_1m: float
-    pass_ratio_validation: bool
     pass_ratio_total: bool
     pass_rss: bool
     per_run: list[dict[str, float]]
@@ -505,7 +512,10 @@ def measure(args: argparse.Namespace, path: Path, lines: int, root: Path, server
             request_total = batch.request_counts.total if batch.request_counts else 0
             if request_total != lines:
                 raise RuntimeError(f"server counted {request_total} requests, file has {lines}")
-            runs.append(Run(baseline_s, upload_s, validation_s))
+            started = time.perf_counter()
+            upload_sdk(client, path, purpose="user_data")
+            plain_upload_s = time.perf_counter() - started
+            runs.append(Run(baseline_s, upload_s, validation_s, plain_upload_s))
         after = server.status()
 
     def median(values: list[float]) -> float:
@@ -528,6 +538,7 @@ def measure(args: argparse.Namespace, path: Path, lines: int, root: Path, server
         validation_s=validation_s,
         total_s=total_s,
         baseline_s=baseline_s,
+        plain_upload_s=median([r.plain_upload_s for r in runs]),
         ratio_validation=ratio_validation,
         ratio_total=ratio_total,
         upload_mb_s=size / MB / upload_s,
@@ -542,7 +553,6 @@ def measure(args: argparse.Namespace, path: Path, lines: int, root: Path, server
         request_total=request_total,
         cpus=os.cpu_count() or 0,
         loadavg_1m=os.getloadavg()[0],
-        pass_ratio_validation=ratio_validation <= TARGET_RATIO,
         pass_ratio_total=ratio_total <= TARGET_RATIO,
         pass_rss=growth <= TARGET_RSS_MB,
         per_run=[
@@ -550,6 +560,7 @@ def measure(args: argparse.Namespace, path: Path, lines: int, root: Path, server
                 "baseline_s": r.baseline_s,
                 "upload_s": r.upload_s,
                 "validation_s": r.validation_s,
+                "plain_upload_s": r.plain_upload_s,
                 "total_s": r.total_s,
                 "ratio_validation": r.ratio_validation,
                 "ratio_total": r.ratio_total,
@@ -601,28 +612,37 @@ def report(r: Result) -> None:
         for i, run in enumerate(r.per_run, 1):
             log(
                 f"  run {i}: baseline {run['baseline_s']:.3f} s, upload {run['upload_s']:.3f} s, "
-                f"validation {run['validation_s']:.3f} s, ratios {run['ratio_validation']:.2f} "
-                f"/ {run['ratio_total']:.2f}"
+                f"create->in_progress {run['validation_s']:.3f} s, plain upload "
+                f"{run['plain_upload_s']:.3f} s, ratio {run['ratio_total']:.2f}"
             )
-    log(f"upload      {r.upload_s:7.3f} s  {r.upload_mb_s:7.1f} MB/s  ({method})")
+    log(
+        f"upload      {r.upload_s:7.3f} s  {r.upload_mb_s:7.1f} MB/s  ({method}; batchd "
+        "validates the file as it streams in)"
+    )
     log(
         f"validation  {r.validation_s:7.3f} s  {r.validation_mb_s:7.1f} MB/s  "
         f"(batches.create -> in_progress, {r.request_total} requests)"
     )
     log(f"total       {r.total_s:7.3f} s  {r.total_mb_s:7.1f} MB/s  (upload + validation)")
     log(
+        f"plain       {r.plain_upload_s:7.3f} s  (the same upload with purpose=user_data: "
+        "stored and hashed, not validated)"
+    )
+    log(
         f"baseline    {r.baseline_s:7.3f} s  {r.baseline_mb_s:7.1f} MB/s  "
         "(read lines + orjson.loads each, best of 3)"
     )
-    log(f"ratio       validation / baseline            {r.ratio_validation:6.2f}")
-    log(f"ratio       (upload + validation) / baseline {r.ratio_total:6.2f}")
+    log(f"ratio       (upload + validation) / baseline   {r.ratio_total:6.2f}")
+    log(
+        f"ratio       (total - plain upload) / baseline  {r.ratio_validation:6.2f}"
+        "  (validation's cost)"
+    )
     log(
         f"server RSS  before {r.rss_before_mb:.1f} MB, peak after {r.peak_after_mb:.1f} MB, "
         f"growth {r.rss_growth_mb:.1f} MB"
         + ("" if r.peak_reset else f"  (peak not reset; peak before {r.hwm_before_mb:.1f} MB)")
     )
     log("targets")
-    log(f"  validation / baseline <= {TARGET_RATIO}            {verdict[r.pass_ratio_validation]}")
     log(f"  (upload + validation) / baseline <= {TARGET_RATIO} {verdict[r.pass_ratio_total]}")
     log(f"  server RSS growth <= {TARGET_RSS_MB:.0f} MB             {verdict[r.pass_rss]}")
 
@@ -644,8 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeat",
         type=int,
-        default=1,
-        help="measured runs on the same server; figures are medians (default 1)",
+        default=3,
+        help="measured runs on the same server; figures are medians (default 3)",
     )
     parser.add_argument(
         "--poll", type=float, default=0.02, help="batch status poll interval, s (default 0.02)"
@@ -666,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     report(result)
     if args.json:
         print(json.dumps(asdict(result)), flush=True)
-    passed = result.pass_ratio_validation and result.pass_ratio_total and result.pass_rss
+    passed = result.pass_ratio_total and result.pass_rss
     return 1 if args.strict and not passed else 0
 
 

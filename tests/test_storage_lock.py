@@ -89,3 +89,40 @@ def test_lock_is_reentrant_per_object_only(tmp_path: Path) -> None:
     with pytest.raises(DataDirLocked):
         DataDirLock(tmp_path).acquire()
     first.release()
+
+
+async def test_background_writer_matches_and_reports_disk_errors_at_commit(
+    tmp_path: Path,
+) -> None:
+    storage = LocalStorage(tmp_path)
+    await storage.open()
+    chunks = [bytes([i]) * (1000 + i) for i in range(100)]
+    writer = storage.writer(background=True)
+    for chunk in chunks:
+        writer.write(chunk)
+    info = await writer.commit("file-bg")
+    assert info.sha256 == hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert (tmp_path / "blobs" / "file-bg").read_bytes() == b"".join(chunks)
+
+    failing = storage.writer(background=True)
+
+    def broken_store(data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    failing._store = broken_store  # type: ignore[method-assign]
+    failing.write(b"x")  # queued: the error surfaces at commit
+    with pytest.raises(OSError, match="No space left"):
+        await failing.commit("file-never")
+    assert not await storage.exists("file-never")
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+async def test_background_writer_limit_is_checked_before_queueing(tmp_path: Path) -> None:
+    storage = LocalStorage(tmp_path)
+    await storage.open()
+    writer = storage.writer(max_bytes=10, background=True)
+    writer.write(b"0123456789")
+    with pytest.raises(BlobTooLarge):
+        writer.write(b"!")
+    await writer.abort()
+    assert list((tmp_path / "tmp").iterdir()) == []

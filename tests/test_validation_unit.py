@@ -53,14 +53,14 @@ class RecordingReader(io.BytesIO):
         self.reads: list[int] = []
 
     def readline(self, size: int | None = -1, /) -> bytes:
-        assert size is not None
-        assert size > 0, "a readline without a size limit would load a whole line"
-        chunk = super().readline(size)
-        self.reads.append(len(chunk))
-        return chunk
+        raise AssertionError("readline could load a whole line: read bounded chunks")
 
     def read(self, size: int | None = -1, /) -> bytes:
-        raise AssertionError("the validator must read lines, not the whole file")
+        assert size is not None
+        assert size > 0, "a read without a size would load the whole file"
+        chunk = super().read(size)
+        self.reads.append(len(chunk))
+        return chunk
 
 
 # -- iter_lines ----------------------------------------------------------------------------------
@@ -330,7 +330,8 @@ def test_file_level_errors_are_listed_past_the_cap() -> None:
 
 def test_should_stop_interrupts_validation() -> None:
     every = validation._CHECK_STOP_EVERY
-    data = b"".join(req(f"r{i}") + b"\n" for i in range(3 * every))
+    padding = "p" * 1000  # more than one read chunk (1 MiB) before the first check
+    data = b"".join(req(f"r{i}", content=padding) + b"\n" for i in range(3 * every))
     calls: list[int] = []
 
     def stop() -> bool:
@@ -463,3 +464,63 @@ def test_arbitrary_input_never_raises(data: bytes) -> None:
         assert result.model in MODELS
     else:
         assert (result.total, result.model) == (0, None)
+
+
+@pytest.mark.parametrize(
+    "stream_key", [b'"stream"', b'"\\u0073tream"', b'"str\\u0065am"', b'"\\u0073\\u0074ream"']
+)
+def test_stream_true_is_caught_however_the_key_is_spelled(stream_key: bytes) -> None:
+    body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], '
+    line = (
+        b'{"custom_id": "s", "method": "POST", "url": "/v1/chat/completions", "body": '
+        + body
+        + stream_key
+        + b": true}}\n"
+    )
+    assert codes(run(line)) == [("streaming_unsupported", 1, "body.stream")]
+
+
+def test_integers_beyond_64_bits_are_valid_json() -> None:
+    # simdjson (the fast path) rejects them; the full parse accepts them, as JSON allows.
+    assert run(req("big", seed=2**70) + b"\n").ok
+
+
+_JSONISH = st.lists(
+    st.sampled_from(
+        [
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b'"',
+            b":",
+            b",",
+            b"1",
+            b"-",
+            b".",
+            b"e",
+            b"true",
+            b" ",
+            b"\r",
+            b"\\",
+            b"u",
+            BOM,
+            b"\x00",
+            b"\xff",
+            b"\xed\xa0\x80",
+            b"18446744073709551616",
+        ]
+    ),
+    max_size=4,
+).map(b"".join)
+
+
+@settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_JSONISH, _JSONISH)
+def test_fast_path_never_accepts_what_the_full_parse_rejects(prefix: bytes, suffix: bytes) -> None:
+    """A valid request with bytes around it: simdjson (the fast path) must not accept a line
+    that orjson (the full checks) rejects."""
+    raw = prefix + req("r1") + suffix
+    validator = validation.Validator(endpoint=CHAT, models=MODELS, max_requests=10)
+    if validator._accept(raw):
+        orjson.loads(raw)  # must not raise

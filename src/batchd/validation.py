@@ -10,29 +10,35 @@ Tolerated: a UTF-8 byte-order mark, CRLF line ends, blank lines, a missing final
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import orjson
+import simdjson
 
+from batchd.config import Settings
 from batchd.protocol import BATCH_ENDPOINTS
 
 __all__ = [
     "BOM",
+    "LineSplitter",
     "LineTooLong",
+    "UploadValidator",
     "ValidationResult",
     "Validator",
     "iter_lines",
     "normalize_url",
     "validate_stream",
+    "validation_key",
 ]
 
 BOM = b"\xef\xbb\xbf"
 _REQUIRED_KEYS = ("custom_id", "method", "url", "body")
 _FIELD_NAMES = {"messages": "Messages", "input": "Input", "prompt": "Prompt"}
 _CHECK_STOP_EVERY = 1024
-_SKIP_CHUNK = 1024 * 1024
 _MAX_QUOTED = 100
 
 
@@ -50,44 +56,109 @@ class LineTooLong:
     length: int
 
 
-def iter_lines(fh: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, bytes | LineTooLong]]:
-    """Yield ``(line_number, raw_line)`` with line ends and a leading BOM removed.
+class LineSplitter:
+    """Splits a byte stream fed in chunks of any size into lines (push-based).
 
-    A line whose content (without its ``\\n`` or ``\\r\\n`` end, and without the BOM) is longer
-    than ``max_line_bytes`` is yielded as :class:`LineTooLong` after skipping it in bounded chunks.
+    :meth:`feed` returns the lines a chunk completes, :meth:`close` the last one, each as
+    ``(line_number, raw_line)`` with its ``\\n`` or ``\\r\\n`` end and a leading BOM removed. A
+    line whose content is longer than ``max_line_bytes`` comes as :class:`LineTooLong`; its bytes
+    are counted, not kept, so memory stays bounded by the limit and the chunk size.
     """
-    limit = max_line_bytes + 2  # room for a "\r\n" line end
-    lineno = 0
-    while True:
-        raw = fh.readline(limit)
-        if not raw:
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.lineno = 0  # lines completed so far
+        self._parts: list[bytes] = []  # the pending, unterminated line
+        self._pending = 0
+        self._skipped: int | None = None  # length so far of a too-long pending line
+        self._last = b""  # the last byte skipped (a "\r" before the "\n" is not content)
+
+    def feed(self, chunk: bytes) -> list[tuple[int, bytes | LineTooLong]]:
+        pieces = chunk.split(b"\n")
+        if len(pieces) == 1:
+            self._extend(chunk)
+            return []
+        out = [self._complete(pieces[0])]
+        # The lines wholly inside this chunk: nothing pending, never line 1 (no BOM).
+        lineno, limit = self.lineno, self.max_line_bytes
+        for piece in pieces[1:-1]:
+            lineno += 1
+            if piece.endswith(b"\r"):
+                piece = piece[:-1]
+            out.append((lineno, piece if len(piece) <= limit else LineTooLong(len(piece))))
+        self.lineno = lineno
+        self._extend(pieces[-1])
+        return out
+
+    def close(self) -> list[tuple[int, bytes | LineTooLong]]:
+        """The last line, when the stream does not end with a newline."""
+        if self._skipped is not None:
+            self.lineno += 1
+            out: list[tuple[int, bytes | LineTooLong]] = [(self.lineno, LineTooLong(self._skipped))]
+        elif self._pending:
+            self.lineno += 1
+            out = [self._checked(self._strip_bom(b"".join(self._parts)))]
+        else:
+            out = []
+        self._reset()
+        return out
+
+    def _reset(self) -> None:
+        self._parts = []
+        self._pending = 0
+        self._skipped = None
+        self._last = b""
+
+    def _strip_bom(self, line: bytes) -> bytes:
+        return line[len(BOM) :] if self.lineno == 1 and line.startswith(BOM) else line
+
+    def _checked(self, line: bytes) -> tuple[int, bytes | LineTooLong]:
+        if len(line) > self.max_line_bytes:
+            return self.lineno, LineTooLong(len(line))
+        return self.lineno, line
+
+    def _complete(self, piece: bytes) -> tuple[int, bytes | LineTooLong]:
+        self.lineno += 1
+        if self._skipped is not None:
+            length = self._skipped + len(piece)
+            if (piece[-1:] or self._last) == b"\r":
+                length -= 1
+            self._reset()
+            return self.lineno, LineTooLong(length)
+        line = b"".join((*self._parts, piece)) if self._parts else piece
+        self._reset()
+        line = self._strip_bom(line)
+        if line.endswith(b"\r"):
+            line = line[:-1]
+        return self._checked(line)
+
+    def _extend(self, rest: bytes) -> None:
+        if not rest:
             return
-        lineno += 1
-        if lineno == 1 and raw.startswith(BOM):
-            raw = raw[len(BOM) :]
-            if not raw.endswith(b"\n"):
-                raw += fh.readline(len(BOM))  # the BOM does not count against the limit
-        if raw.endswith(b"\n"):
-            raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-        elif len(raw) >= limit:
-            yield lineno, LineTooLong(_skip_line(fh, raw))
-            continue
-        if len(raw) > max_line_bytes:
-            yield lineno, LineTooLong(len(raw))
-            continue
-        yield lineno, raw
+        if self._skipped is not None:
+            self._skipped += len(rest)
+            self._last = rest[-1:]
+            return
+        self._parts.append(rest)
+        self._pending += len(rest)
+        # Past this, the line is too long whatever ends it ("\r\n", and a BOM on line 1).
+        allowance = 1 + (len(BOM) if self.lineno == 0 else 0)
+        if self._pending > self.max_line_bytes + allowance:
+            head = b"".join(self._parts)
+            bom = len(BOM) if self.lineno == 0 and head.startswith(BOM) else 0
+            self._parts = []
+            self._skipped = self._pending - bom
+            self._last = rest[-1:]
 
 
-def _skip_line(fh: BinaryIO, head: bytes) -> int:
-    """Read past the rest of a line that starts with ``head``; its length without the line end."""
-    length = len(head)
-    previous, chunk = head, head
-    while chunk and not chunk.endswith(b"\n"):
-        previous, chunk = chunk, fh.readline(_SKIP_CHUNK)
-        length += len(chunk)
-    if chunk.endswith(b"\n"):
-        length -= 2 if (chunk[-2:-1] or previous[-1:]) == b"\r" else 1
-    return length
+def iter_lines(
+    fh: BinaryIO, max_line_bytes: int, *, chunk_size: int = 1024 * 1024
+) -> Iterator[tuple[int, bytes | LineTooLong]]:
+    """The lines of a blocking binary reader, as :class:`LineSplitter` splits them."""
+    splitter = LineSplitter(max_line_bytes)
+    while chunk := fh.read(chunk_size):
+        yield from splitter.feed(chunk)
+    yield from splitter.close()
 
 
 @dataclass(slots=True)
@@ -103,6 +174,25 @@ class ValidationResult:
     @property
     def ok(self) -> bool:
         return self.error_count == 0 and not self.stopped
+
+    def to_json(self, key: str) -> dict[str, Any]:
+        """The result as the store keeps it, with the :func:`validation_key` it is valid for."""
+        return {
+            "key": key,
+            "total": self.total,
+            "model": self.model,
+            "errors": self.errors,
+            "error_count": self.error_count,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ValidationResult:
+        return cls(
+            total=data["total"],
+            model=data["model"],
+            errors=data["errors"],
+            error_count=data["error_count"],
+        )
 
 
 class Validator:
@@ -127,6 +217,7 @@ class Validator:
         self._custom_ids: set[str] = set()
         self._lines = 0  # non-blank lines: candidate requests
         self._needs_messages = "messages" in self.required_body
+        self._parser = simdjson.Parser()
 
     def error(self, code: str, message: str, *, line: int | None, param: str | None) -> None:
         self.result.error_count += 1
@@ -146,6 +237,10 @@ class Validator:
                 param=None,
             )
             return
+        if self._accept(raw):
+            self._lines += 1
+            self.result.total += 1
+            return
         try:
             request = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -160,9 +255,6 @@ class Validator:
             )
             return
         self._lines += 1
-        if isinstance(request, dict) and self._accept(request):
-            self.result.total += 1
-            return
         if not isinstance(request, dict):
             self.error(
                 "invalid_request",
@@ -176,40 +268,64 @@ class Validator:
         if self.result.error_count == before:
             self.result.total += 1
 
-    def _accept(self, request: dict[str, Any]) -> bool:
+    def _accept(self, raw: bytes) -> bool:
         """The fast path for the common case, a valid request: accept it (with the side effects
         of the full checks) if it certainly passes them all; otherwise return ``False`` without
-        side effects, so that the full checks run and report what is wrong.
+        side effects, so that the full checks run on ``orjson.loads(raw)`` and report what is
+        wrong.
 
-        Keep it in step with :meth:`_check_request`, :meth:`_check_custom_id` and
-        :meth:`_check_body`: it must never accept a request that they would reject.
+        simdjson validates the whole line (UTF-8 included) but builds Python objects only for
+        the fields read here, which makes it several times faster than a full parse. What it
+        rejects (e.g. integers beyond 64 bits, which orjson accepts) takes the full path; what it
+        accepts and orjson does not (a leading byte-order mark) is kept off it.
         """
-        custom_id = request.get("custom_id")
-        body = request.get("body")
-        if not (
-            isinstance(custom_id, str)
-            and custom_id
-            and isinstance(body, dict)
-            and request.get("method") == "POST"
-            # normalize_url is idempotent and self.endpoint is normalized, so equality suffices;
-            # other spellings (Azure's "/chat/completions") take the full checks
-            and request.get("url") == self.endpoint
-            and custom_id not in self._custom_ids
-            and body.get("stream") is not True
-        ):
+        if raw.startswith(BOM):
             return False
-        model = body.get("model")
-        if not isinstance(model, str) or model not in self.models:
+        try:
+            request = self._parser.parse(raw)
+        except (ValueError, RuntimeError):
             return False
-        if self.result.model is not None and model != self.result.model:
-            return False
-        for name in self.required_body:
-            if body.get(name) is None:
+        return isinstance(request, simdjson.Object) and self._accept_request(request)
+
+    def _accept_request(self, request: simdjson.Object) -> bool:
+        """Keep in step with :meth:`_check_request`, :meth:`_check_custom_id` and
+        :meth:`_check_body`: never accept a request that they would reject.
+
+        Present keys are read by indexing (a missing one raises ``KeyError``: full checks);
+        optional keys are looked up in the key list, because simdjson's ``get``/``in`` of an
+        absent key is slow.
+        """
+        try:
+            custom_id = request["custom_id"]
+            body = request["body"]
+            if not (
+                isinstance(custom_id, str)
+                and custom_id
+                and isinstance(body, simdjson.Object)
+                and request["method"] == "POST"
+                # normalize_url is idempotent and self.endpoint is normalized, so equality
+                # suffices; other spellings (Azure's "/chat/completions") take the full checks
+                and request["url"] == self.endpoint
+                and custom_id not in self._custom_ids
+            ):
                 return False
-        if self._needs_messages:
-            messages = body["messages"]  # present and not null: it is required
-            if not isinstance(messages, list) or not messages:
+            body_keys = body.keys()  # faster than "stream" in body, which raises inside
+            if "stream" in body_keys and body["stream"] is True:
                 return False
+            model = body["model"]
+            if not isinstance(model, str) or model not in self.models:
+                return False
+            if self.result.model is not None and model != self.result.model:
+                return False
+            for name in self.required_body:
+                if body[name] is None:
+                    return False
+            if self._needs_messages:
+                messages = body["messages"]
+                if not isinstance(messages, simdjson.Array) or not len(messages):
+                    return False
+        except KeyError:
+            return False
         if len(self._custom_ids) <= self.max_requests:
             self._custom_ids.add(custom_id)
         if self.result.model is None:
@@ -367,6 +483,80 @@ class Validator:
             self.result.total = 0
             self.result.model = None
         return self.result
+
+
+def validation_key(settings: Settings, endpoint: str) -> str:
+    """What a validation result depends on besides the file: reuse a result only if this matches."""
+    parts = [
+        normalize_url(endpoint),
+        sorted(route.name for route in settings.models),
+        settings.max_requests_per_batch,
+        settings.max_validation_errors,
+        settings.max_request_bytes,
+    ]
+    return hashlib.sha256(orjson.dumps(parts)).hexdigest()[:32]
+
+
+class UploadValidator:
+    """Validates a batch file while it is being uploaded, chunk by chunk, for the endpoint that
+    its first request names; :meth:`finish` returns ``(endpoint, result)``, or ``None`` when the
+    file does not name a batch endpoint in its first request (validation then waits for the
+    batch, which knows its endpoint)."""
+
+    def __init__(
+        self, *, models: Collection[str], max_requests: int, max_errors: int, max_line_bytes: int
+    ) -> None:
+        self._splitter = LineSplitter(max_line_bytes)
+        self._new_validator = functools.partial(
+            Validator,
+            models=models,
+            max_requests=max_requests,
+            max_errors=max_errors,
+            max_line_bytes=max_line_bytes,
+        )
+        self._validator: Validator | None = None
+        self._abandoned = False
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> UploadValidator:
+        return cls(
+            models=frozenset(route.name for route in settings.models),
+            max_requests=settings.max_requests_per_batch,
+            max_errors=settings.max_validation_errors,
+            max_line_bytes=settings.max_request_bytes,
+        )
+
+    def feed(self, chunk: bytes) -> None:
+        if not self._abandoned:
+            for lineno, raw in self._splitter.feed(chunk):
+                self._line(lineno, raw)
+
+    def _line(self, lineno: int, raw: bytes | LineTooLong) -> None:
+        if self._validator is None:
+            if isinstance(raw, LineTooLong):
+                self._abandoned = True
+                return
+            if not raw.strip():
+                return
+            try:
+                first = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                first = None
+            url = first.get("url") if isinstance(first, dict) else None
+            if not isinstance(url, str) or normalize_url(url) not in BATCH_ENDPOINTS:
+                self._abandoned = True
+                return
+            self._validator = self._new_validator(endpoint=url)
+        if not self._abandoned:
+            self._validator.feed(lineno, raw)
+
+    def finish(self) -> tuple[str, ValidationResult] | None:
+        if not self._abandoned:
+            for lineno, raw in self._splitter.close():
+                self._line(lineno, raw)
+        if self._abandoned or self._validator is None:
+            return None
+        return self._validator.endpoint, self._validator.finish()
 
 
 def validate_stream(

@@ -21,6 +21,7 @@ from batchd.errors import InvalidRequest, NotFound
 from batchd.ids import is_file_id, new_file_id
 from batchd.protocol import UPLOAD_PURPOSES, FileDeleted, ListPage
 from batchd.store import FileRecord
+from batchd.validation import validation_key
 
 __all__ = ["router"]
 
@@ -141,6 +142,12 @@ async def create_file(request: Request, svc: ServicesDep) -> Response:
         raise
     if seconds is None and purpose == "batch":
         seconds = settings.batch_file_expiry_seconds
+    validation = None
+    if upload.validator is not None and purpose == "batch":
+        finished = upload.validator.finish()
+        if finished is not None:
+            endpoint, result = finished
+            validation = result.to_json(validation_key(settings, endpoint))
     file_id = new_file_id()
     blob = await writer.commit(file_id)
     now = svc.now()
@@ -154,7 +161,7 @@ async def create_file(request: Request, svc: ServicesDep) -> Response:
         sha256=blob.sha256,
     )
     try:
-        await svc.store.create_file(record)
+        await svc.store.create_file(record, validation=validation)
     except BaseException:
         await svc.storage.delete(file_id)
         raise

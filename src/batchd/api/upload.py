@@ -14,6 +14,7 @@ from starlette.requests import Request
 from batchd.config import Settings
 from batchd.errors import APIError, InvalidRequest, PayloadTooLarge
 from batchd.storage import BlobTooLarge, BlobWriter, Storage
+from batchd.validation import UploadValidator
 
 __all__ = ["ParsedUpload", "parse_upload", "sanitize_filename"]
 
@@ -46,6 +47,8 @@ class ParsedUpload:
     fields: dict[str, str] = field(default_factory=dict)
     filename: str | None = None
     writer: BlobWriter | None = None
+    # Validates a batch file as it streams in, so that creating the batch need not read it again.
+    validator: UploadValidator | None = None
 
 
 class _Handler:
@@ -61,6 +64,7 @@ class _Handler:
         self._field: str | None = None
         self._value = bytearray()
         self._in_file = False
+        self._file_data: list[bytes] = []  # file bytes parsed but not yet written
 
     def callbacks(self) -> Any:
         return {
@@ -105,7 +109,9 @@ class _Handler:
             )
             purpose = self.result.fields.get("purpose")
             limit = self.settings.max_file_bytes(purpose)
-            self.result.writer = self.storage.writer(max_bytes=limit)
+            self.result.writer = self.storage.writer(max_bytes=limit, background=True)
+            if purpose == "batch":
+                self.result.validator = UploadValidator.for_settings(self.settings)
         else:
             if len(self.result.fields) >= _MAX_FIELDS:
                 raise InvalidRequest("Too many form fields.", code="invalid_value")
@@ -113,8 +119,7 @@ class _Handler:
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._in_file:
-            assert self.result.writer is not None
-            self.result.writer.write(data[start:end])
+            self._file_data.append(data[start:end])
         else:
             self._value += data[start:end]
             if len(self._value) > _MAX_FIELD_BYTES:
@@ -123,6 +128,18 @@ class _Handler:
                     param=self._field,
                     code="invalid_value",
                 )
+
+    def flush(self) -> None:
+        """Write (and validate) the file bytes parsed so far. The writer hashes and writes in a
+        thread of its own, so that this work and the validation overlap."""
+        pieces, self._file_data = self._file_data, []
+        writer, validator = self.result.writer, self.result.validator
+        if writer is None:
+            return
+        for piece in pieces:
+            writer.write(piece)
+            if validator is not None:
+                validator.feed(piece)
 
     def on_part_end(self) -> None:
         if self._field is not None:
@@ -151,7 +168,9 @@ async def parse_upload(request: Request, storage: Storage, settings: Settings) -
     try:
         async for chunk in stream:
             parser.write(chunk)
+            handler.flush()
         parser.finalize()
+        handler.flush()
     except (APIError, BlobTooLarge, ValueError) as exc:
         if handler.result.writer is not None:
             await handler.result.writer.abort()

@@ -23,7 +23,7 @@ from batchd.errors import Conflict, NotFound
 from batchd.ids import new_file_id
 from batchd.storage import BlobInfo, Storage
 from batchd.store import BatchRecord, FileRecord, Store
-from batchd.validation import ValidationResult, validate_stream
+from batchd.validation import ValidationResult, validate_stream, validation_key
 
 __all__ = ["ACTIVE_STATUSES", "BatchManager"]
 
@@ -190,6 +190,10 @@ class BatchManager:
                 {"code": "invalid_request", "message": reason, "param": "file_id", "line": None}
             )
             return result
+        cached = await self.store.get_file_validation(file.id)
+        if cached is not None and cached["key"] == validation_key(self.settings, batch.endpoint):
+            log.info("batch %s: input validated while it was uploaded", batch.id)
+            return ValidationResult.from_json(cached)
         flag = self._stop_flags.setdefault(batch.id, threading.Event())
         if self._shutdown.is_set():
             flag.set()

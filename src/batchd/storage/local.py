@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import re
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import BinaryIO
@@ -18,6 +20,7 @@ __all__ = ["LocalStorage", "LocalWriter"]
 
 _KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 CHUNK = 1024 * 1024
+_QUEUED = 16
 
 
 def _fsync_dir(path: Path) -> None:
@@ -29,15 +32,27 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalWriter:
-    """Writes to ``tmp/`` while hashing; ``commit`` fsyncs and renames into ``blobs/``."""
+    """Writes to ``tmp/`` while hashing; ``commit`` fsyncs and renames into ``blobs/``.
 
-    def __init__(self, storage: LocalStorage, max_bytes: int | None) -> None:
+    With ``background=True`` a thread of its own hashes and writes (both release the GIL) while
+    the caller goes on, e.g. validating the same bytes; at most ``_QUEUED`` chunks wait for it,
+    and a disk error surfaces at ``commit``.
+    """
+
+    def __init__(self, storage: LocalStorage, max_bytes: int | None, *, background: bool) -> None:
         self._storage = storage
         self._max = max_bytes
         self._tmp = storage.tmp_dir / f"{os.getpid()}-{os.urandom(8).hex()}.part"
         self._fh: BinaryIO | None = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         self._hash = hashlib.sha256()
         self._size = 0
+        self._queue: queue.Queue[bytes | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        if background:
+            self._queue = queue.Queue(maxsize=_QUEUED)
+            self._thread = threading.Thread(target=self._drain, name="blob-writer", daemon=True)
+            self._thread.start()
 
     @property
     def size(self) -> int:
@@ -49,12 +64,38 @@ class LocalWriter:
         self._size += len(data)
         if self._max is not None and self._size > self._max:
             raise BlobTooLarge(self._max)
+        if self._queue is not None:
+            self._queue.put(data)
+        else:
+            self._store(data)
+
+    def _store(self, data: bytes) -> None:
+        assert self._fh is not None
         self._hash.update(data)
         self._fh.write(data)
+
+    def _drain(self) -> None:
+        assert self._queue is not None
+        while (data := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._store(data)
+                except BaseException as exc:  # re-raised by commit
+                    self._error = exc
+
+    def _stop(self) -> None:
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = self._thread = None
 
     def commit_sync(self, key: str) -> BlobInfo:
         if self._fh is None:
             raise RuntimeError("commit after commit or abort")
+        self._stop()
+        if self._error is not None:
+            self.abort_sync()
+            raise self._error
         fh, self._fh = self._fh, None
         try:
             fh.flush()
@@ -69,6 +110,7 @@ class LocalWriter:
         return await anyio.to_thread.run_sync(self.commit_sync, key)
 
     def abort_sync(self) -> None:
+        self._stop()
         if self._fh is not None:
             self._fh.close()
             self._fh = None
@@ -98,8 +140,8 @@ class LocalStorage:
             raise ValueError(f"invalid blob key: {key!r}")
         return self.blob_dir / key
 
-    def writer(self, *, max_bytes: int | None = None) -> LocalWriter:
-        return LocalWriter(self, max_bytes)
+    def writer(self, *, max_bytes: int | None = None, background: bool = False) -> LocalWriter:
+        return LocalWriter(self, max_bytes, background=background)
 
     def open_binary(self, key: str) -> BinaryIO:
         # A 1 MiB buffer instead of the default 8 KiB: line-by-line readers (validation) then

@@ -22,6 +22,7 @@ Order = Literal["asc", "desc"]
 
 _FILE_FIELDS = [f.name for f in dataclasses.fields(FileRecord)]
 _BATCH_FIELDS = [f.name for f in dataclasses.fields(BatchRecord)]
+_FILE_COLUMNS = [files.c[name] for name in _FILE_FIELDS]  # not the (large) validation column
 
 
 class Store(Protocol):
@@ -31,7 +32,10 @@ class Store(Protocol):
     async def close(self) -> None: ...
     async def ping(self) -> None: ...
 
-    async def create_file(self, record: FileRecord) -> None: ...
+    async def create_file(
+        self, record: FileRecord, *, validation: dict[str, Any] | None = None
+    ) -> None: ...
+    async def get_file_validation(self, file_id: str) -> dict[str, Any] | None: ...
     async def get_file(self, file_id: str, *, now: int) -> FileRecord | None: ...
     async def file_cursor(self, file_id: str) -> int | None: ...
     async def list_files(
@@ -125,8 +129,15 @@ class SQLStore:
 
     # -- files ------------------------------------------------------------------------------
 
-    async def create_file(self, record: FileRecord) -> None:
-        await self._execute(sa.insert(files).values(**dataclasses.asdict(record)))
+    async def create_file(
+        self, record: FileRecord, *, validation: dict[str, Any] | None = None
+    ) -> None:
+        values = dataclasses.asdict(record)
+        await self._execute(sa.insert(files).values(**values, validation=validation))
+
+    async def get_file_validation(self, file_id: str) -> dict[str, Any] | None:
+        rows = await self._fetch(sa.select(files.c.validation).where(files.c.id == file_id))
+        return rows[0][0] if rows and rows[0][0] is not None else None
 
     @staticmethod
     def _live_files(now: int) -> sa.ColumnElement[bool]:
@@ -137,7 +148,7 @@ class SQLStore:
 
     async def get_file(self, file_id: str, *, now: int) -> FileRecord | None:
         rows = await self._fetch(
-            sa.select(files).where(files.c.id == file_id, self._live_files(now))
+            sa.select(*_FILE_COLUMNS).where(files.c.id == file_id, self._live_files(now))
         )
         return self._file(rows[0]) if rows else None
 
@@ -148,7 +159,7 @@ class SQLStore:
     async def list_files(
         self, *, now: int, purpose: str | None, after_seq: int | None, limit: int, order: Order
     ) -> tuple[list[FileRecord], bool]:
-        stmt = sa.select(files).where(self._live_files(now))
+        stmt = sa.select(*_FILE_COLUMNS).where(self._live_files(now))
         if purpose is not None:
             stmt = stmt.where(files.c.purpose == purpose)
         if order == "desc":
@@ -173,7 +184,9 @@ class SQLStore:
                 )
                 if result.rowcount != 1:
                     return None
-                row = (await conn.execute(sa.select(files).where(files.c.id == file_id))).one()
+                row = (
+                    await conn.execute(sa.select(*_FILE_COLUMNS).where(files.c.id == file_id))
+                ).one()
         except SQLAlchemyError as exc:
             raise StoreError(str(exc)) from exc
         return self._file(row)
@@ -186,7 +199,7 @@ class SQLStore:
             batches.c.input_file_id == files.c.id, batches.c.status.in_(list(active_statuses))
         )
         rows = await self._fetch(
-            sa.select(files)
+            sa.select(*_FILE_COLUMNS)
             .where(
                 files.c.purged_at.is_(None),
                 sa.or_(

@@ -29,6 +29,8 @@ files = sa.Table(
     sa.Column("sha256", sa.String(64), nullable=False),
     sa.Column("deleted_at", sa.BigInteger(), nullable=True),
     sa.Column("purged_at", sa.BigInteger(), nullable=True),
+    # A validation result computed while a batch file was uploaded (see batchd.validation).
+    sa.Column("validation", sa.JSON(), nullable=True),
     sa.Index("ix_files_purpose", "purpose"),
 )
 
