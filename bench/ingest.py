@@ -26,7 +26,9 @@ What it does:
    work is inside the upload time; the target is therefore on upload + validation.
 5b. Uploads the same bytes with ``purpose=user_data`` (stored and hashed, not validated): the
    difference to upload + validation is what validating costs, also shown against the baseline.
-6. Reads the server's ``VmHWM`` again; RSS growth = peak after - RSS before.
+5c. Downloads the batch file's content (``files.content``, streamed) and checks its size.
+6. Reads the server's ``VmHWM`` again; RSS growth = peak after - RSS before (uploads, validation
+   and downloads of all runs included).
 
 ``--repeat N`` (default 3) does steps 3-5b N times on the same server and reports the medians
 (the machine's speed drifts: compare ratios, which are taken per run, rather than absolute
@@ -392,6 +394,15 @@ def _chunks(fh: BinaryIO, size: int) -> Iterator[bytes]:
         yield chunk
 
 
+def download(client: OpenAI, file_id: str) -> int:
+    """Stream the file's content back (the server streams it too); returns the byte count."""
+    total = 0
+    with client.files.with_streaming_response.content(file_id) as response:
+        for chunk in response.iter_bytes(1024 * 1024):
+            total += len(chunk)
+    return total
+
+
 def validate(client: OpenAI, file_id: str, poll: float) -> tuple[float, Any]:
     """Create a batch and poll until it leaves ``validating``; returns (seconds, batch)."""
     started = time.perf_counter()
@@ -413,6 +424,7 @@ class Run:
     upload_s: float
     validation_s: float
     plain_upload_s: float  # the same bytes with purpose=user_data: stored, not validated
+    download_s: float  # GET /v1/files/{id}/content of the batch file, streamed
 
     @property
     def total_s(self) -> float:
@@ -440,6 +452,7 @@ class Result:
     total_s: float
     baseline_s: float
     plain_upload_s: float
+    download_s: float
     ratio_validation: float
     ratio_total: float
     upload_mb_s: float
@@ -515,7 +528,12 @@ def measure(args: argparse.Namespace, path: Path, lines: int, root: Path, server
             started = time.perf_counter()
             upload_sdk(client, path, purpose="user_data")
             plain_upload_s = time.perf_counter() - started
-            runs.append(Run(baseline_s, upload_s, validation_s, plain_upload_s))
+            started = time.perf_counter()
+            downloaded = download(client, file_id)
+            download_s = time.perf_counter() - started
+            if downloaded != size:
+                raise RuntimeError(f"downloaded {downloaded} bytes, uploaded {size}")
+            runs.append(Run(baseline_s, upload_s, validation_s, plain_upload_s, download_s))
         after = server.status()
 
     def median(values: list[float]) -> float:
@@ -539,6 +557,7 @@ def measure(args: argparse.Namespace, path: Path, lines: int, root: Path, server
         total_s=total_s,
         baseline_s=baseline_s,
         plain_upload_s=median([r.plain_upload_s for r in runs]),
+        download_s=median([r.download_s for r in runs]),
         ratio_validation=ratio_validation,
         ratio_total=ratio_total,
         upload_mb_s=size / MB / upload_s,
@@ -561,6 +580,7 @@ def measure(args: argparse.Namespace, path: Path, lines: int, root: Path, server
                 "upload_s": r.upload_s,
                 "validation_s": r.validation_s,
                 "plain_upload_s": r.plain_upload_s,
+                "download_s": r.download_s,
                 "total_s": r.total_s,
                 "ratio_validation": r.ratio_validation,
                 "ratio_total": r.ratio_total,
@@ -628,6 +648,7 @@ def report(r: Result) -> None:
         f"plain       {r.plain_upload_s:7.3f} s  (the same upload with purpose=user_data: "
         "stored and hashed, not validated)"
     )
+    log(f"download    {r.download_s:7.3f} s  (GET /v1/files/{{id}}/content, streamed)")
     log(
         f"baseline    {r.baseline_s:7.3f} s  {r.baseline_mb_s:7.1f} MB/s  "
         "(read lines + orjson.loads each, best of 3)"
