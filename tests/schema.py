@@ -35,7 +35,9 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 __all__ = [
+    "EMPTY_PAGE",
     "SPEC_FILE",
+    "check_empty_page",
     "check_response",
     "conforms",
     "require_spec",
@@ -179,3 +181,11 @@ def check_response(response: Any, name: str) -> Any:
     assert request_id.startswith("req_"), f"x-request-id is {request_id!r}"
     assert response.headers.get("content-type", "").startswith("application/json")
     return conforms(name, json.loads(response.text))
+
+
+EMPTY_PAGE = {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
+
+
+def check_empty_page(response: Any, name: str) -> None:
+    """A list response past the last object: empty ``data``, null ids, ``has_more`` false."""
+    assert check_response(response, name) == EMPTY_PAGE

@@ -22,7 +22,7 @@ from openai import AsyncOpenAI, OpenAI
 from openai.types import Batch, FileObject
 
 from tests.conftest import wait_for_status
-from tests.schema import check_response, conforms, require_spec, schema_properties
+from tests.schema import check_empty_page, check_response, conforms, require_spec, schema_properties
 from tests.serverproc import BatchdServer, write_config
 
 DAY = 24 * 3600
@@ -403,16 +403,7 @@ def test_list_batches_newest_first_sync(fresh_server: BatchdServer) -> None:
         assert [b["id"] for b in tail["data"]] == [ids[0]]
         assert tail["has_more"] is False
 
-        empty = check_response(
-            c.batches.with_raw_response.list(after=ids[0]), "ListBatchesResponse"
-        )
-        assert empty == {
-            "object": "list",
-            "data": [],
-            "first_id": None,
-            "last_id": None,
-            "has_more": False,
-        }
+        check_empty_page(c.batches.with_raw_response.list(after=ids[0]), "ListBatchesResponse")
 
 
 @pytest.mark.anyio
@@ -425,13 +416,7 @@ async def test_list_batches_newest_first_async(fresh_server: BatchdServer) -> No
         assert page.has_more is True
         assert [b.id for b in page.data] == ids[:0:-1]
         raw = await ac.batches.with_raw_response.list(after=ids[0], limit=100)
-        empty = check_response(raw, "ListBatchesResponse")
-        assert (empty["data"], empty["has_more"], empty["first_id"], empty["last_id"]) == (
-            [],
-            False,
-            None,
-            None,
-        )
+        check_empty_page(raw, "ListBatchesResponse")
 
 
 @pytest.mark.parametrize(
