@@ -497,3 +497,15 @@ async def test_delete_then_404_async(async_client: AsyncOpenAI) -> None:
                 await call(gone.id)
             _assert_file_gone(info.value, gone.id)
         assert gone.id not in [f.id async for f in async_client.files.list()]
+
+
+def test_content_missing_from_storage_is_a_clear_server_error(
+    client: OpenAI, server: BatchdServer
+) -> None:
+    uploaded = client.files.create(file=("gone.jsonl", b"{}\n"), purpose="user_data")
+    (server.data_dir / "files" / "blobs" / uploaded.id).unlink()
+    with pytest.raises(openai.InternalServerError) as info:
+        client.files.content(uploaded.id)
+    assert info.value.code == "file_content_missing"
+    assert uploaded.id in info.value.message
+    assert client.files.retrieve(uploaded.id).id == uploaded.id  # still serving

@@ -17,7 +17,7 @@ from batchd.api.params import (
 )
 from batchd.api.responses import JSONResponse, file_object
 from batchd.api.upload import parse_upload, too_large
-from batchd.errors import InvalidRequest, NotFound
+from batchd.errors import APIError, InvalidRequest, NotFound
 from batchd.ids import is_file_id, new_file_id
 from batchd.protocol import UPLOAD_PURPOSES, FileDeleted, ListPage
 from batchd.store import FileRecord
@@ -217,6 +217,12 @@ async def delete_file(file_id: str, svc: ServicesDep) -> Response:
 @router.get("/{file_id}/content", summary="Retrieve a file's content")
 async def file_content(file_id: str, svc: ServicesDep) -> Response:
     record = await _live_file(svc, file_id)
+    if not await svc.storage.exists(record.id):
+        raise APIError(
+            f"The content of file {record.id} is missing from this server's storage; upload the "
+            "file again.",
+            code="file_content_missing",
+        )
     return StreamingResponse(
         svc.storage.read_chunks(record.id),
         media_type="application/octet-stream",

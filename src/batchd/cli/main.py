@@ -100,6 +100,13 @@ def serve(
     except BatchdError as exc:
         typer.echo(f"batchd: {exc}", err=True)
         raise typer.Exit(2) from None
+    except OSError as exc:
+        typer.echo(
+            f"batchd: cannot use the data directory {settings.data_dir}: {exc.strerror}. "
+            "Pick a writable one with --data-dir or BATCHD_DATA_DIR.",
+            err=True,
+        )
+        raise typer.Exit(2) from None
     try:
         server = uvicorn.Server(
             uvicorn.Config(
