@@ -13,7 +13,8 @@ docstring is the default message.
     │   └── ServiceUnavailable        503 server_error
     ├── ConfigError                   bad settings or config file (raised at startup)
     ├── DataDirLocked                 another process serves the same data directory
-    └── StoreError                    the metadata store failed (foreign exceptions translated)
+    ├── StoreError                    the metadata store failed (foreign exceptions translated)
+    └── JournalError                  a batch's result journal cannot be used (engine.journal)
 """
 
 from __future__ import annotations

@@ -1,0 +1,714 @@
+"""The result journal: one append-only file per batch, every result durable before it counts.
+
+On disk
+-------
+One record per line, in the order the results became durable (not input order)::
+
+    <index> <output-line>\\n
+
+``<index>`` is the request's 0-based position among the non-blank lines of the input file, in
+ASCII digits; ``<output-line>`` is the exact line of the output or error file,
+``{"id": "batch_req_…", "custom_id": …, "response": …, "error": …}`` as orjson writes it, so the
+finalizer copies its bytes (no parse, no re-serialization) and the ``batch_req_`` id, drawn when
+the entry is created, is the same after any number of restarts. JSON escapes every newline inside
+strings, so the final ``\\n`` is the one mark that a record is complete.
+
+Durability argument
+-------------------
+1. :meth:`Journal.append` returns, and the entry is counted, only after the group of lines it
+   belongs to was written at the end of the file and ``fdatasync`` (``fsync`` where there is no
+   ``fdatasync``) returned success. The file is only ever appended to, so every byte before an
+   acknowledged record is durable too. A new journal's directory is synced once, so the file
+   itself survives a crash.
+2. A crash (``kill -9``, power loss) can leave, after the last synced byte, any part of the
+   unsynced writes: a torn last line, or pages of zeros or stale bytes. :meth:`Journal.open`
+   reads from the start and stops at the first line that is not a complete, well-formed record;
+   everything up to the last sync is intact, so that line lies after it and truncating the file
+   there drops only entries that no caller was told about. Their requests are sent again.
+   Entries that reached the disk without being acknowledged are kept: their requests ran, so
+   they count and are not sent again.
+3. One entry per index: :meth:`Journal.append` drops an entry for an index that already has a
+   durable one (it returns ``False``), and both :meth:`Journal.open` and :func:`write_results`
+   keep the first record of an index and ignore later ones. Validation makes ``custom_id``\\ s
+   unique, so none appears twice in the output and error files together.
+4. After a failed write or sync the state of the unsynced pages is unknown (the kernel may drop
+   them or write them later), so the journal stops: the waiting appends fail, uncounted, and every
+   later call raises :class:`JournalError`. Reopening reads whatever the disk holds.
+
+The file is held with an exclusive ``flock`` while open, so a second writer (another process, or
+a second :class:`Journal` on the same path) is refused, and :func:`write_results` refuses a
+journal that is still open for writing.
+
+Memory: :class:`Journal` keeps one bit per request (the done-bitmap) and the counters;
+:func:`write_results` keeps 13 bytes per request (see there). Neither holds the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fcntl
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO
+
+import anyio.to_thread
+import orjson
+
+from batchd.errors import BatchdError
+from batchd.ids import new_batch_request_id
+
+__all__ = [
+    "CHUNK",
+    "Counts",
+    "Journal",
+    "JournalEntry",
+    "JournalError",
+    "Usage",
+    "is_ok",
+    "out_of_range",
+    "records",
+]
+
+log = logging.getLogger("batchd.engine")
+
+CHUNK = 1024 * 1024
+_KEYS = ("id", "custom_id", "response", "error")
+_MAX_INDEX_DIGITS = 18
+
+
+def _sync_fd(fd: int) -> None:
+    """Make a file's data durable, with the size needed to read it back: ``fdatasync``, or
+    ``fsync`` where there is none (macOS)."""
+    getattr(os, "fdatasync", os.fsync)(fd)
+
+
+def _sync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class JournalError(BatchdError):
+    """The result journal cannot be used."""
+
+
+# -- entries ---------------------------------------------------------------------------------
+
+
+def _count(value: object) -> int:
+    """A token count as the upstream reported it; anything but a positive int counts 0."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return 0
+
+
+def _detail(details: object, key: str) -> int:
+    return _count(details.get(key)) if isinstance(details, dict) else 0
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage summed over successful requests, in the shape of the Batch ``usage``."""
+
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.cached_tokens + other.cached_tokens,
+            self.output_tokens + other.output_tokens,
+            self.reasoning_tokens + other.reasoning_tokens,
+        )
+
+    @classmethod
+    def of_body(cls, body: object) -> Usage:
+        """The usage a response body reports.
+
+        Responses API (``input_tokens``/``output_tokens`` and their details) maps 1:1; Chat and
+        Completions map ``prompt_tokens``→input, ``completion_tokens``→output,
+        ``prompt_tokens_details.cached_tokens``, ``completion_tokens_details.reasoning_tokens``;
+        embeddings report only ``prompt_tokens``, so their output is 0.
+        """
+        usage = body.get("usage") if isinstance(body, dict) else None
+        if not isinstance(usage, dict):
+            return _NO_USAGE
+        if "input_tokens" in usage or "output_tokens" in usage:
+            prefix_in, prefix_out = "input_tokens", "output_tokens"
+        else:
+            prefix_in, prefix_out = "prompt_tokens", "completion_tokens"
+        return cls(
+            input_tokens=_count(usage.get(prefix_in)),
+            cached_tokens=_detail(usage.get(prefix_in + "_details"), "cached_tokens"),
+            output_tokens=_count(usage.get(prefix_out)),
+            reasoning_tokens=_detail(usage.get(prefix_out + "_details"), "reasoning_tokens"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The Batch ``usage`` object (all five keys and both nested ones)."""
+        return {
+            "input_tokens": self.input_tokens,
+            "input_tokens_details": {"cached_tokens": self.cached_tokens},
+            "output_tokens": self.output_tokens,
+            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+            "total_tokens": self.total_tokens,
+        }
+
+
+_NO_USAGE = Usage()
+
+
+def is_ok(response: dict[str, Any] | None) -> bool:
+    return response is not None and 200 <= response["status_code"] < 300
+
+
+def _usage_of(response: dict[str, Any] | None) -> Usage:
+    return Usage.of_body(response.get("body")) if response is not None else _NO_USAGE
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """The result of one request: an HTTP ``response`` or a non-HTTP ``error``, never both.
+
+    ``response`` is ``{"status_code", "request_id", "body"}``; ``error`` is ``{"code",
+    "message"}`` (``batch_cancelled``, ``batch_expired``, ``request_timeout``…). ``id`` is the
+    ``batch_req_…`` id of its output-file line, drawn here so that it is stored with the entry.
+    """
+
+    index: int
+    custom_id: str
+    response: dict[str, Any] | None = None
+    error: dict[str, Any] | None = None
+    id: str = field(default_factory=new_batch_request_id)
+
+    def __post_init__(self) -> None:
+        if self.index < 0:
+            raise ValueError(f"request index must not be negative: {self.index}")
+        if (self.response is None) == (self.error is None):
+            raise ValueError("a journal entry has exactly one of response and error")
+        if self.response is not None:
+            status = self.response.get("status_code")
+            if not isinstance(status, int) or isinstance(status, bool):
+                raise ValueError("response.status_code must be an int")
+
+    @classmethod
+    def from_response(
+        cls, index: int, custom_id: str, status_code: int, request_id: str, body: Any
+    ) -> JournalEntry:
+        """An HTTP response (any status: 2xx goes to the output file, the rest to the errors)."""
+        response = {"status_code": status_code, "request_id": request_id, "body": body}
+        return cls(index, custom_id, response=response)
+
+    @classmethod
+    def from_error(cls, index: int, custom_id: str, code: str, message: str) -> JournalEntry:
+        """A request that got no HTTP response."""
+        return cls(index, custom_id, error={"code": code, "message": message})
+
+    @property
+    def ok(self) -> bool:
+        """Whether the request succeeded (HTTP 2xx): its line goes to the output file."""
+        return is_ok(self.response)
+
+    @property
+    def usage(self) -> Usage:
+        """What the entry adds to the batch usage: its body's usage if ok, else nothing."""
+        return _usage_of(self.response) if self.ok else _NO_USAGE
+
+    def output_line(self) -> bytes:
+        """The line of the output or error file."""
+        record = {
+            "id": self.id,
+            "custom_id": self.custom_id,
+            "response": self.response,
+            "error": self.error,
+        }
+        return orjson.dumps(record) + b"\n"
+
+    def journal_line(self) -> bytes:
+        """The journal record: the index, a space, the output line."""
+        return b"%d " % self.index + self.output_line()
+
+    @classmethod
+    def parse(cls, line: bytes) -> JournalEntry:
+        """An entry from its journal record; :class:`ValueError` if it is not a complete one."""
+        index, record = _decode(line)
+        return cls(
+            index,
+            record["custom_id"],
+            response=record["response"],
+            error=record["error"],
+            id=record["id"],
+        )
+
+
+def _decode(line: bytes) -> tuple[int, dict[str, Any]]:
+    """The index and output record of a journal line, or :class:`ValueError` (torn, garbage)."""
+    if not line.endswith(b"\n"):
+        raise ValueError("torn record: no line end")
+    head, sep, rest = line.partition(b" ")
+    if not sep or not head.isdigit() or len(head) > _MAX_INDEX_DIGITS:
+        raise ValueError("malformed record: no index")
+    record = orjson.loads(rest)
+    if not isinstance(record, dict) or tuple(record) != _KEYS:
+        raise ValueError("malformed record: not an output line")
+    response, error = record["response"], record["error"]
+    if not isinstance(record["id"], str) or not isinstance(record["custom_id"], str):
+        raise ValueError("malformed record: id or custom_id")
+    if (response is None) == (error is None):
+        raise ValueError("malformed record: response and error")
+    if response is not None:
+        status = response.get("status_code") if isinstance(response, dict) else None
+        if not isinstance(status, int) or isinstance(status, bool):
+            raise ValueError("malformed record: status_code")
+    elif not isinstance(error, dict):
+        raise ValueError("malformed record: error")
+    return int(head), record
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Requests with a durable result: ``completed`` (2xx) and ``failed`` (everything else)."""
+
+    total: int
+    completed: int
+    failed: int
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.failed
+
+
+# -- the journal -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Replay:
+    """What :func:`_replay` rebuilt from an existing journal."""
+
+    done: bytearray
+    completed: int = 0
+    failed: int = 0
+    usage: Usage = _NO_USAGE
+    duplicates: int = 0
+    truncated: int = 0
+
+
+@dataclass(slots=True)
+class _Append:
+    index: int
+    ok: bool
+    usage: Usage
+    line: bytes
+    future: asyncio.Future[bool]
+    queued_at: float
+
+
+@dataclass(slots=True)
+class _Fill:
+    requests: Iterable[tuple[int, str]]
+    code: str
+    message: str
+    future: asyncio.Future[int]
+
+
+def records(fh: BinaryIO) -> Iterator[tuple[int, int, bytes, int, dict[str, Any]]]:
+    """``(offset, length, line, index, record)`` of the well-formed records, up to the first bad
+    line (torn tail or garbage), which ends the journal."""
+    offset = 0
+    for line in fh:
+        try:
+            index, record = _decode(line)
+        except ValueError:
+            return
+        yield offset, len(line), line, index, record
+        offset += len(line)
+
+
+def out_of_range(path: Path, index: int, total: int) -> JournalError:
+    return JournalError(f"journal {path} has request index {index}, but the batch has {total}")
+
+
+def _replay(fd: int, path: Path, total: int) -> _Replay:
+    """Rebuild the state from the journal on ``fd`` and cut a torn or garbled tail off."""
+    state = _Replay(done=bytearray((total + 7) // 8))
+    done = state.done
+    end = 0
+    with open(os.dup(fd), "rb", buffering=CHUNK) as fh:
+        for offset, length, _line, index, record in records(fh):
+            if index >= total:
+                raise out_of_range(path, index, total)
+            end = offset + length
+            bit = 1 << (index & 7)
+            if done[index >> 3] & bit:
+                state.duplicates += 1
+                continue
+            done[index >> 3] |= bit
+            response = record["response"]
+            if is_ok(response):
+                state.completed += 1
+                state.usage += _usage_of(response)
+            else:
+                state.failed += 1
+    size = os.fstat(fd).st_size
+    if end < size:
+        state.truncated = size - end
+        os.ftruncate(fd, end)
+        _sync_fd(fd)
+    return state
+
+
+def _open_locked(path: Path) -> int:
+    """The journal's file descriptor: appending, exclusively locked, its directory synced."""
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise JournalError(f"the journal {path} is already open for writing") from None
+    if created:
+        _sync_dir(path.parent)
+    return fd
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as retrieved (its caller may have stopped waiting)."""
+    if not future.cancelled():
+        future.exception()
+
+
+class Journal:
+    """The durable results of one batch; build it with :meth:`open`, end it with :meth:`close`.
+
+    ``append`` is group-committed: a single flusher task takes the entries appended meanwhile
+    (at most ``max_group``, waiting at most ``max_delay`` seconds after the oldest arrived, less
+    once ``max_group`` are queued), writes them with one ``write`` and syncs once, in a worker
+    thread, then counts them and wakes their callers. The event loop never blocks on the disk.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        total: int,
+        fd: int,
+        state: _Replay,
+        *,
+        max_delay: float,
+        max_group: int,
+    ) -> None:
+        """Use :meth:`open`."""
+        self.path = path
+        self.total = total
+        self.max_delay = max_delay
+        self.max_group = max_group
+        self._fd = fd
+        self._done = state.done
+        self._completed = state.completed
+        self._failed = state.failed
+        self._usage = state.usage
+        self._queue: collections.deque[_Append | _Fill] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._closed = False
+        self._error: JournalError | None = None
+        self._flusher = asyncio.create_task(self._run(), name=f"journal-flusher {path.name}")
+
+    @classmethod
+    async def open(
+        cls, path: Path, total: int, *, max_delay: float = 0.02, max_group: int = 1024
+    ) -> Journal:
+        """Open (or create) the journal of a batch of ``total`` requests and rebuild its state.
+
+        A torn or garbled tail left by a crash is cut off (logged); for an index recorded more
+        than once, the first record counts.
+        """
+        if total < 0 or max_group < 1 or max_delay < 0:
+            raise ValueError("total, max_group and max_delay must be positive")
+
+        def load() -> tuple[int, _Replay]:
+            fd = _open_locked(path)
+            try:
+                return fd, _replay(fd, path, total)
+            except BaseException:
+                os.close(fd)
+                raise
+
+        fd, state = await anyio.to_thread.run_sync(load)
+        if state.truncated:
+            log.warning("journal %s: cut off %d bytes of a torn tail", path, state.truncated)
+        if state.duplicates:
+            log.warning("journal %s: ignored %d duplicate records", path, state.duplicates)
+        return cls(path, total, fd, state, max_delay=max_delay, max_group=max_group)
+
+    async def __aenter__(self) -> Journal:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def is_done(self, index: int) -> bool:
+        """Whether request ``index`` has a durable result."""
+        return bool(self._done[index >> 3] & (1 << (index & 7)))
+
+    def pending(self) -> Iterator[int]:
+        """The indices without a durable result, ascending (read live from the bitmap)."""
+        total = self.total
+        for byte_index in range(len(self._done)):
+            bits = self._done[byte_index]
+            if bits == 0xFF:
+                continue
+            base = byte_index << 3
+            for bit in range(min(8, total - base)):
+                if not bits & (1 << bit):
+                    yield base + bit
+
+    @property
+    def counts(self) -> Counts:
+        return Counts(self.total, self._completed, self._failed)
+
+    @property
+    def usage(self) -> Usage:
+        """The summed usage of the successful entries."""
+        return self._usage
+
+    @property
+    def finished(self) -> bool:
+        """Whether every request has a durable result."""
+        return self._completed + self._failed == self.total
+
+    @property
+    def error(self) -> JournalError | None:
+        """Why the journal stopped accepting entries, if it did."""
+        return self._error
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._error is not None:
+            raise JournalError(self._error.message) from self._error.__cause__
+        if self._closing:
+            raise JournalError(f"the journal {self.path} is closed")
+
+    def _enqueue(self, item: _Append | _Fill) -> None:
+        self._queue.append(item)
+        if len(self._queue) == 1 or len(self._queue) >= self.max_group or isinstance(item, _Fill):
+            self._wakeup.set()
+
+    async def append(self, entry: JournalEntry) -> bool:
+        """Record ``entry``; returns once it is durable and counted.
+
+        Returns ``False`` (and writes nothing) when the index already has a durable entry. Raises
+        :class:`JournalError` when the journal failed or is closed. Cancelling the caller does
+        not withdraw the entry.
+        """
+        self._check_usable()
+        if not 0 <= entry.index < self.total:
+            raise ValueError(f"request index {entry.index} out of range 0..{self.total - 1}")
+        if self.is_done(entry.index):
+            return False
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        future.add_done_callback(_consume)
+        line = entry.journal_line()
+        self._enqueue(_Append(entry.index, entry.ok, entry.usage, line, future, loop.time()))
+        return await asyncio.shield(future)
+
+    async def append_unexecuted(
+        self, requests: Iterable[tuple[int, str]], reason: tuple[str, str]
+    ) -> int:
+        """Record a non-HTTP error for every request in ``requests`` without an entry yet.
+
+        ``requests`` yields ``(index, custom_id)`` (e.g. :func:`input_requests`) and is consumed in
+        a worker thread; ``reason`` is ``(code, message)``, e.g. ``finalize.CANCELLED``. Entries
+        appended before this call are written first; the new lines are written in 1 MiB chunks
+        and synced once. Returns how many were recorded.
+        """
+        self._check_usable()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_consume)
+        code, message = reason
+        self._enqueue(_Fill(requests, code, message, future))
+        return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        """Write and sync what is queued, stop the flusher and release the file (idempotent)."""
+        if self._closed:
+            return
+        self._closing = True
+        self._wakeup.set()
+        await asyncio.wait([self._flusher])
+        _consume(self._flusher)
+        self._closed = True
+        os.close(self._fd)
+
+    # -- the flusher ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        try:
+            while self._error is None:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._wakeup.clear()
+                    await self._wakeup.wait()
+                    continue
+                head = self._queue[0]
+                if isinstance(head, _Fill):
+                    self._queue.popleft()
+                    await self._fill(head)
+                    continue
+                await self._gather(head.queued_at + self.max_delay)
+                await self._commit(self._take_group())
+        except BaseException as exc:  # cancelled (never closed) or a bug: fail the waiters
+            self._fail(exc, [], f"the flusher of the journal {self.path} stopped")
+            raise
+
+    async def _gather(self, deadline: float) -> None:
+        """Wait for more entries: until ``max_group`` are queued, a fill, close or ``deadline``."""
+        loop = asyncio.get_running_loop()
+        while not self._closing and len(self._queue) < self.max_group:
+            if any(isinstance(item, _Fill) for item in self._queue):
+                return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                return
+
+    def _take_group(self) -> list[_Append]:
+        group: list[_Append] = []
+        while self._queue and len(group) < self.max_group:
+            head = self._queue[0]
+            if not isinstance(head, _Append):
+                break
+            group.append(head)
+            self._queue.popleft()
+        return group
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+
+    def _write_and_sync(self, data: bytes) -> None:
+        self._write(data)
+        _sync_fd(self._fd)
+
+    def _mark(self, index: int) -> None:
+        self._done[index >> 3] |= 1 << (index & 7)
+
+    async def _commit(self, group: list[_Append]) -> None:
+        fresh: list[_Append] = []
+        stale: list[_Append] = []
+        seen: set[int] = set()
+        for item in group:
+            if self.is_done(item.index) or item.index in seen:
+                stale.append(item)
+            else:
+                seen.add(item.index)
+                fresh.append(item)
+        if fresh:
+            try:
+                await anyio.to_thread.run_sync(
+                    self._write_and_sync, b"".join(item.line for item in fresh)
+                )
+            except BaseException as exc:
+                self._fail(exc, group, f"writing the journal {self.path} failed")
+                if not isinstance(exc, Exception):
+                    raise
+                return
+        for item in fresh:
+            self._mark(item.index)
+            if item.ok:
+                self._completed += 1
+                self._usage += item.usage
+            else:
+                self._failed += 1
+            if not item.future.done():
+                item.future.set_result(True)
+        for item in stale:
+            if not item.future.done():
+                item.future.set_result(False)
+
+    def _fill_sync(self, item: _Fill) -> tuple[bytearray, int]:
+        """Write the fill's lines in chunks and sync once; the new bitmap and the line count."""
+        done = bytearray(self._done)
+        parts: list[bytes] = []
+        size = written = 0
+        for index, custom_id in item.requests:
+            if not 0 <= index < self.total:
+                raise out_of_range(self.path, index, self.total)
+            bit = 1 << (index & 7)
+            if done[index >> 3] & bit:
+                continue
+            done[index >> 3] |= bit
+            line = JournalEntry.from_error(index, custom_id, item.code, item.message)
+            parts.append(line.journal_line())
+            size += len(parts[-1])
+            written += 1
+            if size >= CHUNK:
+                self._write(b"".join(parts))
+                parts.clear()
+                size = 0
+        if parts:
+            self._write(b"".join(parts))
+        if written:
+            _sync_fd(self._fd)
+        return done, written
+
+    async def _fill(self, item: _Fill) -> None:
+        try:
+            done, written = await anyio.to_thread.run_sync(self._fill_sync, item)
+        except BaseException as exc:
+            # Some lines may be on disk, uncounted: the journal cannot go on consistently.
+            self._fail(exc, [item], f"writing the journal {self.path} failed")
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self._done = done
+        self._failed += written
+        if not item.future.done():
+            item.future.set_result(written)
+
+    def _failure(self) -> JournalError:
+        assert self._error is not None
+        error = JournalError(self._error.message)
+        error.__cause__ = self._error.__cause__
+        return error
+
+    def _fail(self, exc: BaseException, group: Iterable[_Append | _Fill], what: str) -> None:
+        """Stop the journal: fail ``group`` and everything queued."""
+        if self._error is None:
+            self._error = JournalError(f"{what}: {exc!r}")
+            self._error.__cause__ = exc
+            log.error("%s", self._error.message)
+        waiting: list[_Append | _Fill] = [*group, *self._queue]
+        self._queue.clear()
+        for item in waiting:
+            if not item.future.done():
+                item.future.set_exception(self._failure())
