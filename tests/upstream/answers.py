@@ -1,0 +1,419 @@
+"""Deterministic answers of the fake upstream: pure functions of the request body.
+
+Everything here is free of I/O so that tests can compute, in-process, exactly what the upstream
+server will answer (and which digest it will count) for a given request body.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import sys
+from array import array
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "CREATED",
+    "DEFAULT_EMBEDDING_DIMENSIONS",
+    "GENRES",
+    "SYSTEM_FINGERPRINT",
+    "body_digest",
+    "canonical_json",
+    "chat_completion",
+    "chat_content",
+    "completion",
+    "count_tokens",
+    "embedding_dimensions",
+    "embedding_vector",
+    "embeddings",
+    "encode_base64_vector",
+    "last_user_text",
+    "movie_answer",
+    "request_texts",
+    "schema_instance",
+    "short_hash",
+    "split_stream_pieces",
+]
+
+#: ``created`` of every answer: a fixed timestamp, so that answers are byte-for-byte reproducible.
+CREATED = 1_735_689_600
+SYSTEM_FINGERPRINT = "fp_upstream_fake"
+GENRES: tuple[str, ...] = (
+    "action",
+    "adventure",
+    "animation",
+    "comedy",
+    "crime",
+    "documentary",
+    "drama",
+    "family",
+    "fantasy",
+    "history",
+    "horror",
+    "music",
+    "mystery",
+    "romance",
+    "science-fiction",
+    "thriller",
+    "war",
+    "western",
+)
+DEFAULT_EMBEDDING_DIMENSIONS: dict[str, int] = {
+    "text-embedding-3-large": 3072,
+    "text-embedding-3-small": 1536,
+    "text-embedding-ada-002": 1536,
+}
+_FALLBACK_EMBEDDING_DIMENSIONS = 1536
+_SNIPPET_WORDS = 24
+
+
+def canonical_json(value: Any) -> bytes:
+    """Compact JSON with sorted keys: the bytes that :func:`body_digest` hashes."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+def body_digest(body: Any) -> str:
+    """sha256 (hex) of the canonical JSON of a parsed request body.
+
+    The upstream counts every request under this digest; key order and whitespace of the body on
+    the wire do not matter.
+    """
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def short_hash(*parts: Any, length: int = 12) -> str:
+    digest = hashlib.sha256(canonical_json(list(parts))).hexdigest()
+    return digest[:length]
+
+
+def _hash_int(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256(canonical_json(list(parts))).digest()[:8], "big")
+
+
+def count_tokens(text: str) -> int:
+    """The fake tokenizer: whitespace-separated words."""
+    return len(text.split())
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        ]
+        return "\n".join(texts)
+    return ""
+
+
+def last_user_text(messages: Any) -> str:
+    """The text of the last ``user`` message (text parts joined by newlines), or ``""``."""
+    if not isinstance(messages, list):
+        return ""
+    for message in reversed(messages):
+        if isinstance(message, dict) and message.get("role") == "user":
+            return _content_text(message.get("content"))
+    return ""
+
+
+def _collect_strings(value: Any, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(value)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_strings(item, out)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect_strings(item, out)
+
+
+def request_texts(body: Any) -> list[str]:
+    """Every string in ``messages``, ``prompt`` and ``input``: where fault markers are sought."""
+    out: list[str] = []
+    if isinstance(body, dict):
+        for key in ("messages", "prompt", "input"):
+            _collect_strings(body.get(key), out)
+    return out
+
+
+def _snippet(text: str, words: int = _SNIPPET_WORDS) -> str:
+    parts = text.split()
+    snippet = " ".join(parts[:words])
+    return snippet + (" ..." if len(parts) > words else "")
+
+
+def movie_answer(text: str) -> dict[str, Any]:
+    """The JSON-mode answer for a movie description: 1-3 categories and a one-line summary."""
+    digest = hashlib.sha256(b"movie:" + text.encode()).digest()
+    count = 1 + digest[0] % 3
+    ranked = sorted(range(len(GENRES)), key=lambda i: (digest[1 + i], i))
+    categories = [GENRES[i] for i in ranked[:count]]
+    about = _snippet(text, 20) or "nothing in particular"
+    summary = f"A {', '.join(categories)} film about {about}"
+    return {"categories": categories, "summary": summary}
+
+
+def schema_instance(schema: Any, text: str, path: str = "$") -> Any:
+    """A deterministic value that satisfies a (simple) JSON schema.
+
+    Handles ``type`` (also a list), ``enum``, ``const``, ``anyOf``/``oneOf``/``allOf`` (first
+    branch), object ``properties`` (all of them, as strict mode requires), arrays with
+    ``minItems``/``maxItems``, and string/number bounds. Properties named ``summary`` and
+    ``categories`` get the movie answer's values when their type allows.
+    """
+    if not isinstance(schema, dict):
+        return {}
+    if "const" in schema:
+        return schema["const"]
+    enum = schema.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[_hash_int("enum", path, text) % len(enum)]
+    for key in ("anyOf", "oneOf", "allOf"):
+        branches = schema.get(key)
+        if isinstance(branches, list) and branches:
+            return schema_instance(branches[0], text, path)
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), kind[0] if kind else None)
+    if kind is None:
+        kind = "object" if "properties" in schema else "string"
+    movie = movie_answer(text)
+    name = path.rsplit(".", 1)[-1]
+    if kind == "object":
+        properties = schema.get("properties")
+        if not isinstance(properties, dict):
+            return {}
+        return {key: schema_instance(sub, text, f"{path}.{key}") for key, sub in properties.items()}
+    if kind == "array":
+        low = int(schema.get("minItems", 1))
+        high = int(schema.get("maxItems", max(low, 3)))
+        items = schema.get("items", {"type": "string"})
+        item_kind = items.get("type") if isinstance(items, dict) else None
+        if name == "categories" and item_kind == "string" and "enum" not in items:
+            values: list[Any] = list(movie["categories"])
+        else:
+            values = [schema_instance(items, text, f"{path}[{i}]") for i in range(max(low, 1))]
+        while len(values) < low:
+            values.append(schema_instance(items, text, f"{path}[{len(values)}]"))
+        return values[: max(high, low)]
+    if kind == "string":
+        value = (
+            movie["summary"] if name == "summary" else f"{name}-{short_hash(path, text, length=8)}"
+        )
+        max_length = schema.get("maxLength")
+        return value[: int(max_length)] if isinstance(max_length, int) else value
+    if kind in ("integer", "number"):
+        low_n = schema.get("minimum", 0)
+        high_n = schema.get("maximum", low_n + 100)
+        span = int(high_n - low_n) + 1
+        return int(low_n) + _hash_int("num", path, text) % max(span, 1)
+    if kind == "boolean":
+        return bool(_hash_int("bool", path, text) & 1)
+    return None
+
+
+def _response_format(body: dict[str, Any]) -> dict[str, Any]:
+    value = body.get("response_format")
+    return value if isinstance(value, dict) else {}
+
+
+def chat_content(body: dict[str, Any]) -> str:
+    """The assistant message of a chat completion request.
+
+    ``response_format`` ``json_object``: the movie answer of the last user message, as JSON.
+    ``json_schema``: an instance of the schema. Otherwise ``"Echo <hash>: <first words>"`` where the
+    hash covers all the messages and the words are those of the last user message.
+    """
+    fmt = _response_format(body)
+    text = last_user_text(body.get("messages"))
+    if fmt.get("type") == "json_object":
+        return orjson.dumps(movie_answer(text)).decode()
+    if fmt.get("type") == "json_schema":
+        spec = fmt.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        return orjson.dumps(schema_instance(schema or {}, text)).decode()
+    return f"Echo {short_hash(body.get('messages'))}: {_snippet(text)}".rstrip()
+
+
+def _choice_count(body: dict[str, Any]) -> int:
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
+
+
+def _prompt_tokens(body: dict[str, Any]) -> int:
+    total = 0
+    for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            total += count_tokens(_content_text(message.get("content")))
+    return total
+
+
+def chat_completion(body: dict[str, Any]) -> dict[str, Any]:
+    """The full ``chat.completion`` object the upstream answers for ``body`` (a valid request)."""
+    content = chat_content(body)
+    n = _choice_count(body)
+    prompt_tokens = _prompt_tokens(body)
+    completion_tokens = count_tokens(content) * n
+    return {
+        "id": f"chatcmpl-{body_digest(body)[:24]}",
+        "object": "chat.completion",
+        "created": CREATED,
+        "model": body["model"],
+        "choices": [
+            {
+                "index": i,
+                "message": {
+                    "role": "assistant",
+                    "content": content,
+                    "refusal": None,
+                    "annotations": [],
+                },
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+            for i in range(n)
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
+        },
+        "service_tier": "default",
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+
+
+def _prompts(prompt: Any) -> list[str]:
+    """``prompt`` as a list of texts (token arrays become space-separated numbers)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+        return [" ".join(str(p) for p in prompt)]
+    if isinstance(prompt, list):
+        out: list[str] = []
+        for item in prompt:
+            if isinstance(item, list):
+                out.append(" ".join(str(p) for p in item))
+            else:
+                out.append(str(item))
+        return out
+    return []
+
+
+def completion(body: dict[str, Any]) -> dict[str, Any]:
+    """The ``text_completion`` object for a ``/v1/completions`` request."""
+    prompts = _prompts(body.get("prompt"))
+    n = _choice_count(body)
+    choices = []
+    completion_tokens = 0
+    for p_index, prompt in enumerate(prompts):
+        text = f" Echo {short_hash(prompt)}: {_snippet(prompt)}".rstrip()
+        for j in range(n):
+            choices.append(
+                {
+                    "text": text,
+                    "index": p_index * n + j,
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            )
+            completion_tokens += count_tokens(text)
+    prompt_tokens = sum(count_tokens(p) for p in prompts)
+    return {
+        "id": f"cmpl-{body_digest(body)[:24]}",
+        "object": "text_completion",
+        "created": CREATED,
+        "model": body["model"],
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+
+
+def embedding_vector(item: Any, dimensions: int) -> list[float]:
+    """A deterministic unit vector (float32 values) for one embedding input.
+
+    The first ``dimensions`` components of a longer vector for the same input, renormalised, as
+    OpenAI's ``dimensions`` shortening does.
+    """
+    raw = hashlib.shake_256(b"embedding:" + canonical_json(item)).digest(4 * dimensions)
+    words = array("I")
+    words.frombytes(raw)
+    values = [w / 2_147_483_648.0 - 1.0 for w in words]
+    norm = sum(v * v for v in values) ** 0.5 or 1.0
+    return array("f", [v / norm for v in values]).tolist()
+
+
+def encode_base64_vector(vector: list[float]) -> str:
+    """Little-endian float32 bytes, base64: OpenAI's ``encoding_format="base64"``."""
+    packed = array("f", vector)
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return base64.b64encode(packed.tobytes()).decode("ascii")
+
+
+def _embedding_inputs(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+        return [value]
+    if isinstance(value, list):
+        return list(value)
+    return []
+
+
+def embedding_dimensions(body: dict[str, Any]) -> int:
+    dims = body.get("dimensions")
+    if isinstance(dims, int) and not isinstance(dims, bool):
+        return dims
+    return DEFAULT_EMBEDDING_DIMENSIONS.get(str(body.get("model")), _FALLBACK_EMBEDDING_DIMENSIONS)
+
+
+def embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    """The embeddings ``list`` object for a ``/v1/embeddings`` request."""
+    dims = embedding_dimensions(body)
+    base64_format = body.get("encoding_format") == "base64"
+    data = []
+    tokens = 0
+    for index, item in enumerate(_embedding_inputs(body.get("input"))):
+        vector = embedding_vector(item, dims)
+        data.append(
+            {
+                "object": "embedding",
+                "index": index,
+                "embedding": encode_base64_vector(vector) if base64_format else vector,
+            }
+        )
+        tokens += count_tokens(item) if isinstance(item, str) else len(item)
+    return {
+        "object": "list",
+        "data": data,
+        "model": body["model"],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+_PIECE = re.compile(r"\S+\s*")
+
+
+def split_stream_pieces(text: str, words_per_piece: int = 3) -> list[str]:
+    """How streamed content is cut into deltas: a few words (with their spaces) per chunk."""
+    words = _PIECE.findall(text)
+    lead = text[: len(text) - len(text.lstrip())]
+    if lead and words:
+        words[0] = lead + words[0]
+    pieces = [
+        "".join(words[i : i + words_per_piece]) for i in range(0, len(words), words_per_piece)
+    ]
+    return pieces or [text]
