@@ -1,0 +1,472 @@
+"""The provider layer: the ``openai`` provider against the fake upstream process, option
+validation, the registry, and the retry strategy (unit tests with a seeded RNG)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import logging
+import random
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import aiohttp
+import pytest
+
+from batchd.config import ModelRoute, Settings
+from batchd.engine.retry import RetryDecision, RetryStrategy
+from batchd.errors import ConfigError
+from batchd.providers import (
+    ENTRY_POINT_GROUP,
+    Provider,
+    ProviderRegistry,
+    ProviderRequest,
+    ProviderResult,
+    build_providers,
+)
+from batchd.providers.openai_http import OpenAIOptions, OpenAIProvider, parse_retry_after
+from tests.upstream import answers
+from tests.upstream.fixtures import clean_upstream_fixture, upstream_fixture  # noqa: F401
+from tests.upstream.process import UpstreamProcess
+
+CHAT = "/v1/chat/completions"
+SECRET = "sk-test-0123456789abcdef"
+
+
+def chat_body(text: str, model: str = "gpt-4o-mini", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
+
+
+def route(upstream: UpstreamProcess, **options: Any) -> ModelRoute:
+    return ModelRoute(name="gpt-4o-mini", provider="openai", base_url=upstream.api_url, **options)
+
+
+def provider_for(
+    upstream: UpstreamProcess, env: dict[str, str] | None = None, **options: Any
+) -> OpenAIProvider:
+    return OpenAIProvider.from_route(route(upstream, **options), env or {})
+
+
+async def run_one(
+    provider: Provider, body: dict[str, Any], endpoint: str = CHAT, index: int = 0
+) -> ProviderResult:
+    [result] = await provider.execute([ProviderRequest(index, f"req-{index}", endpoint, body)])
+    assert result.index == index
+    return result
+
+
+# -- success: bodies pass through ------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("endpoint", "body", "answer"),
+    [
+        (
+            CHAT,
+            chat_body("A heist in Lisbon.", temperature=0.2, response_format={"type": "text"}),
+            answers.chat_completion,
+        ),
+        (
+            "/v1/completions",
+            {"model": "gpt-3.5-turbo-instruct", "prompt": ["one", "two"], "max_tokens": 7},
+            answers.completion,
+        ),
+        (
+            "/v1/embeddings",
+            {"model": "text-embedding-3-small", "input": ["a", "b"], "dimensions": 8},
+            answers.embeddings,
+        ),
+    ],
+)
+async def test_success_passes_body_through(
+    clean_upstream: UpstreamProcess, endpoint: str, body: dict[str, Any], answer: Any
+) -> None:
+    async with provider_for(clean_upstream) as provider:
+        result = await run_one(provider, body, endpoint, index=3)
+    assert result.ok
+    assert result.status_code == 200
+    assert result.error_code is None
+    assert not result.retryable
+    assert result.body == answer(body)
+    digest = answers.body_digest(body)
+    assert result.request_id == f"req_{digest[:16]}_1"
+    assert clean_upstream.attempts(digest) == 1
+
+
+@pytest.mark.anyio
+async def test_azure_endpoint_spelling(clean_upstream: UpstreamProcess) -> None:
+    body = chat_body("Two sisters and a lighthouse.")
+    async with provider_for(clean_upstream) as provider:
+        result = await run_one(provider, body, "/chat/completions")
+    assert result.ok
+    assert result.body == answers.chat_completion(body)
+
+
+@pytest.mark.anyio
+async def test_model_rename(clean_upstream: UpstreamProcess) -> None:
+    body = chat_body("An astronaut on Europa.")
+    async with provider_for(clean_upstream, upstream_model="served-model") as provider:
+        result = await run_one(provider, body)
+    forwarded = {**body, "model": "served-model"}
+    assert result.ok
+    assert result.body == answers.chat_completion(forwarded)
+    assert result.request_id == f"req_{answers.body_digest(forwarded)[:16]}_1"
+    assert [e["model"] for e in clean_upstream.requests_log()] == ["served-model"]
+    assert body["model"] == "gpt-4o-mini"  # the caller's body is not changed
+
+
+@pytest.mark.anyio
+async def test_group_results_in_order(clean_upstream: UpstreamProcess) -> None:
+    bodies = [chat_body(f"movie {i}") for i in range(5)]
+    bodies[2] = chat_body("FAULT:400 here")
+    group = [ProviderRequest(10 + i, f"c{i}", CHAT, b) for i, b in enumerate(bodies)]
+    async with provider_for(clean_upstream) as provider:
+        results = await provider.execute(group)
+    assert [r.index for r in results] == [10, 11, 12, 13, 14]
+    assert [r.ok for r in results] == [True, True, False, True, True]
+
+
+@pytest.mark.anyio
+async def test_unsupported_endpoint_is_a_result(clean_upstream: UpstreamProcess) -> None:
+    async with provider_for(clean_upstream) as provider:
+        result = await run_one(provider, chat_body("x"), "/v1/images/generations")
+    assert result.error_code == "unsupported_endpoint"
+    assert not result.retryable
+    assert clean_upstream.stats(digests=False)["total"] == 0
+
+
+# -- faults --------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_500_is_retryable(clean_upstream: UpstreamProcess) -> None:
+    async with provider_for(clean_upstream) as provider:
+        result = await run_one(provider, chat_body("FAULT:500 please"))
+    assert not result.ok
+    assert result.status_code == 500
+    assert result.retryable
+    assert result.error_code
+    assert result.request_id is not None
+    assert result.body["error"]["type"] == "server_error"
+
+
+@pytest.mark.anyio
+async def test_500x2_then_success(clean_upstream: UpstreamProcess) -> None:
+    body = chat_body("FAULT:500x2 twice")
+    async with provider_for(clean_upstream) as provider:
+        outcomes = [await run_one(provider, body) for _ in range(3)]
+    assert [r.status_code for r in outcomes] == [500, 500, 200]
+    assert outcomes[2].body == answers.chat_completion(body)
+
+
+@pytest.mark.anyio
+async def test_429_carries_retry_after(clean_upstream: UpstreamProcess) -> None:
+    clean_upstream.control(retry_after=0.25)
+    async with provider_for(clean_upstream) as provider:
+        result = await run_one(provider, chat_body("FAULT:429 slow down"))
+    assert result.status_code == 429
+    assert result.retryable
+    assert result.retry_after == pytest.approx(0.25)
+
+
+@pytest.mark.anyio
+async def test_reset_is_connection_error(clean_upstream: UpstreamProcess) -> None:
+    async with provider_for(clean_upstream) as provider:
+        result = await run_one(provider, chat_body("FAULT:reset now"))
+    assert result.error_code == "connection_error"
+    assert result.status_code is None
+    assert result.retryable
+
+
+@pytest.mark.anyio
+async def test_malformed_2xx_is_retryable(clean_upstream: UpstreamProcess) -> None:
+    async with provider_for(clean_upstream) as provider:
+        result = await run_one(provider, chat_body("FAULT:malformed body"))
+    assert result.error_code == "invalid_upstream_response"
+    assert result.status_code == 200
+    assert result.retryable
+    assert not result.ok
+
+
+@pytest.mark.anyio
+async def test_hang_times_out(clean_upstream: UpstreamProcess) -> None:
+    async with provider_for(clean_upstream, timeout=0.3) as provider:
+        result = await run_one(provider, chat_body("FAULT:hang forever"))
+    assert result.error_code == "request_timeout"
+    assert result.status_code is None
+    assert result.retryable
+    clean_upstream.wait_idle()
+
+
+@pytest.mark.anyio
+async def test_400_is_final_with_upstream_error_body(clean_upstream: UpstreamProcess) -> None:
+    async with provider_for(clean_upstream) as provider:
+        injected = await run_one(provider, chat_body("FAULT:400 bad"))
+        rejected = await run_one(provider, chat_body("fine", model="bad-request-model"))
+    assert injected.status_code == 400
+    assert not injected.retryable
+    assert injected.error_code == "injected_fault"
+    assert injected.body == {
+        "error": {
+            "message": "Injected bad request (FAULT:400).",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "injected_fault",
+        }
+    }
+    assert rejected.status_code == 400
+    assert not rejected.retryable
+    assert rejected.body["error"]["param"] == "model"
+    assert rejected.error_code == "invalid_model"
+    assert rejected.retry_after is None
+
+
+@pytest.mark.anyio
+async def test_unreachable_upstream_is_connection_error() -> None:
+    up = ModelRoute(name="m", provider="openai", base_url="http://127.0.0.1:9/v1")
+    async with OpenAIProvider.from_route(up, {}) as provider:
+        result = await run_one(provider, chat_body("x"))
+    assert result.error_code == "connection_error"
+    assert result.retryable
+
+
+# -- concurrency, keys, transport ----------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_concurrency_is_bounded(clean_upstream: UpstreamProcess) -> None:
+    clean_upstream.control(latency_ms=60)
+    async with provider_for(clean_upstream, max_concurrency=3) as provider:
+        results = await asyncio.gather(
+            *(run_one(provider, chat_body(f"film {i}"), index=i) for i in range(15))
+        )
+    assert all(r.ok for r in results)
+    stats = clean_upstream.stats(digests=False)
+    assert stats["total"] == 15
+    assert stats["max_in_flight"] == 3
+
+
+@pytest.mark.anyio
+async def test_api_key_sent_as_bearer_and_never_leaked(
+    clean_upstream: UpstreamProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    clean_upstream.control(api_key=SECRET)
+    env = {"UPSTREAM_KEY": SECRET}
+    async with provider_for(clean_upstream, env, api_key_env="UPSTREAM_KEY") as provider:
+        results = [
+            await run_one(provider, chat_body("ok")),
+            await run_one(provider, chat_body("FAULT:400 x")),
+            await run_one(provider, chat_body("FAULT:reset x")),
+        ]
+        assert SECRET not in repr(provider)
+        assert SECRET not in repr(provider.options)
+    assert results[0].ok
+    for result in results:
+        assert SECRET not in repr(result)
+    assert SECRET not in caplog.text
+    async with provider_for(clean_upstream) as keyless:
+        denied = await run_one(keyless, chat_body("ok"))
+    assert denied.status_code == 401
+    assert not denied.retryable
+    assert denied.error_code == "invalid_api_key"
+
+
+def test_missing_api_key_env_is_config_error(upstream: UpstreamProcess) -> None:
+    with pytest.raises(ConfigError, match=r"'gpt-4o-mini'.*'NOPE_KEY'.*not set"):
+        provider_for(upstream, {}, api_key_env="NOPE_KEY")
+
+
+@pytest.mark.anyio
+async def test_injected_session_is_not_closed(clean_upstream: UpstreamProcess) -> None:
+    async with aiohttp.ClientSession() as session:
+        options = OpenAIOptions(base_url=clean_upstream.api_url)
+        provider = OpenAIProvider("gpt-4o-mini", options, session=session)
+        async with provider:
+            result = await run_one(provider, chat_body("hello"))
+        assert result.ok
+        assert not session.closed
+
+
+@pytest.mark.anyio
+async def test_injected_connector_and_close_twice(clean_upstream: UpstreamProcess) -> None:
+    connector = aiohttp.TCPConnector(limit=2)
+    provider = OpenAIProvider(
+        "gpt-4o-mini", OpenAIOptions(base_url=clean_upstream.api_url), connector=connector
+    )
+    await provider.start()
+    assert (await run_one(provider, chat_body("hi"))).ok
+    await provider.close()
+    await provider.close()
+    assert connector.closed
+    with pytest.raises(RuntimeError, match="not started"):
+        await run_one(provider, chat_body("hi"))
+
+
+def test_parse_retry_after() -> None:
+    assert parse_retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after": "Thu, 01 Jan 2026 00:00:10 GMT"}, now=1767225600.0)
+    assert parse_retry_after(
+        {"retry-after": "Thu, 01 Jan 2026 00:00:10 GMT"}, now=1767225600.0
+    ) == pytest.approx(10.0)
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({}) is None
+
+
+# -- options and registry ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "pattern"),
+    [
+        ({"base_url": "http://x/v1", "max_concurency": 4}, r"unknown option 'max_concurency'"),
+        ({}, r"option 'base_url': Field required"),
+        ({"base_url": "ftp://x"}, r"option 'base_url'.*http://"),
+        ({"base_url": "http://x/v1", "max_concurrency": 0}, r"option 'max_concurrency'"),
+        ({"base_url": "http://x/v1", "timeout": -1}, r"option 'timeout'"),
+    ],
+)
+def test_options_validation(options: dict[str, Any], pattern: str) -> None:
+    bad = ModelRoute(name="my-model", provider="openai", **options)
+    with pytest.raises(ConfigError, match=pattern) as info:
+        OpenAIProvider.from_route(bad, {})
+    assert "'my-model'" in info.value.message
+    assert "known options:" in info.value.message
+
+
+def test_options_defaults() -> None:
+    options = OpenAIOptions(base_url="http://h:1/v1/")
+    assert options.base_url == "http://h:1/v1"
+    assert options.max_concurrency == 64
+    assert options.timeout == 600
+    assert options.headers == {}
+
+
+class EchoProvider(Provider):
+    """A fake provider for registry tests: answers every request with its own body."""
+
+    name: ClassVar[str] = "echo"
+    endpoints: ClassVar[frozenset[str]] = frozenset({CHAT})
+
+    async def execute(self, group: Sequence[ProviderRequest]) -> list[ProviderResult]:
+        return [ProviderResult.success(r.index, 200, dict(r.body)) for r in group]
+
+
+def register_echo(registry: ProviderRegistry) -> None:
+    registry.register("echo-hook", EchoProvider)
+
+
+def test_build_providers() -> None:
+    settings = Settings(
+        models=(
+            ModelRoute(name="a", provider="openai", base_url="http://h/v1"),
+            ModelRoute(
+                name="b",
+                provider="openai",
+                base_url="http://h/v1",
+                api_key_env="K",
+                max_concurrency=2,
+            ),
+        )
+    )
+    providers = build_providers(settings, {"K": SECRET})
+    assert set(providers) == {"a", "b"}
+    assert all(isinstance(p, OpenAIProvider) for p in providers.values())
+    assert providers["b"].options == OpenAIOptions(
+        base_url="http://h/v1", api_key_env="K", max_concurrency=2
+    )
+
+
+def test_unknown_provider_lists_known_ones() -> None:
+    settings = Settings(models=(ModelRoute(name="m", provider="nosuch"),))
+    with pytest.raises(ConfigError, match=r"model 'm': unknown provider 'nosuch'.*openai"):
+        build_providers(settings, {})
+
+
+@pytest.mark.anyio
+async def test_entry_points_register_providers() -> None:
+    points = [
+        importlib.metadata.EntryPoint("echo", f"{__name__}:EchoProvider", ENTRY_POINT_GROUP),
+        importlib.metadata.EntryPoint("hook", f"{__name__}:register_echo", ENTRY_POINT_GROUP),
+    ]
+    registry = ProviderRegistry.default(plugins=False)
+    registry.load_entry_points(points)
+    assert registry.names() == ["echo", "echo-hook", "openai"]
+    settings = Settings(models=(ModelRoute(name="e", provider="echo-hook"),))
+    providers = build_providers(settings, {}, registry)
+    async with providers["e"] as provider:
+        [result] = await provider.execute([ProviderRequest(0, "c", CHAT, {"x": 1})])
+    assert result.body == {"x": 1}
+    with pytest.raises(ConfigError, match="unknown option 'x'"):
+        build_providers(
+            Settings(models=(ModelRoute(name="e", provider="echo", x=1),)), {}, registry
+        )
+
+
+def test_bad_entry_points() -> None:
+    registry = ProviderRegistry()
+    broken = importlib.metadata.EntryPoint("broken", "no_such_module_xyz:P", ENTRY_POINT_GROUP)
+    with pytest.raises(ConfigError, match=r"'broken'.*failed to load"):
+        registry.load_entry_points([broken])
+    not_provider = importlib.metadata.EntryPoint("np", "random:Random", ENTRY_POINT_GROUP)
+    with pytest.raises(ConfigError, match=r"'np'.*neither"):
+        registry.load_entry_points([not_provider])
+    with pytest.raises(ConfigError, match="abstract"):
+        registry.register("base", Provider)
+    registry.register("echo", EchoProvider)
+    with pytest.raises(ConfigError, match="registered twice"):
+        registry.register("echo", OpenAIProvider)
+
+
+# -- retry strategy --------------------------------------------------------------------------
+
+
+def failed(retryable: bool = True, retry_after: float | None = None) -> ProviderResult:
+    return ProviderResult.failure(
+        0, "server_error", "boom", retryable=retryable, status_code=500, retry_after=retry_after
+    )
+
+
+def test_retry_full_jitter_is_deterministic_and_bounded() -> None:
+    strategy = RetryStrategy(max_attempts=8, base=0.5, cap=4.0, rng=random.Random(7))
+    again = RetryStrategy(max_attempts=8, base=0.5, cap=4.0, rng=random.Random(7))
+    delays = []
+    for attempt in range(1, 8):
+        decision = strategy.decide(attempt, failed(), now=0.0, deadline=None)
+        assert decision == again.decide(attempt, failed(), now=0.0, deadline=None)
+        assert decision.retry
+        assert 0.0 <= decision.delay <= min(4.0, 0.5 * 2 ** (attempt - 1))
+        delays.append(decision.delay)
+    assert len(set(delays)) == len(delays)  # jittered
+
+
+def test_retry_stops() -> None:
+    strategy = RetryStrategy(max_attempts=3, rng=random.Random(1))
+    assert strategy.decide(1, failed(retryable=False), 0.0, None) == RetryDecision(False, 0.0)
+    assert strategy.decide(2, failed(), 0.0, None).retry
+    assert not strategy.decide(3, failed(), 0.0, None).retry
+    assert not strategy.decide(1, ProviderResult.success(0, 200, {}), 0.0, None).retry
+
+
+def test_retry_honours_retry_after_and_deadline() -> None:
+    strategy = RetryStrategy(base=0.1, cap=0.2, rng=random.Random(3))
+    decision = strategy.decide(1, failed(retry_after=5.0), now=100.0, deadline=200.0)
+    assert decision == RetryDecision(True, 5.0)
+    assert not strategy.decide(1, failed(retry_after=5.0), now=100.0, deadline=104.0).retry
+    assert not strategy.decide(1, failed(), now=100.0, deadline=100.0).retry
+    for seed in range(50):
+        jittered = RetryStrategy(base=1.0, cap=8.0, rng=random.Random(seed))
+        assert jittered.decide(4, failed(retry_after=0.5), 0.0, None).delay >= 0.5
+
+
+def test_retry_strategy_validation() -> None:
+    with pytest.raises(ValueError, match="max_attempts"):
+        RetryStrategy(max_attempts=0)
+    with pytest.raises(ValueError, match="base"):
+        RetryStrategy(base=0)
+    with pytest.raises(ValueError, match="cap"):
+        RetryStrategy(base=2, cap=1)
+    with pytest.raises(ValueError, match="error code"):
+        ProviderResult.failure(0, "", "x", retryable=False)
