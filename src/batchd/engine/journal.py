@@ -61,6 +61,7 @@ import orjson
 
 from batchd.errors import BatchdError
 from batchd.ids import new_batch_request_id
+from batchd.storage.local import fsync_dir
 
 __all__ = [
     "CHUNK",
@@ -85,14 +86,6 @@ def _sync_fd(fd: int) -> None:
     """Make a file's data durable, with the size needed to read it back: ``fdatasync``, or
     ``fsync`` where there is none (macOS)."""
     getattr(os, "fdatasync", os.fsync)(fd)
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class JournalError(BatchdError):
@@ -380,7 +373,7 @@ def _open_locked(path: Path) -> int:
         os.close(fd)
         raise JournalError(f"the journal {path} is already open for writing") from None
     if created:
-        _sync_dir(path.parent)
+        fsync_dir(path.parent)
     return fd
 
 

@@ -16,14 +16,15 @@ import anyio.to_thread
 
 from batchd.storage.base import BlobInfo, BlobTooLarge
 
-__all__ = ["LocalStorage", "LocalWriter"]
+__all__ = ["LocalStorage", "LocalWriter", "fsync_dir"]
 
 _KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 CHUNK = 1024 * 1024
 _QUEUED = 16
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -103,7 +104,7 @@ class LocalWriter:
         finally:
             fh.close()
         os.replace(self._tmp, self._storage.path(key))
-        _fsync_dir(self._storage.blob_dir)
+        fsync_dir(self._storage.blob_dir)
         return BlobInfo(key=key, size=self._size, sha256=self._hash.hexdigest())
 
     async def commit(self, key: str) -> BlobInfo:
