@@ -13,12 +13,26 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_MODELS", "BatchdServer", "free_port", "write_config"]
+__all__ = ["DEFAULT_MODELS", "BatchdServer", "free_port", "stop_process", "write_config"]
 
 DEFAULT_MODELS: list[dict[str, Any]] = [
     {"name": "gpt-4o-mini", "provider": "openai", "base_url": "http://127.0.0.1:9/v1"},
     {"name": "text-embedding-3-small", "provider": "openai", "base_url": "http://127.0.0.1:9/v1"},
 ]
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> int | None:
+    """Signal ``proc`` and wait for it (SIGKILL after ``timeout``); its exit status."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
 
 
 def free_port() -> int:
@@ -107,16 +121,7 @@ class BatchdServer:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_process(self.proc, sig, timeout)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

@@ -16,6 +16,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tests.serverproc import stop_process
+
 __all__ = ["UpstreamProcess"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -97,15 +99,9 @@ class UpstreamProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
         """Signal the process and wait for it; the exit status (SIGKILL after ``timeout``)."""
-        if self.proc is None:
+        if stop_process(self.proc, sig, timeout) is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        assert self.proc is not None
         if self._own_log_dir and self.proc.returncode == 0:
             shutil.rmtree(self.log_dir, ignore_errors=True)  # a temporary log nobody asked for
         return self.proc.returncode
