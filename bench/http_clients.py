@@ -1,10 +1,12 @@
-"""Which HTTP client should batchd use for upstream calls? aiohttp vs httpx under concurrency.
+"""Which HTTP client should batchd use for upstream calls? aiohttp, httpx and pyreqwest under
+concurrency.
 
 Sends the same N chat-completion requests with each client at a fixed concurrency against the
 fake upstream of the test suite (``tests/upstream``, its own process, fixed latency), on one
 event loop, with one pooled client per run. Prints requests/s, the client process's CPU time per
 request, and each client's throughput relative to aiohttp, measured in the same run (clients
-alternate, ``--rounds`` times, medians reported).
+alternate, ``--rounds`` times, medians reported). The CPU time is the whole process's, so it
+includes the threads a client runs its I/O on (pyreqwest's tokio thread).
 
     python bench/http_clients.py                     # 10,000 requests, concurrency 256, 50 ms
     python bench/http_clients.py --requests 2000 --latency-ms 20
@@ -106,10 +108,33 @@ async def send_httpx2(url: str, payloads: list[bytes], concurrency: int) -> int:
     return await _send_httpx_like(httpx2, url, payloads, concurrency)
 
 
+async def send_pyreqwest(url: str, payloads: list[bytes], concurrency: int) -> int:
+    """As batchd's ``openai`` provider sends: headers on the client, the URL parsed once, the
+    whole answer read by ``send()``."""
+    from pyreqwest.client import ClientBuilder
+    from pyreqwest.http import Url
+
+    headers = {"content-type": "application/json", "authorization": "Bearer bench"}
+    builder = ClientBuilder().max_connections(concurrency).default_headers(headers).no_proxy()
+    target = Url(url)
+    async with builder.build() as client:
+
+        def job(payload: bytes) -> Callable[[], Awaitable[int]]:
+            async def run() -> int:
+                resp = await client.post(target).body_bytes(payload).build().send()
+                await resp.bytes()
+                return resp.status
+
+            return run
+
+        return await with_limit(concurrency, [job(p) for p in payloads])
+
+
 CLIENTS: dict[str, Sender] = {
     "aiohttp": send_aiohttp,
     "httpx": send_httpx,
     "httpx2": send_httpx2,
+    "pyreqwest": send_pyreqwest,
 }
 
 
@@ -166,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         rps = statistics.median(r["rps"] for r in results[name])
         cpu = statistics.median(r["cpu_ms_per_request"] for r in results[name])
         ratio = f"{rps / base:5.2f}x aiohttp" if base else ""
-        print(f"{name:8s} {rps:8.0f} req/s   client CPU {cpu:6.3f} ms/request   {ratio}")
+        print(f"{name:9s} {rps:8.0f} req/s   client CPU {cpu:6.3f} ms/request   {ratio}")
     return 0
 
 

@@ -10,17 +10,35 @@ from typing import Any
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
-from tests.serverproc import BatchdServer, write_config
+from tests.serverproc import BatchdServer, models_at, write_config
+from tests.upstream.process import UpstreamProcess
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SPEC_DIR = SHARED / "spec"
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BatchdServer]:
-    """One batchd server for the session, with the default test routing table."""
+def held_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProcess]:
+    """A fake upstream that never answers: the batches of the session server stay
+    ``in_progress`` (every request in flight) until a test cancels them."""
+    proc = UpstreamProcess(tmp_path_factory.mktemp("held-upstream"), p_hang=1.0).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, held_upstream: UpstreamProcess
+) -> Iterator[BatchdServer]:
+    """One batchd server for the session, with the default test routing table pointed at an
+    upstream that holds every request (see ``held_upstream``)."""
     root = tmp_path_factory.mktemp("batchd-session")
-    config = write_config(root / "batchd.toml", max_requests_per_batch=50)
+    config = write_config(
+        root / "batchd.toml",
+        models=models_at(held_upstream.api_url),
+        max_requests_per_batch=50,
+        cancel_grace_seconds=0.2,
+    )
     srv = BatchdServer(root / "data", config).start()
     yield srv
     srv.stop()

@@ -13,12 +13,24 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_MODELS", "BatchdServer", "free_port", "stop_process", "write_config"]
+__all__ = [
+    "DEFAULT_MODELS",
+    "BatchdServer",
+    "free_port",
+    "models_at",
+    "stop_process",
+    "write_config",
+]
 
 DEFAULT_MODELS: list[dict[str, Any]] = [
     {"name": "gpt-4o-mini", "provider": "openai", "base_url": "http://127.0.0.1:9/v1"},
     {"name": "text-embedding-3-small", "provider": "openai", "base_url": "http://127.0.0.1:9/v1"},
 ]
+
+
+def models_at(api_url: str) -> list[dict[str, Any]]:
+    """The default test routing table pointed at the upstream at ``api_url``."""
+    return [{**model, "base_url": api_url} for model in DEFAULT_MODELS]
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> int | None:

@@ -1,8 +1,9 @@
 """End to end: the Batches API of a real ``batchd serve`` through the real ``openai`` SDK, and the
 HTTP surface around it (unknown routes, bad JSON, ``/health``).
 
-Execution of requests is not implemented yet: a valid batch goes ``validating`` → ``in_progress``
-and stays there until it is cancelled.
+The session server's upstream holds every request (``held_upstream`` in conftest), so a valid
+batch goes ``validating`` → ``in_progress`` and stays there until it is cancelled; execution itself
+is tested in ``test_e2e_execution.py`` and the other engine tests.
 """
 
 from __future__ import annotations

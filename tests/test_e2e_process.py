@@ -19,7 +19,8 @@ from openai import OpenAI
 
 from tests.conftest import wait_for_status
 from tests.schema import check_response
-from tests.serverproc import BatchdServer, free_port, write_config
+from tests.serverproc import BatchdServer, free_port, models_at, write_config
+from tests.upstream.process import UpstreamProcess
 
 CHAT = "/v1/chat/completions"
 
@@ -80,8 +81,12 @@ def _snapshot(c: OpenAI, file_ids: list[str], batch_ids: list[str]) -> dict[str,
     }
 
 
-def test_everything_survives_kill_9(tmp_path: Path) -> None:
-    config = write_config(tmp_path / "batchd.toml")
+def test_everything_survives_kill_9(tmp_path: Path, held_upstream: UpstreamProcess) -> None:
+    config = write_config(
+        tmp_path / "batchd.toml",
+        models=models_at(held_upstream.api_url),
+        cancel_grace_seconds=0.2,
+    )
     data_dir = tmp_path / "data"
     srv = BatchdServer(data_dir, config).start()
     try:
@@ -157,9 +162,15 @@ def _status_on_disk(data_dir: Path, batch_id: str) -> str | None:
     return None if row is None else str(row[0])
 
 
-def test_batch_killed_while_validating_is_validated_after_restart(tmp_path: Path) -> None:
+def test_batch_killed_while_validating_is_validated_after_restart(
+    tmp_path: Path, held_upstream: UpstreamProcess
+) -> None:
     lines = 60_000  # validation takes a few hundred milliseconds: time enough to kill the server
-    config = write_config(tmp_path / "batchd.toml", max_requests_per_batch=100_000)
+    config = write_config(
+        tmp_path / "batchd.toml",
+        models=models_at(held_upstream.api_url),
+        max_requests_per_batch=100_000,
+    )
     data_dir = tmp_path / "data"
     srv = BatchdServer(data_dir, config).start()
     batch_id = None

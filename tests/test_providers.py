@@ -10,8 +10,10 @@ import random
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import aiohttp
 import pytest
+from aiohttp import web
+from pyreqwest.client import Client, ClientBuilder
+from pyreqwest.exceptions import ClientClosedError
 
 from batchd.config import ModelRoute, Settings
 from batchd.engine.retry import RetryDecision, RetryStrategy
@@ -24,6 +26,7 @@ from batchd.providers import (
     ProviderResult,
     build_providers,
 )
+from batchd.providers.base import ProviderStream, ProviderStreamError
 from batchd.providers.openai_http import OpenAIOptions, OpenAIProvider, parse_retry_after
 from tests.upstream import answers
 from tests.upstream.fixtures import clean_upstream_fixture, upstream_fixture  # noqa: F401
@@ -279,29 +282,187 @@ def test_missing_api_key_env_is_config_error(upstream: UpstreamProcess) -> None:
 
 
 @pytest.mark.anyio
-async def test_injected_session_is_not_closed(clean_upstream: UpstreamProcess) -> None:
-    async with aiohttp.ClientSession() as session:
+async def test_injected_client_is_not_closed(clean_upstream: UpstreamProcess) -> None:
+    async with ClientBuilder().build() as client:
         options = OpenAIOptions(base_url=clean_upstream.api_url)
-        provider = OpenAIProvider("gpt-4o-mini", options, session=session)
+        provider = OpenAIProvider("gpt-4o-mini", options, client=client)
         async with provider:
             result = await run_one(provider, chat_body("hello"))
         assert result.ok
-        assert not session.closed
+        # Still open: the provider's headers went with the request, not onto the client.
+        answer = await client.get(f"{clean_upstream.api_url}/models").build().send()
+        assert answer.status == 200
 
 
 @pytest.mark.anyio
-async def test_injected_connector_and_close_twice(clean_upstream: UpstreamProcess) -> None:
-    connector = aiohttp.TCPConnector(limit=2)
+async def test_built_client_is_owned_and_close_twice(clean_upstream: UpstreamProcess) -> None:
+    built: list[Client] = []
+
+    def build_client(builder: ClientBuilder) -> Client:
+        client = builder.max_connections(2).build()  # after the provider's own settings
+        built.append(client)
+        return client
+
+    clean_upstream.control(latency_ms=60)
     provider = OpenAIProvider(
-        "gpt-4o-mini", OpenAIOptions(base_url=clean_upstream.api_url), connector=connector
+        "gpt-4o-mini", OpenAIOptions(base_url=clean_upstream.api_url), build_client=build_client
     )
     await provider.start()
-    assert (await run_one(provider, chat_body("hi"))).ok
+    results = await asyncio.gather(
+        *(run_one(provider, chat_body(f"hi {i}"), index=i) for i in range(6))
+    )
+    assert all(r.ok for r in results)
+    assert clean_upstream.stats(digests=False)["max_in_flight"] == 2
     await provider.close()
     await provider.close()
-    assert connector.closed
+    [client] = built
+    with pytest.raises(ClientClosedError):
+        await client.get(f"{clean_upstream.api_url}/models").build().send()
     with pytest.raises(RuntimeError, match="not started"):
         await run_one(provider, chat_body("hi"))
+
+
+@pytest.mark.anyio
+async def test_client_and_build_client_exclude_each_other() -> None:
+    options = OpenAIOptions(base_url="http://h/v1")
+    async with ClientBuilder().build() as client:
+        with pytest.raises(ValueError, match="not both"):
+            OpenAIProvider("m", options, client=client, build_client=ClientBuilder.build)
+
+
+# -- streams (a small SSE upstream on the test's own loop: holds, stalls, breaks) -------------
+
+
+class HeldStream:
+    """``POST /v1/chat/completions``: with ``"stream": true`` one SSE chunk, then what the last
+    message says: ``hold`` (until :attr:`gate` is set, then ``[DONE]``), ``stall`` (nothing
+    more), ``break`` (the connection aborted); without, a small JSON answer."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.left = asyncio.Event()
+        self.runner: web.AppRunner | None = None
+        self.api_url = ""
+
+    async def __aenter__(self) -> HeldStream:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        self.runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1.0)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = self.runner.addresses[0][1]
+        self.api_url = f"http://127.0.0.1:{port}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.runner is not None
+        await self.runner.cleanup()
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if not body.get("stream"):
+            return web.json_response({"ok": True})
+        action = body["messages"][-1]["content"]
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        try:
+            await response.write(b"data: first\n\n")
+            if action == "break":
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            if action == "stall":
+                await asyncio.sleep(30)
+            await self.gate.wait()
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (asyncio.CancelledError, ConnectionResetError):
+            self.left.set()
+            raise
+        return response
+
+
+async def open_stream(provider: OpenAIProvider, action: str) -> ProviderStream:
+    stream = await provider.stream(CHAT, chat_body(action, stream=True))
+    assert isinstance(stream, ProviderStream), stream
+    return stream
+
+
+async def collect(stream: ProviderStream, into: list[bytes]) -> None:
+    async for chunk in stream.chunks():
+        into.append(chunk)
+
+
+@pytest.mark.anyio
+async def test_stream_relays_chunks_as_they_come_and_holds_a_slot() -> None:
+    async with HeldStream() as up:
+        route = ModelRoute(name="m", provider="openai", base_url=up.api_url, max_concurrency=1)
+        async with OpenAIProvider.from_route(route, {}) as provider:
+            stream = await open_stream(provider, "hold")
+            assert (stream.status_code, stream.content_type) == (200, "text/event-stream")
+            chunks = stream.chunks()
+            assert await anext(chunks) == b"data: first\n\n"  # the rest is still held back
+            waiting = asyncio.create_task(run_one(provider, chat_body("after")))
+            await asyncio.sleep(0.3)
+            assert not waiting.done()  # the stream has the one slot
+            up.gate.set()
+            assert [c async for c in chunks] == [b"data: [DONE]\n\n"]
+            await stream.aclose()
+            await stream.aclose()
+            assert (await asyncio.wait_for(waiting, 5)).body == {"ok": True}
+
+
+@pytest.mark.anyio
+async def test_stream_closed_early_abandons_the_upstream_request() -> None:
+    async with HeldStream() as up:
+        route = ModelRoute(name="m", provider="openai", base_url=up.api_url, max_concurrency=1)
+        async with OpenAIProvider.from_route(route, {}) as provider:
+            stream = await open_stream(provider, "hold")
+            assert await anext(stream.chunks()) == b"data: first\n\n"
+            await stream.aclose()
+            await asyncio.wait_for(up.left.wait(), 5)
+            assert (await run_one(provider, chat_body("next"))).ok  # the slot is free again
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("action", "message"),
+    [("stall", r"sent nothing for 0\.3s"), ("break", r"connection broke: ReadError on 127.0.0.1:")],
+)
+async def test_stream_failing_half_way_is_a_stream_error(action: str, message: str) -> None:
+    async with HeldStream() as up:
+        route = ModelRoute(name="m", provider="openai", base_url=up.api_url, timeout=0.3)
+        async with OpenAIProvider.from_route(route, {}) as provider:
+            stream = await open_stream(provider, action)
+            received: list[bytes] = []
+            with pytest.raises(ProviderStreamError, match=message):
+                await collect(stream, received)
+            await stream.aclose()
+    assert received == [b"data: first\n\n"]
+
+
+@pytest.mark.anyio
+async def test_stream_error_status_and_refusal_are_results(clean_upstream: UpstreamProcess) -> None:
+    async with provider_for(clean_upstream) as provider:
+        refused = await provider.stream(CHAT, chat_body("FAULT:400 no", stream=True))
+        streamed = await provider.stream(CHAT, chat_body("A quiet film.", stream=True))
+        assert isinstance(streamed, ProviderStream)
+        body = b"".join([c async for c in streamed.chunks()])
+        await streamed.aclose()
+    assert isinstance(refused, ProviderResult)
+    assert (refused.status_code, refused.error_code, refused.retryable) == (
+        400,
+        "injected_fault",
+        False,
+    )
+    assert body.endswith(b"data: [DONE]\n\n")
+    up = ModelRoute(name="m", provider="openai", base_url="http://127.0.0.1:9/v1")
+    async with OpenAIProvider.from_route(up, {}) as provider:
+        unreachable = await provider.stream(CHAT, chat_body("x", stream=True))
+    assert isinstance(unreachable, ProviderResult)
+    assert unreachable.error_code == "connection_error"
+    assert "Connection refused" in (unreachable.error_message or "")
 
 
 def test_parse_retry_after() -> None:
@@ -326,6 +487,9 @@ def test_parse_retry_after() -> None:
         ({"base_url": "ftp://x"}, r"option 'base_url'.*http://"),
         ({"base_url": "http://x/v1", "max_concurrency": 0}, r"option 'max_concurrency'"),
         ({"base_url": "http://x/v1", "timeout": -1}, r"option 'timeout'"),
+        ({"base_url": "http://"}, r"option 'base_url'.*empty host"),
+        ({"base_url": "http://x:99999/v1"}, r"option 'base_url'.*invalid port"),
+        ({"base_url": "http://x/v1", "headers": {"X-A": "a\nb"}}, r"option 'headers'"),
     ],
 )
 def test_options_validation(options: dict[str, Any], pattern: str) -> None:

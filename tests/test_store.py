@@ -141,3 +141,88 @@ async def test_purge_skips_files_that_active_batches_read(store: SQLStore) -> No
     await store.transition(_batch(1).id, ["in_progress"], status="cancelled")
     due = await store.files_to_purge(now=2002, active_statuses=active, limit=10)
     assert [f.id for f in due] == [_file(1).id]
+
+
+# -- leases ------------------------------------------------------------------------------------
+
+
+async def _runnable(store: SQLStore, i: int, status: str = "in_progress") -> BatchRecord:
+    await store.create_batch(_batch(i, status="validating"))
+    updated = await store.transition(_batch(i).id, ["validating"], status=status, in_progress_at=5)
+    assert updated is not None
+    return updated
+
+
+async def test_a_batch_is_claimed_by_one_owner_until_its_lease_runs_out(store: SQLStore) -> None:
+    await _runnable(store, 1)
+    await _runnable(store, 2, status="finalizing")
+    await store.create_batch(_batch(3))  # validating: not runnable
+    statuses = ("in_progress", "finalizing", "cancelling")
+
+    first = await store.claim_batches(
+        owner="a", statuses=statuses, now=100.0, lease_seconds=30, limit=10
+    )
+    assert [b.id for b in first] == [_batch(1).id, _batch(2).id]
+    assert (
+        await store.claim_batches(
+            owner="b", statuses=statuses, now=129.0, lease_seconds=30, limit=10
+        )
+        == []
+    )
+    # a renews one lease and lets the other run out
+    renewed = await store.renew_lease(_batch(1).id, owner="a", now=120.0, lease_seconds=30)
+    assert renewed is not None
+    assert renewed.status == "in_progress"
+    taken = await store.claim_batches(
+        owner="b", statuses=statuses, now=131.0, lease_seconds=30, limit=10
+    )
+    assert [b.id for b in taken] == [_batch(2).id]
+    # a's lease on batch 2 is gone: renewing says so, and a's progress no longer lands
+    assert await store.renew_lease(_batch(2).id, owner="a", now=132.0, lease_seconds=30) is None
+    await store.record_progress(_batch(2).id, owner="a", completed=9, failed=9, usage={})
+    await store.record_progress(_batch(2).id, owner="b", completed=3, failed=1, usage={"x": 1})
+    batch = await store.get_batch(_batch(2).id)
+    assert batch is not None
+    assert (batch.completed, batch.failed, batch.usage) == (3, 1, {"x": 1})
+
+
+async def test_released_leases_can_be_claimed_again(store: SQLStore) -> None:
+    await _runnable(store, 1)
+    await _runnable(store, 2, status="cancelling")
+    statuses = ("in_progress", "cancelling")
+    claimed = await store.claim_batches(
+        owner="a", statuses=statuses, now=0.0, lease_seconds=30, limit=1
+    )
+    assert [b.id for b in claimed] == [_batch(1).id]  # limit, oldest first
+    await store.release_lease(_batch(1).id, owner="b")  # not b's: no effect
+    assert (
+        await store.claim_batches(
+            owner="b", statuses=["in_progress"], now=1.0, lease_seconds=30, limit=5
+        )
+        == []
+    )
+    await store.release_lease(_batch(1).id, owner="a")
+    again = await store.claim_batches(
+        owner="b", statuses=statuses, now=1.0, lease_seconds=30, limit=5
+    )
+    assert {b.id for b in again} == {_batch(1).id, _batch(2).id}
+    assert await store.release_all_leases() == 2
+    assert (
+        len(
+            await store.claim_batches(
+                owner="c", statuses=statuses, now=2.0, lease_seconds=30, limit=5
+            )
+        )
+        == 2
+    )
+
+
+async def test_a_batch_cancelled_while_validating_is_not_claimed(store: SQLStore) -> None:
+    await store.create_batch(_batch(1))
+    assert await store.transition(_batch(1).id, ["validating"], status="cancelling") is not None
+    assert (
+        await store.claim_batches(
+            owner="a", statuses=["cancelling"], now=0.0, lease_seconds=30, limit=5
+        )
+        == []
+    )

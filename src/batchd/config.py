@@ -87,7 +87,41 @@ class Settings(BaseSettings):
     max_requests_per_batch: int = Field(default=50_000, gt=0)
     max_validation_errors: int = Field(default=1000, gt=0)
     max_request_bytes: int = Field(default=32 * MB, gt=0)
-    completion_window_seconds: int = Field(default=24 * 3600, gt=0)
+    completion_window_seconds: int = Field(
+        default=24 * 3600,
+        gt=0,
+        description="Seconds a batch may run before it ends 'expired' (the '24h' window).",
+    )
+
+    # Execution engine
+    max_attempts: int = Field(
+        default=5, ge=1, description="Attempts per request (the first included)."
+    )
+    retry_base_seconds: float = Field(
+        default=0.5, gt=0, description="Upper bound of the first jittered retry wait."
+    )
+    retry_cap_seconds: float = Field(
+        default=60.0, gt=0, description="Largest upper bound of a jittered retry wait."
+    )
+    cancel_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long in-flight requests of a cancelled or expired batch may finish.",
+    )
+    max_running_batches: int = Field(
+        default=16, ge=1, description="Batches this process executes at once."
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="How long a claim on a batch lasts without renewal (renewed every third).",
+    )
+    progress_interval_seconds: float = Field(
+        default=0.5, gt=0, description="How often live request_counts reach the store."
+    )
+    progress_log_seconds: float = Field(
+        default=30.0, gt=0, description="How often a running batch logs its progress."
+    )
 
     # Routing table
     models: tuple[ModelRoute, ...] = ()

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from batchd import __version__
-from batchd.api import batches, files, health
+from batchd.api import batches, files, health, passthrough
 from batchd.api.deps import Services
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import RequestContextMiddleware
 from batchd.config import Settings
 from batchd.engine import BatchManager
 from batchd.lock import DataDirLock
+from batchd.providers import build_providers
 from batchd.storage import LocalStorage
 from batchd.store import SQLStore
 
@@ -24,9 +26,17 @@ __all__ = ["create_app"]
 log = logging.getLogger("batchd")
 
 
-def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    lock: DataDirLock | None = None,
+    env: Mapping[str, str] | None = None,
+) -> FastAPI:
     """Build the app. ``lock`` is a data-directory lock the caller already holds; without one the
-    lifespan takes it (and fails with :class:`~batchd.errors.DataDirLocked` if it cannot)."""
+    lifespan takes it (and fails with :class:`~batchd.errors.DataDirLocked` if it cannot).
+    ``env`` is where provider secrets (``api_key_env``) are read from; the CLI passes
+    ``os.environ``. The providers are built here, so a bad routing table fails at once."""
+    providers = build_providers(settings, env or {})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -37,15 +47,18 @@ def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> FastAP
         try:
             await store.open()
             await storage.open()
-            manager = BatchManager(store, storage, settings)
-            await manager.start()
-            app.state.services = Services(settings, store, storage, manager)
-            log.info("batchd %s ready (data directory %s)", __version__, settings.data_dir)
-            try:
-                yield
-            finally:
-                app.state.services = None
-                await manager.stop()
+            async with contextlib.AsyncExitStack() as stack:
+                for provider in providers.values():
+                    await stack.enter_async_context(provider)
+                manager = BatchManager(store, storage, settings, providers)
+                await manager.start()
+                app.state.services = Services(settings, store, storage, manager, providers)
+                log.info("batchd %s ready (data directory %s)", __version__, settings.data_dir)
+                try:
+                    yield
+                finally:
+                    app.state.services = None
+                    await manager.stop()
         finally:
             await store.close()
             data_lock.release()
@@ -63,5 +76,6 @@ def create_app(settings: Settings, *, lock: DataDirLock | None = None) -> FastAP
     app.include_router(health.router)
     app.include_router(files.router)
     app.include_router(batches.router)
+    app.include_router(passthrough.router)
     app.add_middleware(RequestContextMiddleware)
     return app

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
@@ -14,9 +13,10 @@ from batchd.api.params import (
     check_expiry_seconds,
     parse_cursor,
     parse_limit,
+    read_json_object,
 )
 from batchd.api.responses import JSONResponse, batch_object
-from batchd.errors import InvalidRequest, NotFound, PayloadTooLarge
+from batchd.errors import InvalidRequest, NotFound
 from batchd.ids import is_batch_id, new_batch_id
 from batchd.protocol import BATCH_ENDPOINTS, ListPage
 from batchd.store import BatchRecord
@@ -42,28 +42,6 @@ MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
 
 def _not_found(batch_id: str) -> NotFound:
     return NotFound(f"No batch found with id '{batch_id}'.")
-
-
-async def _read_json_object(request: Request) -> dict[str, Any]:
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise PayloadTooLarge(
-                f"The request body is larger than {MAX_BODY_BYTES} bytes.",
-                code="request_too_large",
-            )
-    try:
-        value = orjson.loads(body) if body.strip() else {}
-    except orjson.JSONDecodeError:
-        raise InvalidRequest(
-            "We could not parse the JSON body of your request. The OpenAI API expects a JSON "
-            "payload.",
-            code="invalid_json",
-        ) from None
-    if not isinstance(value, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
-    return value
 
 
 def _type_name(value: Any) -> str:
@@ -202,7 +180,7 @@ _CREATE_BODY = {
 
 @router.post("", summary="Create a batch", openapi_extra=_CREATE_BODY)
 async def create_batch(request: Request, svc: ServicesDep) -> Response:
-    body = await _read_json_object(request)
+    body = await read_json_object(request, max_bytes=MAX_BODY_BYTES, empty_is_object=True)
     for key in body:
         if key not in _CREATE_KEYS:
             raise InvalidRequest(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fastapi import Request
@@ -10,6 +11,7 @@ from fastapi import Request
 from batchd.config import Settings
 from batchd.engine import BatchManager
 from batchd.errors import ServiceUnavailable
+from batchd.providers import Provider
 from batchd.storage import Storage
 from batchd.store import Store
 
@@ -22,6 +24,8 @@ class Services:
     store: Store
     storage: Storage
     manager: BatchManager
+    providers: Mapping[str, Provider]
+    """One started provider per ``[[models]]`` route, by model name."""
 
     def now(self) -> int:
         return int(time.time())

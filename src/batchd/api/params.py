@@ -1,11 +1,15 @@
-"""Parsing of query parameters with OpenAI's error codes (rather than FastAPI's 422s)."""
+"""Parsing of query parameters and JSON bodies with OpenAI's error codes (rather than FastAPI's
+422s)."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
-from batchd.errors import InvalidRequest
+import orjson
+from starlette.requests import Request
+
+from batchd.errors import InvalidRequest, PayloadTooLarge
 
 __all__ = [
     "EXPIRY_SECONDS_SCHEMA",
@@ -15,6 +19,7 @@ __all__ = [
     "parse_choice",
     "parse_cursor",
     "parse_limit",
+    "read_json_object",
 ]
 
 # expires_after / output_expires_after: 1 hour to 30 days after the file is created.
@@ -94,3 +99,30 @@ def parse_choice(raw: str | None, *, name: str, choices: Collection[str], defaul
             code="invalid_value",
         )
     return raw
+
+
+async def read_json_object(
+    request: Request, *, max_bytes: int, empty_is_object: bool = False
+) -> dict[str, Any]:
+    """The request's JSON object, read up to ``max_bytes`` (413 ``request_too_large`` above);
+    400 ``invalid_json``/``invalid_type`` otherwise. ``empty_is_object``: no body means ``{}``."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise PayloadTooLarge(
+                f"The request body is larger than {max_bytes} bytes.", code="request_too_large"
+            )
+    if empty_is_object and not body.strip():
+        return {}
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest(
+            "We could not parse the JSON body of your request. The OpenAI API expects a JSON "
+            "payload.",
+            code="invalid_json",
+        ) from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_type")
+    return value

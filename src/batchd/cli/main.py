@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -108,9 +109,14 @@ def serve(
         )
         raise typer.Exit(2) from None
     try:
+        try:
+            application = create_app(settings, lock=lock, env=os.environ)
+        except BatchdError as exc:
+            typer.echo(f"batchd: {exc}", err=True)
+            raise typer.Exit(2) from None
         server = uvicorn.Server(
             uvicorn.Config(
-                create_app(settings, lock=lock),
+                application,
                 host=settings.host,
                 port=settings.port,
                 log_level=settings.log_level.lower(),

@@ -524,7 +524,9 @@ class Journal:
         future.add_done_callback(_consume)
         line = entry.journal_line()
         self._enqueue(_Append(entry.index, entry.ok, entry.usage, line, future, loop.time()))
-        return await asyncio.shield(future)
+        # No shield: a cancelled caller cancels only its future; the queued entry is still
+        # written and counted (the flusher never looks at the future's state before that).
+        return await future
 
     async def append_unexecuted(
         self, requests: Iterable[tuple[int, str]], reason: tuple[str, str]

@@ -1,8 +1,9 @@
 """The batch lifecycle: validation, cancellation, recovery and file purging.
 
 All state lives in the store; the manager keeps only the tasks it runs, so a restart (or a crash)
-resumes from the store: ``validating`` batches are validated again, ``cancelling`` ones finish
-cancelling.
+resumes from the store: ``validating`` batches are validated again, batches cancelled while
+validating finish cancelling, and the :class:`~batchd.engine.scheduler.Scheduler` claims and
+runs (or resumes) everything that passed validation.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import anyio.to_thread
 
 from batchd.config import Settings
-from batchd.engine.finalize import CANCELLED, write_unexecuted
+from batchd.engine.scheduler import Scheduler
 from batchd.errors import Conflict, NotFound
-from batchd.ids import new_file_id
+from batchd.providers.base import Provider
 from batchd.storage import BlobInfo, Storage
 from batchd.store import BatchRecord, FileRecord, Store
 from batchd.validation import ValidationResult, validate_stream, validation_key
@@ -41,10 +42,14 @@ class BatchManager:
         store: Store,
         storage: Storage,
         settings: Settings,
+        providers: Mapping[str, Provider] | None = None,
         *,
         clock: Callable[[], float] = time.time,
         purge_interval: float = 60.0,
     ) -> None:
+        self.scheduler = Scheduler(
+            store, storage, settings, providers or {}, self.publish, clock=clock
+        )
         self.store = store
         self.storage = storage
         self.settings = settings
@@ -67,13 +72,16 @@ class BatchManager:
             log.info("batch %s: resuming validation", batch.id)
             self._spawn(self._validate(batch.id), f"validate-{batch.id}")
         for batch in await self.store.batches_with_status(["cancelling"]):
-            log.info("batch %s: resuming cancellation", batch.id)
-            self._spawn(self._finish_cancel(batch.id), f"cancel-{batch.id}")
+            if batch.in_progress_at is None:  # cancelled while validating; others: the scheduler
+                log.info("batch %s: resuming cancellation", batch.id)
+                self._spawn(self._finish_cancel(batch.id), f"cancel-{batch.id}")
+        await self.scheduler.start()
         self._spawn(self._purge_loop(), "purge-files")
 
     async def stop(self) -> None:
         """Stop background work; unfinished batches stay as they are in the store."""
         self._shutdown.set()
+        await self.scheduler.stop()
         for flag in self._stop_flags.values():
             flag.set()
         tasks = list(self._tasks)
@@ -114,6 +122,8 @@ class BatchManager:
             flag = self._stop_flags.get(batch_id)
             if flag is not None:
                 flag.set()  # the validator stops; _validate then finishes the cancel
+            elif updated.in_progress_at is not None:
+                self.scheduler.cancel(batch_id)  # its runner ends it
             else:
                 self._spawn(self._finish_cancel(batch_id), f"cancel-{batch_id}")
             return updated
@@ -167,6 +177,7 @@ class BatchManager:
                     result.total,
                     result.model,
                 )
+                self.scheduler.wake()
         else:
             updated = await self.store.transition(
                 batch_id, ["validating"], status="failed", failed_at=now, errors=result.errors
@@ -218,36 +229,9 @@ class BatchManager:
             self._stop_flags.pop(batch.id, None)
 
     async def _finish_cancel(self, batch_id: str) -> None:
-        """Write each request that did not run as a ``batch_cancelled`` line, then ``cancelled``."""
-        batch = await self.store.get_batch(batch_id)
-        if batch is None or batch.status != "cancelling":
-            return
-        error_file_id = batch.error_file_id
-        failed = batch.failed
-        unexecuted = batch.total - batch.completed - batch.failed
-        if unexecuted > 0 and error_file_id is None:
-            file_id = new_file_id()
-            written = await anyio.to_thread.run_sync(
-                lambda: write_unexecuted(
-                    self.storage,
-                    batch.input_file_id,
-                    file_id,
-                    CANCELLED,
-                    max_line_bytes=self.settings.max_request_bytes,
-                )
-            )
-            if written is not None:
-                blob, count = written
-                await self.publish(blob, f"{batch.id}_error.jsonl", batch.output_expires_after)
-                error_file_id = file_id
-                failed += count
+        """End a batch cancelled before validation accepted it: no request ran, no files."""
         updated = await self.store.transition(
-            batch_id,
-            ["cancelling"],
-            status="cancelled",
-            cancelled_at=self.now(),
-            error_file_id=error_file_id,
-            failed=failed,
+            batch_id, ["cancelling"], status="cancelled", cancelled_at=self.now()
         )
         if updated is not None:
             log.info("batch %s: cancelled", batch_id)

@@ -7,11 +7,18 @@
 - :mod:`batchd.providers.openai_http`: the ``openai`` provider (any OpenAI-compatible server).
 """
 
-from batchd.providers.base import Provider, ProviderOptions, ProviderRequest, ProviderResult
+from batchd.providers.base import (
+    DispatchLimits,
+    Provider,
+    ProviderOptions,
+    ProviderRequest,
+    ProviderResult,
+)
 from batchd.providers.registry import ENTRY_POINT_GROUP, ProviderRegistry, build_providers
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "DispatchLimits",
     "Provider",
     "ProviderOptions",
     "ProviderRegistry",

@@ -14,7 +14,7 @@ Each provider class declares its capabilities as class attributes (``endpoints``
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -25,7 +25,15 @@ from pydantic_core import ErrorDetails
 from batchd.config import ModelRoute
 from batchd.errors import ConfigError
 
-__all__ = ["Provider", "ProviderOptions", "ProviderRequest", "ProviderResult"]
+__all__ = [
+    "DispatchLimits",
+    "Provider",
+    "ProviderOptions",
+    "ProviderRequest",
+    "ProviderResult",
+    "ProviderStream",
+    "ProviderStreamError",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +121,52 @@ class ProviderResult:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class DispatchLimits:
+    """How hard the engine may drive a provider (see :meth:`Provider.limits`)."""
+
+    max_concurrency: int = 1
+    """Requests of this model in flight at once, over all batches."""
+    rpm: int | None = None
+    """Requests per minute, or ``None`` for no budget."""
+    tpm: int | None = None
+    """Tokens per minute (estimated before sending, corrected by the response's usage)."""
+    upstream: str | None = None
+    """Models with the same ``upstream`` share one backoff: a 429 pauses them all."""
+    upstream_max_concurrency: int | None = None
+    """Requests in flight to ``upstream`` over all its models (the smallest value set on any of
+    them applies), or ``None`` for no bound beyond each model's own."""
+
+
+class ProviderStreamError(Exception):
+    """A stream broke after it started (reset, timeout): the client already has the status line,
+    so this can only end the stream, not become an HTTP error."""
+
+
+class ProviderStream(abc.ABC):
+    """A streamed upstream answer with a 2xx status: the status and content type are known, the
+    body arrives chunk by chunk (for ``"stream": true`` requests of the synchronous routes).
+
+    It holds an upstream connection: whoever gets one must :meth:`aclose` it, also when the
+    client goes away half-way (that abandons the upstream request, which is the point).
+    """
+
+    def __init__(self, status_code: int, content_type: str, request_id: str | None = None) -> None:
+        self.status_code = status_code
+        self.content_type = content_type
+        self.request_id = request_id
+        """The upstream's ``x-request-id``, when it sent one."""
+
+    @abc.abstractmethod
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive, untouched; :class:`ProviderStreamError` when the
+        upstream fails before the end."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Release the connection; safe to call more than once and before the end."""
+
+
 class ProviderOptions(BaseModel):
     """Base class of the per-provider settings models: unknown keys are errors."""
 
@@ -134,6 +188,8 @@ class Provider(abc.ABC):
     max_group_size: ClassVar[int] = 1
     #: The settings model, validated from ``route.options``.
     Options: ClassVar[type[ProviderOptions]] = ProviderOptions
+    #: Whether :meth:`stream` is implemented (``"stream": true`` on the synchronous routes).
+    streaming: ClassVar[bool] = False
 
     def __init__(self, model: str, options: ProviderOptions) -> None:
         self.model = model
@@ -166,9 +222,32 @@ class Provider(abc.ABC):
     async def close(self) -> None:  # noqa: B027 (an optional hook)
         """Release what :meth:`start` acquired; safe to call more than once."""
 
+    def limits(self) -> DispatchLimits:
+        """The engine's concurrency and rate budgets for this model (one at a time by default)."""
+        return DispatchLimits(upstream=self.model)
+
     @abc.abstractmethod
     async def execute(self, group: Sequence[ProviderRequest]) -> list[ProviderResult]:
         """Run a group of requests; one result per request, in the same order."""
+
+    async def forward(self, endpoint: str, body: Mapping[str, Any]) -> ProviderResult:
+        """One request outside any batch, for the synchronous routes (``POST
+        /v1/chat/completions``…): the result of one attempt, never retried, because the client
+        that waits for it retries on its own terms. By default one :meth:`execute` call."""
+        [result] = await self.execute([ProviderRequest(0, "", endpoint, body)])
+        return result
+
+    async def stream(
+        self, endpoint: str, body: Mapping[str, Any]
+    ) -> ProviderStream | ProviderResult:
+        """Start one streamed request (``"stream": true``) outside any batch.
+
+        A :class:`ProviderStream` once the upstream answered 2xx; otherwise the
+        :class:`ProviderResult` that :meth:`forward` would have given (an upstream error status,
+        a timeout, a refused connection), so the caller can still answer with a proper HTTP
+        error. Only providers with :attr:`streaming` set implement it.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not stream answers")
 
     async def __aenter__(self) -> Self:
         await self.start()

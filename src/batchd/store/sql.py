@@ -58,6 +58,18 @@ class Store(Protocol):
         self, batch_id: str, from_statuses: Iterable[str], **changes: Any
     ) -> BatchRecord | None: ...
 
+    async def claim_batches(
+        self, *, owner: str, statuses: Iterable[str], now: float, lease_seconds: float, limit: int
+    ) -> list[BatchRecord]: ...
+    async def renew_lease(
+        self, batch_id: str, *, owner: str, now: float, lease_seconds: float
+    ) -> BatchRecord | None: ...
+    async def release_lease(self, batch_id: str, *, owner: str) -> None: ...
+    async def release_all_leases(self) -> int: ...
+    async def record_progress(
+        self, batch_id: str, *, owner: str, completed: int, failed: int, usage: dict[str, Any]
+    ) -> None: ...
+
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
@@ -254,12 +266,19 @@ class SQLStore:
         unknown = set(changes) - set(_BATCH_FIELDS)
         if unknown:
             raise ValueError(f"unknown batch fields: {sorted(unknown)}")
+        return await self._update_batch(
+            batch_id, batches.c.status.in_(list(from_statuses)), changes
+        )
+
+    async def _update_batch(
+        self, batch_id: str, condition: sa.ColumnElement[bool], values: dict[str, Any]
+    ) -> BatchRecord | None:
+        """Set ``values`` on the batch if ``condition`` holds (compare-and-set); the batch
+        after the update, or ``None`` when it is missing or the condition failed."""
         try:
             async with self._engine.begin() as conn:
                 result = await conn.execute(
-                    sa.update(batches)
-                    .where(batches.c.id == batch_id, batches.c.status.in_(list(from_statuses)))
-                    .values(**changes)
+                    sa.update(batches).where(batches.c.id == batch_id, condition).values(**values)
                 )
                 if result.rowcount != 1:
                     return None
@@ -267,3 +286,78 @@ class SQLStore:
         except SQLAlchemyError as exc:
             raise StoreError(str(exc)) from exc
         return self._batch(row)
+
+    # -- leases -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _claimable(statuses: Iterable[str], now: float) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            batches.c.status.in_(list(statuses)),
+            batches.c.in_progress_at.is_not(None),
+            sa.or_(batches.c.lease_owner.is_(None), batches.c.lease_expires_at < now),
+        )
+
+    async def claim_batches(
+        self, *, owner: str, statuses: Iterable[str], now: float, lease_seconds: float, limit: int
+    ) -> list[BatchRecord]:
+        """Claim up to ``limit`` batches in ``statuses`` that nobody holds (or whose lease ran
+        out), oldest first. Only batches that ran validation (``in_progress_at`` set) qualify.
+
+        Each claim is a compare-and-set on the lease, so two engines sharing the store never
+        both claim a batch (portable: no ``SKIP LOCKED`` needed).
+        """
+        statuses = list(statuses)
+        candidates = await self._fetch(
+            sa.select(batches.c.id)
+            .where(self._claimable(statuses, now))
+            .order_by(batches.c.seq)
+            .limit(limit)
+        )
+        claimed: list[BatchRecord] = []
+        for (batch_id,) in candidates:
+            batch = await self._update_batch(
+                batch_id,
+                self._claimable(statuses, now),
+                {"lease_owner": owner, "lease_expires_at": now + lease_seconds},
+            )
+            if batch is not None:
+                claimed.append(batch)
+        return claimed
+
+    async def renew_lease(
+        self, batch_id: str, *, owner: str, now: float, lease_seconds: float
+    ) -> BatchRecord | None:
+        """Extend ``owner``'s lease; the batch as it is now, or ``None`` if the lease was lost."""
+        return await self._update_batch(
+            batch_id, batches.c.lease_owner == owner, {"lease_expires_at": now + lease_seconds}
+        )
+
+    async def release_lease(self, batch_id: str, *, owner: str) -> None:
+        await self._execute(
+            sa.update(batches)
+            .where(batches.c.id == batch_id, batches.c.lease_owner == owner)
+            .values(lease_owner=None, lease_expires_at=None)
+        )
+
+    async def release_all_leases(self) -> int:
+        """Drop every lease: for a store that only this process can use (its SQLite file)."""
+        try:
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    sa.update(batches)
+                    .where(batches.c.lease_owner.is_not(None))
+                    .values(lease_owner=None, lease_expires_at=None)
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(str(exc)) from exc
+        return int(result.rowcount)
+
+    async def record_progress(
+        self, batch_id: str, *, owner: str, completed: int, failed: int, usage: dict[str, Any]
+    ) -> None:
+        """Live ``request_counts`` and ``usage`` of a running batch (only by its lease holder)."""
+        await self._execute(
+            sa.update(batches)
+            .where(batches.c.id == batch_id, batches.c.lease_owner == owner)
+            .values(completed=completed, failed=failed, usage=usage)
+        )

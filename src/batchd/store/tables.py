@@ -63,5 +63,8 @@ batches = sa.Table(
     sa.Column("metadata", sa.JSON(), nullable=True),
     sa.Column("output_expires_after", sa.BigInteger(), nullable=True),
     sa.Column("extra", sa.JSON(), nullable=True),
+    # The engine running the batch (see SQLStore.claim_batches); not part of BatchRecord.
+    sa.Column("lease_owner", sa.String(128), nullable=True),
+    sa.Column("lease_expires_at", sa.Float(), nullable=True),
     sa.Index("ix_batches_status", "status"),
 )

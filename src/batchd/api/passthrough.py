@@ -1,0 +1,278 @@
+"""Synchronous inference routes over the batch routing table: ``POST /v1/chat/completions``,
+``/v1/completions``, ``/v1/embeddings`` and ``GET /v1/models``.
+
+They exist so that a client can try a request with the ordinary OpenAI API against batchd, with
+the very model names and upstreams its batches will use, before sending a batch of them. Each
+request goes to the provider of its ``body.model`` route, once (the client's SDK retries), and
+the answer is relayed:
+
+======================================  ==========================================================
+what happened                           answer
+======================================  ==========================================================
+upstream 2xx                            its status and JSON body
+upstream 4xx/5xx                        its status and JSON error body (``Retry-After`` and
+                                        ``retry-after-ms`` when it asked to wait)
+``"stream": true``, upstream 2xx        its body relayed chunk by chunk as it arrives
+upstream unreachable / reset            502 ``server_error``/``upstream_unavailable``
+upstream timeout                        504 ``server_error``/``upstream_timeout``
+upstream 2xx that is not JSON           502 ``server_error``/``invalid_upstream_response``
+no/bad ``model``                        400 ``missing_required_parameter``/``invalid_type``
+unknown ``model``                       404 ``model_not_found``
+route not serving the endpoint          400 ``unsupported_endpoint``
+route that cannot stream                400 ``streaming_unsupported``
+======================================  ==========================================================
+
+Bodies pass through untouched (but for the route's ``upstream_model`` rename, which the provider
+does); the upstream's API key never appears in an answer (the provider redacts its messages).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncGenerator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from batchd.api.deps import Services, services
+from batchd.api.errors import envelope
+from batchd.api.params import read_json_object
+from batchd.api.responses import JSONResponse
+from batchd.errors import APIError, InvalidRequest, NotFound
+from batchd.providers import Provider, ProviderResult
+from batchd.providers.base import ProviderStream, ProviderStreamError
+
+__all__ = ["BadGateway", "GatewayTimeout", "router"]
+
+log = logging.getLogger("batchd.api.passthrough")
+
+router = APIRouter(prefix="/v1", tags=["inference"])
+
+ServicesDep = Annotated[Services, Depends(services)]
+
+#: Large enough for a few images inlined as base64 ``image_url`` data URLs.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+#: ``created`` of the model objects: when this server process started.
+_STARTED_AT = int(time.time())
+_MODELS_NAMED_IN_ERRORS = 20
+_SSE_TYPES = ("text/event-stream",)
+
+
+class BadGateway(APIError):
+    """The upstream of this model could not give an answer."""
+
+    status_code = 502
+    error_type = "server_error"
+
+
+class GatewayTimeout(APIError):
+    """The upstream of this model did not answer in time."""
+
+    status_code = 504
+    error_type = "server_error"
+
+
+# -- routes -----------------------------------------------------------------------------------
+
+
+@router.post("/chat/completions", summary="Create a chat completion (relayed to the model's route)")
+async def chat_completions(request: Request, svc: ServicesDep) -> Response:
+    return await _relay(request, svc, "/v1/chat/completions", streamable=True)
+
+
+@router.post("/completions", summary="Create a completion (relayed to the model's route)")
+async def completions(request: Request, svc: ServicesDep) -> Response:
+    return await _relay(request, svc, "/v1/completions", streamable=True)
+
+
+@router.post("/embeddings", summary="Create embeddings (relayed to the model's route)")
+async def embeddings(request: Request, svc: ServicesDep) -> Response:
+    return await _relay(request, svc, "/v1/embeddings", streamable=False)
+
+
+@router.get("/models", summary="List the models of the routing table")
+async def list_models(svc: ServicesDep) -> Response:
+    return JSONResponse({"object": "list", "data": [_model_object(n) for n in svc.providers]})
+
+
+# ``:path`` because model names such as ``meta-llama/Llama-3.1-8B`` contain slashes.
+@router.get("/models/{model:path}", summary="Retrieve a model of the routing table")
+async def retrieve_model(model: str, svc: ServicesDep) -> Response:
+    if model not in svc.providers:
+        raise _unknown_model(model, svc)
+    return JSONResponse(_model_object(model))
+
+
+def _model_object(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": _STARTED_AT, "owned_by": "batchd"}
+
+
+# -- the relay --------------------------------------------------------------------------------
+
+
+async def _relay(request: Request, svc: Services, endpoint: str, *, streamable: bool) -> Response:
+    body = await read_json_object(request, max_bytes=MAX_BODY_BYTES)
+    provider = _provider_for(svc, _model_name(body), endpoint)
+    if streamable and body.get("stream") is True:
+        return await _start_stream(provider, endpoint, body)
+    return _result_response(provider.model, await provider.forward(endpoint, body))
+
+
+def _model_name(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if model is None or model == "":
+        raise InvalidRequest(
+            "You must provide a model parameter.",
+            param="model",
+            code="missing_required_parameter",
+        )
+    if not isinstance(model, str):
+        raise InvalidRequest("'model' must be a string.", param="model", code="invalid_type")
+    return model
+
+
+def _provider_for(svc: Services, model: str, endpoint: str) -> Provider:
+    """The provider of ``model``'s route, if it serves ``endpoint``: the same table batches use."""
+    provider = svc.providers.get(model)
+    if provider is None:
+        raise _unknown_model(model, svc)
+    if endpoint not in provider.endpoints:
+        served = ", ".join(sorted(provider.endpoints)) or "none"
+        raise InvalidRequest(
+            f"The model '{model}' (provider '{provider.name}') does not serve {endpoint}; "
+            f"it serves: {served}.",
+            param="model",
+            code="unsupported_endpoint",
+        )
+    return provider
+
+
+def _unknown_model(model: str, svc: Services) -> NotFound:
+    names = list(svc.providers)
+    if not names:
+        hint = "No models are configured: add a [[models]] route to the batchd configuration."
+    else:
+        shown = ", ".join(f"'{n}'" for n in names[:_MODELS_NAMED_IN_ERRORS])
+        more = (
+            f" and {len(names) - _MODELS_NAMED_IN_ERRORS} more"
+            if len(names) > _MODELS_NAMED_IN_ERRORS
+            else ""
+        )
+        hint = (
+            f"Use one of the configured models ({shown}{more}; GET /v1/models lists them), "
+            f"or add a [[models]] route named '{model}' to the batchd configuration."
+        )
+    return NotFound(
+        f"The model '{model}' does not exist on this batchd server. {hint}",
+        param="model",
+        code="model_not_found",
+    )
+
+
+def _result_response(model: str, result: ProviderResult) -> Response:
+    """The upstream's answer as ours: its status and JSON body, or a 5xx that says what failed."""
+    status = result.status_code
+    relayable = result.ok or (status is not None and status >= 400 and result.body is not None)
+    if not relayable or status is None:
+        raise _gateway_error(model, result)
+    return JSONResponse(result.body, status_code=status, headers=_relayed_headers(result))
+
+
+def _relayed_headers(result: ProviderResult) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if result.request_id:
+        headers["x-upstream-request-id"] = result.request_id
+    if result.retry_after is not None:
+        headers["retry-after"] = str(math.ceil(result.retry_after))
+        headers["retry-after-ms"] = str(round(result.retry_after * 1000))
+    return headers
+
+
+def _gateway_error(model: str, result: ProviderResult) -> APIError:
+    """The error for a request the upstream gave no usable answer to."""
+    code = result.error_code
+    detail = result.error_message or "no detail"
+    log.warning("model %s: no usable upstream answer: %s (%s)", model, code, detail)
+    if code == "request_timeout":
+        return GatewayTimeout(
+            f"The upstream of model '{model}' did not answer in time: {detail}.",
+            code="upstream_timeout",
+        )
+    if code == "connection_error":
+        return BadGateway(
+            f"The upstream of model '{model}' could not be reached ({detail}). Check that it is "
+            "running and that the route's base_url points at it.",
+            code="upstream_unavailable",
+        )
+    if code in ("unsupported_endpoint", "invalid_request"):
+        return InvalidRequest(detail, code=code)
+    return BadGateway(
+        f"The upstream of model '{model}' gave no usable answer: {detail}.",
+        code=code if code == "invalid_upstream_response" else "upstream_error",
+    )
+
+
+# -- streaming --------------------------------------------------------------------------------
+
+
+async def _start_stream(provider: Provider, endpoint: str, body: dict[str, Any]) -> Response:
+    if not provider.streaming:
+        raise InvalidRequest(
+            f"The model '{provider.model}' does not support streaming (provider "
+            f"'{provider.name}' answers whole responses only); send the request without "
+            '"stream": true.',
+            param="stream",
+            code="streaming_unsupported",
+        )
+    started = await provider.stream(endpoint, body)
+    if isinstance(started, ProviderResult):
+        return _result_response(provider.model, started)
+    return _RelayResponse(provider.model, started)
+
+
+class _RelayResponse(StreamingResponse):
+    """Sends a provider stream on as each chunk arrives, and closes it however the response
+    ends: finished, the client gone (which abandons the upstream request), or an error."""
+
+    def __init__(self, model: str, stream: ProviderStream) -> None:
+        self._model = model
+        self._stream = stream
+        headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+        if stream.request_id:
+            headers["x-upstream-request-id"] = stream.request_id
+        self._chunks = self._relay()
+        super().__init__(
+            self._chunks,
+            status_code=stream.status_code,
+            headers=headers,
+            media_type=stream.content_type,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._chunks.aclose()
+            await self._stream.aclose()
+
+    async def _relay(self) -> AsyncGenerator[bytes]:
+        try:
+            async for chunk in self._stream.chunks():
+                yield chunk
+        except ProviderStreamError as exc:
+            log.warning("model %s: the upstream stream broke: %s", self._model, exc)
+            if not self._stream.content_type.startswith(_SSE_TYPES):
+                raise  # the connection is dropped: the client sees an incomplete body
+            # The status line is sent: an error event is the one way left to tell the client
+            # (the OpenAI SDKs raise an APIError for it) rather than end as if complete.
+            error = envelope(
+                f"The upstream of model '{self._model}' failed while streaming: {exc}",
+                type="server_error",
+                code="upstream_stream_error",
+            )
+            yield b"data: " + orjson.dumps(error) + b"\n\n"
