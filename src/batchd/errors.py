@@ -23,10 +23,12 @@ from typing import ClassVar
 
 __all__ = [
     "APIError",
+    "BadGateway",
     "BatchdError",
     "ConfigError",
     "Conflict",
     "DataDirLocked",
+    "GatewayTimeout",
     "InvalidRequest",
     "NotFound",
     "PayloadTooLarge",
@@ -112,6 +114,20 @@ class PayloadTooLarge(APIError):
 
     status_code = 413
     error_type = "invalid_request_error"
+
+
+class BadGateway(APIError):
+    """The upstream of a model could not give an answer."""
+
+    status_code = 502
+    error_type = "server_error"
+
+
+class GatewayTimeout(APIError):
+    """The upstream of a model did not answer in time."""
+
+    status_code = 504
+    error_type = "server_error"
 
 
 class ServiceUnavailable(APIError):

@@ -43,11 +43,11 @@ from batchd.api.deps import Services, services
 from batchd.api.errors import envelope
 from batchd.api.params import read_json_object
 from batchd.api.responses import JSONResponse
-from batchd.errors import APIError, InvalidRequest, NotFound
+from batchd.errors import APIError, BadGateway, GatewayTimeout, InvalidRequest, NotFound
 from batchd.providers import Provider, ProviderResult
 from batchd.providers.base import ProviderStream, ProviderStreamError
 
-__all__ = ["BadGateway", "GatewayTimeout", "router"]
+__all__ = ["router"]
 
 log = logging.getLogger("batchd.api.passthrough")
 
@@ -61,20 +61,6 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 _STARTED_AT = int(time.time())
 _MODELS_NAMED_IN_ERRORS = 20
 _SSE_TYPES = ("text/event-stream",)
-
-
-class BadGateway(APIError):
-    """The upstream of this model could not give an answer."""
-
-    status_code = 502
-    error_type = "server_error"
-
-
-class GatewayTimeout(APIError):
-    """The upstream of this model did not answer in time."""
-
-    status_code = 504
-    error_type = "server_error"
 
 
 # -- routes -----------------------------------------------------------------------------------

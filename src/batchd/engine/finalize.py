@@ -7,19 +7,18 @@ import os
 from array import array
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import BinaryIO, Protocol
 
 import orjson
 
 from batchd.engine.journal import CHUNK, JournalError, is_ok, out_of_range, records
-from batchd.ids import new_batch_request_id
 from batchd.validation import LineTooLong, iter_lines
 
 __all__ = [
     "CANCELLED",
     "EXPIRED",
     "LineSink",
-    "error_line",
+    "input_lines",
     "input_requests",
     "write_results",
 ]
@@ -31,19 +30,8 @@ EXPIRED = (
 )
 
 
-def error_line(custom_id: str, code: str, message: str) -> bytes:
-    """One line of an error file for a request that got no HTTP response."""
-    line: dict[str, Any] = {
-        "id": new_batch_request_id(),
-        "custom_id": custom_id,
-        "response": None,
-        "error": {"code": code, "message": message},
-    }
-    return orjson.dumps(line) + b"\n"
-
-
-def input_requests(fh: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, str]]:
-    """``(index, custom_id)`` of every request of a validated input file, in order.
+def input_lines(fh: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, bytes]]:
+    """``(index, raw line)`` of every request of a validated input file, in order.
 
     The index is the position among non-blank lines, as everywhere in the engine.
     """
@@ -53,8 +41,14 @@ def input_requests(fh: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, str
             raise JournalError(f"input line {lineno} is longer than {max_line_bytes} bytes")
         if not raw.strip():
             continue
-        yield index, orjson.loads(raw)["custom_id"]
+        yield index, raw
         index += 1
+
+
+def input_requests(fh: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, str]]:
+    """``(index, custom_id)`` of every request of a validated input file, in order."""
+    for index, raw in input_lines(fh, max_line_bytes):
+        yield index, orjson.loads(raw)["custom_id"]
 
 
 class LineSink(Protocol):

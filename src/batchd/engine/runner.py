@@ -27,7 +27,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -36,15 +36,14 @@ import anyio.to_thread
 import orjson
 
 from batchd.config import Settings
-from batchd.engine.finalize import CANCELLED, EXPIRED, input_requests, write_results
-from batchd.engine.journal import Journal, JournalEntry, JournalError, Usage
+from batchd.engine.finalize import CANCELLED, EXPIRED, input_lines, input_requests, write_results
+from batchd.engine.journal import Journal, JournalEntry, Usage
 from batchd.engine.limits import Limiters, ModelLimiter
 from batchd.engine.retry import RetryStrategy
 from batchd.ids import new_file_id, new_request_id
 from batchd.providers.base import Provider, ProviderRequest, ProviderResult
 from batchd.storage import BlobInfo, Storage
 from batchd.store import BatchRecord, FileRecord, Store
-from batchd.validation import LineTooLong, iter_lines
 
 __all__ = ["BatchRunner", "Engine", "entry_of"]
 
@@ -103,19 +102,11 @@ class _InputReader:
 
     def __init__(self, fh: BinaryIO, journal: Journal, max_line_bytes: int) -> None:
         self._fh = fh
-        self._journal = journal
-        self._lines = self._pending(max_line_bytes)
-
-    def _pending(self, max_line_bytes: int) -> Iterator[tuple[int, bytes]]:
-        index = 0
-        for lineno, raw in iter_lines(self._fh, max_line_bytes):
-            if isinstance(raw, LineTooLong):
-                raise JournalError(f"input line {lineno} is longer than {max_line_bytes} bytes")
-            if not raw.strip():
-                continue
-            if not self._journal.is_done(index):
-                yield index, raw
-            index += 1
+        self._lines = (
+            (index, raw)
+            for index, raw in input_lines(fh, max_line_bytes)
+            if not journal.is_done(index)
+        )
 
     def read(self, count: int) -> list[tuple[int, str, dict[str, Any]]]:
         chunk: list[tuple[int, str, dict[str, Any]]] = []
@@ -281,7 +272,7 @@ class BatchRunner:
         reader = _InputReader(fh, journal, max_line)
         try:
             if provider is None or limiter is None:
-                await self._unroutable(journal, reader)
+                await self._unroutable(journal, fh)
                 return
             feed = _Feed(reader, batch.endpoint, max(1, provider.max_group_size))
             try:
@@ -309,16 +300,13 @@ class BatchRunner:
                 finally:
                     self._busy -= 1
 
-    async def _unroutable(self, journal: Journal, reader: _InputReader) -> None:
+    async def _unroutable(self, journal: Journal, fh: BinaryIO) -> None:
         message = (
             f"The model '{self.batch.model}' is no longer in batchd's routing table; add it to "
             "[[models]] in the config file and create the batch again."
         )
-        while chunk := await anyio.to_thread.run_sync(reader.read, _READ_CHUNK):
-            for index, custom_id, _body in chunk:
-                await journal.append(
-                    JournalEntry.from_error(index, custom_id, "model_not_found", message)
-                )
+        max_line = self.engine.settings.max_request_bytes
+        await journal.append_unexecuted(input_requests(fh, max_line), ("model_not_found", message))
 
     async def _run_group(
         self,
