@@ -75,13 +75,21 @@ def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def results(path: Path, total: int) -> tuple[list[bytes], list[bytes]]:
-    """The output and error files as lists of lines."""
+def results(
+    path: Path, total: int, journal: Journal | None = None
+) -> tuple[list[bytes], list[bytes]]:
+    """The output and error files as lists of lines, from a pass over the journal file; with
+    ``journal`` (closed), also from the index it kept, which must give the same files."""
     out, err = io.BytesIO(), io.BytesIO()
     counts = write_results(path, total, out, err)
     output = out.getvalue().splitlines(keepends=True)
     errors = err.getvalue().splitlines(keepends=True)
     assert counts == (len(output), len(errors))
+    if journal is not None:
+        out, err = io.BytesIO(), io.BytesIO()
+        assert write_results(path, total, out, err, journal.results) == counts
+        assert out.getvalue().splitlines(keepends=True) == output
+        assert err.getvalue().splitlines(keepends=True) == errors
     return output, errors
 
 
@@ -157,7 +165,7 @@ async def test_round_trip_reopen_keeps_state_and_ids(tmp_path: Path) -> None:
         await asyncio.gather(*(reopened.append(e) for e in entries[6:]))
         assert reopened.finished
 
-    output, errors = results(path, 10)
+    output, errors = results(path, 10, reopened)
     assert output == [e.output_line() for e in entries if e.ok]
     assert errors == [e.output_line() for e in entries if not e.ok]
 
@@ -300,7 +308,7 @@ async def test_torn_tail_is_cut_off_on_reopen(
             assert await journal.append(entry) is True
     assert "torn tail" in caplog.text
 
-    output, errors = results(path, 15)
+    output, errors = results(path, 15, journal)
     assert output == [e.output_line() for e in entries if e.ok]
     assert errors == [e.output_line() for e in entries if not e.ok]
 
@@ -322,7 +330,7 @@ async def test_duplicates_first_durable_wins(tmp_path: Path) -> None:
         assert journal.counts.done == 3
 
     assert path.read_bytes().count(b'"custom_id":"req-1"') == 1
-    output, errors = results(path, 8)
+    output, errors = results(path, 8, journal)
     assert output == [first.output_line()]
     assert errors == [a.output_line(), other.output_line()]
 
@@ -503,7 +511,7 @@ async def test_append_unexecuted_fills_every_pending_request_in_one_sync(
     assert await journal.append(late) is False  # an in-flight request that finished late
     await journal.close()
 
-    output, errors = results(path, 12)
+    output, errors = results(path, 12, journal)
     assert output == [e.output_line() for e in early]
     records = [orjson.loads(line) for line in errors]
     assert [r["custom_id"] for r in records] == [f"c{i}" for i in range(12) if i not in (1, 4)]
@@ -535,6 +543,17 @@ async def test_one_writer_and_no_reader_while_open(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
+async def test_write_results_refuses_a_journal_cut_short_after_its_index(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    async with await Journal.open(path, 4, max_delay=0) as journal:
+        for i in range(4):
+            await journal.append(ok_entry(i))
+    os.truncate(path, path.stat().st_size - 10)
+    with pytest.raises(JournalError, match="changed"):
+        write_results(path, 4, io.BytesIO(), io.BytesIO(), journal.results)
+
+
+@pytest.mark.anyio
 async def test_write_results_in_input_order_for_any_completion_order(tmp_path: Path) -> None:
     total = 300
     entries = {i: mixed_entry(i) for i in range(total) if i != 7}  # 7 never ran
@@ -548,7 +567,7 @@ async def test_write_results_in_input_order_for_any_completion_order(tmp_path: P
     storage = LocalStorage(tmp_path / "files")
     await storage.open()
     output_writer, error_writer = storage.writer(), storage.writer()
-    counts = write_results(path, total, output_writer, error_writer)
+    counts = write_results(path, total, output_writer, error_writer, journal.results)
     await output_writer.commit("out")
     await error_writer.commit("err")
     output = storage.path("out").read_bytes().splitlines(keepends=True)

@@ -31,7 +31,8 @@ class Services:
         return int(time.time())
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    """The process's services (async: FastAPI runs a plain ``def`` dependency in a thread)."""
     found = getattr(request.app.state, "services", None)
     if found is None:
         raise ServiceUnavailable("batchd is starting up; retry shortly.")

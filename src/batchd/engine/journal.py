@@ -39,8 +39,10 @@ The file is held with an exclusive ``flock`` while open, so a second writer (ano
 a second :class:`Journal` on the same path) is refused, and :func:`write_results` refuses a
 journal that is still open for writing.
 
-Memory: :class:`Journal` keeps one bit per request (the done-bitmap) and the counters;
-:func:`write_results` keeps 13 bytes per request (see there). Neither holds the journal.
+Memory: :class:`Journal` keeps one bit per request (the done-bitmap), the counters and a
+:class:`~batchd.engine.results.ResultIndex` of where each result's line lies (13 bytes per
+request), so that :func:`write_results` copies the lines in input order without parsing the
+journal again. Neither holds the journal.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from typing import Any, BinaryIO
 import anyio.to_thread
 import orjson
 
+from batchd.engine.results import ResultIndex
 from batchd.errors import BatchdError
 from batchd.ids import new_batch_request_id
 from batchd.storage.local import fsync_dir
@@ -69,10 +72,12 @@ __all__ = [
     "Journal",
     "JournalEntry",
     "JournalError",
+    "Tokens",
     "Usage",
     "is_ok",
     "out_of_range",
     "records",
+    "usage_tokens",
 ]
 
 log = logging.getLogger("batchd.engine")
@@ -129,26 +134,9 @@ class Usage:
 
     @classmethod
     def of_body(cls, body: object) -> Usage:
-        """The usage a response body reports.
-
-        Responses API (``input_tokens``/``output_tokens`` and their details) maps 1:1; Chat and
-        Completions map ``prompt_tokens``→input, ``completion_tokens``→output,
-        ``prompt_tokens_details.cached_tokens``, ``completion_tokens_details.reasoning_tokens``;
-        embeddings report only ``prompt_tokens``, so their output is 0.
-        """
-        usage = body.get("usage") if isinstance(body, dict) else None
-        if not isinstance(usage, dict):
-            return _NO_USAGE
-        if "input_tokens" in usage or "output_tokens" in usage:
-            prefix_in, prefix_out = "input_tokens", "output_tokens"
-        else:
-            prefix_in, prefix_out = "prompt_tokens", "completion_tokens"
-        return cls(
-            input_tokens=_count(usage.get(prefix_in)),
-            cached_tokens=_detail(usage.get(prefix_in + "_details"), "cached_tokens"),
-            output_tokens=_count(usage.get(prefix_out)),
-            reasoning_tokens=_detail(usage.get(prefix_out + "_details"), "reasoning_tokens"),
-        )
+        """The usage a response body reports (see :func:`usage_tokens`)."""
+        tokens = usage_tokens(body)
+        return _NO_USAGE if tokens is None else cls(*tokens)
 
     def to_json(self) -> dict[str, Any]:
         """The Batch ``usage`` object (all five keys and both nested ones)."""
@@ -163,16 +151,46 @@ class Usage:
 
 _NO_USAGE = Usage()
 
+Tokens = tuple[int, int, int, int]
+"""``(input, cached, output, reasoning)`` tokens, the fields of :class:`Usage` in order."""
+
+
+def usage_tokens(body: object) -> Tokens | None:
+    """The tokens a response body's ``usage`` reports, or ``None`` when it has none.
+
+    Responses API (``input_tokens``/``output_tokens`` and their details) maps 1:1; Chat and
+    Completions map ``prompt_tokens``→input, ``completion_tokens``→output,
+    ``prompt_tokens_details.cached_tokens``, ``completion_tokens_details.reasoning_tokens``;
+    embeddings report only ``prompt_tokens``, so their output is 0. A tuple, not a
+    :class:`Usage`: the journal sums one per result.
+    """
+    usage = body.get("usage") if isinstance(body, dict) else None
+    if not isinstance(usage, dict):
+        return None
+    if "input_tokens" in usage or "output_tokens" in usage:
+        prefix_in, prefix_out = "input_tokens", "output_tokens"
+    else:
+        prefix_in, prefix_out = "prompt_tokens", "completion_tokens"
+    return (
+        _count(usage.get(prefix_in)),
+        _detail(usage.get(prefix_in + "_details"), "cached_tokens"),
+        _count(usage.get(prefix_out)),
+        _detail(usage.get(prefix_out + "_details"), "reasoning_tokens"),
+    )
+
 
 def is_ok(response: dict[str, Any] | None) -> bool:
     return response is not None and 200 <= response["status_code"] < 300
 
 
-def _usage_of(response: dict[str, Any] | None) -> Usage:
-    return Usage.of_body(response.get("body")) if response is not None else _NO_USAGE
+def _tokens_of(response: dict[str, Any] | None) -> Tokens | None:
+    """The tokens a result adds to the batch usage: a 2xx body's, else none."""
+    if response is None or not 200 <= response["status_code"] < 300:
+        return None
+    return usage_tokens(response.get("body"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class JournalEntry:
     """The result of one request: an HTTP ``response`` or a non-HTTP ``error``, never both.
 
@@ -218,7 +236,13 @@ class JournalEntry:
     @property
     def usage(self) -> Usage:
         """What the entry adds to the batch usage: its body's usage if ok, else nothing."""
-        return _usage_of(self.response) if self.ok else _NO_USAGE
+        tokens = self.tokens
+        return _NO_USAGE if tokens is None else Usage(*tokens)
+
+    @property
+    def tokens(self) -> Tokens | None:
+        """:attr:`usage` as a tuple, ``None`` for nothing (cheaper: one per result)."""
+        return _tokens_of(self.response)
 
     def output_line(self) -> bytes:
         """The line of the output or error file."""
@@ -292,18 +316,21 @@ class _Replay:
     """What :func:`_replay` rebuilt from an existing journal."""
 
     done: bytearray
+    index: ResultIndex
     completed: int = 0
     failed: int = 0
-    usage: Usage = _NO_USAGE
+    tokens: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     duplicates: int = 0
     truncated: int = 0
+    end: int = 0
+    """The size of the journal once its tail is cut off: where the next record goes."""
 
 
 @dataclass(slots=True)
 class _Append:
     index: int
     ok: bool
-    usage: Usage
+    tokens: Tokens | None
     line: bytes
     future: asyncio.Future[bool]
     queued_at: float
@@ -336,11 +363,11 @@ def out_of_range(path: Path, index: int, total: int) -> JournalError:
 
 def _replay(fd: int, path: Path, total: int) -> _Replay:
     """Rebuild the state from the journal on ``fd`` and cut a torn or garbled tail off."""
-    state = _Replay(done=bytearray((total + 7) // 8))
+    state = _Replay(done=bytearray((total + 7) // 8), index=ResultIndex(total))
     done = state.done
     end = 0
     with open(os.dup(fd), "rb", buffering=CHUNK) as fh:
-        for offset, length, _line, index, record in records(fh):
+        for offset, length, line, index, record in records(fh):
             if index >= total:
                 raise out_of_range(path, index, total)
             end = offset + length
@@ -350,17 +377,28 @@ def _replay(fd: int, path: Path, total: int) -> _Replay:
                 continue
             done[index >> 3] |= bit
             response = record["response"]
-            if is_ok(response):
+            ok = is_ok(response)
+            state.index.add(index, offset, line, ok)
+            if ok:
                 state.completed += 1
-                state.usage += _usage_of(response)
+                _add_tokens(state.tokens, _tokens_of(response))
             else:
                 state.failed += 1
+    state.end = end
     size = os.fstat(fd).st_size
     if end < size:
         state.truncated = size - end
         os.ftruncate(fd, end)
         _sync_fd(fd)
     return state
+
+
+def _add_tokens(into: list[int], tokens: Tokens | None) -> None:
+    if tokens is not None:
+        into[0] += tokens[0]
+        into[1] += tokens[1]
+        into[2] += tokens[2]
+        into[3] += tokens[3]
 
 
 def _open_locked(path: Path) -> int:
@@ -375,12 +413,6 @@ def _open_locked(path: Path) -> int:
     if created:
         fsync_dir(path.parent)
     return fd
-
-
-def _consume(future: asyncio.Future[Any]) -> None:
-    """Mark a future's exception as retrieved (its caller may have stopped waiting)."""
-    if not future.cancelled():
-        future.exception()
 
 
 class Journal:
@@ -411,7 +443,9 @@ class Journal:
         self._done = state.done
         self._completed = state.completed
         self._failed = state.failed
-        self._usage = state.usage
+        self._tokens = state.tokens
+        self._index = state.index
+        self._end = state.end
         self._queue: collections.deque[_Append | _Fill] = collections.deque()
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -482,7 +516,13 @@ class Journal:
     @property
     def usage(self) -> Usage:
         """The summed usage of the successful entries."""
-        return self._usage
+        return Usage(*self._tokens)
+
+    @property
+    def results(self) -> ResultIndex:
+        """Where each durable entry's output line lies in the file: complete once the journal is
+        closed (for :func:`~batchd.engine.finalize.write_results`)."""
+        return self._index
 
     @property
     def finished(self) -> bool:
@@ -514,19 +554,28 @@ class Journal:
         :class:`JournalError` when the journal failed or is closed. Cancelling the caller does
         not withdraw the entry.
         """
+        return await self.submit(entry)
+
+    def submit(self, entry: JournalEntry) -> asyncio.Future[bool]:
+        """Queue ``entry`` and return at once: the future is :meth:`append`'s answer.
+
+        For a caller with other work to do while the entry is written (the runner sends its next
+        request meanwhile). The entry is written whether or not anyone awaits the future.
+        """
         self._check_usable()
         if not 0 <= entry.index < self.total:
             raise ValueError(f"request index {entry.index} out of range 0..{self.total - 1}")
-        if self.is_done(entry.index):
-            return False
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
-        future.add_done_callback(_consume)
+        if self.is_done(entry.index):
+            future.set_result(False)
+            return future
+        tokens = _tokens_of(entry.response)
         line = entry.journal_line()
-        self._enqueue(_Append(entry.index, entry.ok, entry.usage, line, future, loop.time()))
-        # No shield: a cancelled caller cancels only its future; the queued entry is still
-        # written and counted (the flusher never looks at the future's state before that).
-        return await future
+        # A cancelled waiter cancels only the future; the queued entry is still written and
+        # counted (the flusher never looks at the future's state before that).
+        self._enqueue(_Append(entry.index, entry.ok, tokens, line, future, loop.time()))
+        return future
 
     async def append_unexecuted(
         self, requests: Iterable[tuple[int, str]], reason: tuple[str, str]
@@ -540,7 +589,6 @@ class Journal:
         """
         self._check_usable()
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        future.add_done_callback(_consume)
         code, message = reason
         self._enqueue(_Fill(requests, code, message, future))
         return await asyncio.shield(future)
@@ -552,7 +600,8 @@ class Journal:
         self._closing = True
         self._wakeup.set()
         await asyncio.wait([self._flusher])
-        _consume(self._flusher)
+        if not self._flusher.cancelled():
+            self._flusher.exception()  # retrieved: the waiters got it already
         self._closed = True
         os.close(self._fd)
 
@@ -614,9 +663,6 @@ class Journal:
         self._write(data)
         _sync_fd(self._fd)
 
-    def _mark(self, index: int) -> None:
-        self._done[index >> 3] |= 1 << (index & 7)
-
     async def _commit(self, group: list[_Append]) -> None:
         fresh: list[_Append] = []
         stale: list[_Append] = []
@@ -637,15 +683,20 @@ class Journal:
                 if not isinstance(exc, Exception):
                     raise
                 return
+        done, tokens, results, end = self._done, self._tokens, self._index, self._end
         for item in fresh:
-            self._mark(item.index)
+            index = item.index
+            done[index >> 3] |= 1 << (index & 7)
+            results.add(index, end, item.line, item.ok)
+            end += len(item.line)
             if item.ok:
                 self._completed += 1
-                self._usage += item.usage
+                _add_tokens(tokens, item.tokens)
             else:
                 self._failed += 1
             if not item.future.done():
                 item.future.set_result(True)
+        self._end = end
         for item in stale:
             if not item.future.done():
                 item.future.set_result(False)
@@ -655,6 +706,7 @@ class Journal:
         done = bytearray(self._done)
         parts: list[bytes] = []
         size = written = 0
+        end = self._end
         for index, custom_id in item.requests:
             if not 0 <= index < self.total:
                 raise out_of_range(self.path, index, self.total)
@@ -662,9 +714,11 @@ class Journal:
             if done[index >> 3] & bit:
                 continue
             done[index >> 3] |= bit
-            line = JournalEntry.from_error(index, custom_id, item.code, item.message)
-            parts.append(line.journal_line())
-            size += len(parts[-1])
+            line = JournalEntry.from_error(index, custom_id, item.code, item.message).journal_line()
+            parts.append(line)
+            self._index.add(index, end, line, False)
+            end += len(line)
+            size += len(line)
             written += 1
             if size >= CHUNK:
                 self._write(b"".join(parts))
@@ -674,6 +728,7 @@ class Journal:
             self._write(b"".join(parts))
         if written:
             _sync_fd(self._fd)
+        self._end = end
         return done, written
 
     async def _fill(self, item: _Fill) -> None:
@@ -707,3 +762,4 @@ class Journal:
         for item in waiting:
             if not item.future.done():
                 item.future.set_exception(self._failure())
+                item.future.exception()  # retrieved, even if its caller stopped waiting

@@ -5,8 +5,10 @@ A :class:`BatchRunner` takes a batch the scheduler claimed and brings it as far 
 ``in_progress``
     Read the input file in chunks (a worker thread), skip every request the journal already has,
     and send the rest through the model's :class:`~batchd.engine.limits.ModelLimiter` (a slot per
-    request group, held until its result is durable). Failed attempts are retried per the
-    :class:`~batchd.engine.retry.RetryStrategy`, never past the batch's ``expires_at``. Ends
+    request group while it is sent; a worker sends its next group while the last one's results
+    are made durable, so at most two groups per slot are without a durable result). Failed
+    attempts are retried per the :class:`~batchd.engine.retry.RetryStrategy`, never past the
+    batch's ``expires_at``. Ends
     ``completed`` when every request has a result, ``cancelled`` when asked, ``expired`` at
     ``expires_at``, or ``stopped`` (shutdown, lost lease: nothing is written, the next claim
     resumes from the journal).
@@ -53,6 +55,10 @@ Ending = Literal["completed", "cancelled", "expired", "stopped"]
 Publish = Callable[[BlobInfo, str, int | None], Awaitable[FileRecord]]
 
 _READ_CHUNK = 512  # requests read from the input file per worker-thread call
+# The journal's group commit waits up to this long for more results before its write and fsync.
+# Workers do not wait for it (they send their next request meanwhile), so it only trades the
+# number of fsyncs against how many answers a crash can lose.
+_JOURNAL_DELAY = 0.005
 _SHUTDOWN_GRACE = 2.0  # seconds in-flight requests get when the process stops
 
 
@@ -183,7 +189,7 @@ class BatchRunner:
         """Run the batch as far as it goes; returns how it ended."""
         batch = self.batch
         path = self.engine.journal_path(batch.id)
-        journal = await Journal.open(path, batch.total, max_delay=0.002)
+        journal = await Journal.open(path, batch.total, max_delay=_JOURNAL_DELAY)
         try:
             ending: Ending
             if batch.status == "finalizing":
@@ -287,18 +293,39 @@ class BatchRunner:
     async def _work(
         self, journal: Journal, provider: Provider, limiter: ModelLimiter, feed: _Feed
     ) -> None:
+        """Take groups and send them, one at a time. A group holds a model slot while it is sent
+        (retries included); its results are then queued to the journal and the worker goes on
+        to the next group while they are made durable, but waits for them before it queues
+        the next results: at most one group per worker in flight and one being written."""
+        writing: Awaitable[Any] | None = None
         while not self._draining:
             group = await feed.next()
             if group is None:
-                return
+                break
             async with limiter.slots:  # shared by every batch of the model
                 if self._draining:
-                    return  # taken but not sent: it ends as batch_cancelled/expired
+                    break  # taken but not sent: it ends as batch_cancelled/expired
                 self._busy += 1
                 try:
-                    await self._run_group(journal, provider, limiter, group)
+                    finals = await self._run_group(provider, limiter, group)
                 finally:
                     self._busy -= 1
+            if writing is not None:
+                await writing
+            writing = self._record(journal, group, finals)
+        if writing is not None:
+            await writing
+
+    @staticmethod
+    def _record(
+        journal: Journal, group: Sequence[ProviderRequest], finals: Sequence[ProviderResult]
+    ) -> Awaitable[Any]:
+        """Queue the group's final results to the journal; the awaitable is their durability."""
+        if len(group) == 1:
+            return journal.submit(entry_of(group[0], finals[0]))
+        return asyncio.gather(
+            *(journal.submit(entry_of(r, f)) for r, f in zip(group, finals, strict=True))
+        )
 
     async def _unroutable(self, journal: Journal, fh: BinaryIO) -> None:
         message = (
@@ -309,28 +336,21 @@ class BatchRunner:
         await journal.append_unexecuted(input_requests(fh, max_line), ("model_not_found", message))
 
     async def _run_group(
-        self,
-        journal: Journal,
-        provider: Provider,
-        limiter: ModelLimiter,
-        group: Sequence[ProviderRequest],
-    ) -> None:
+        self, provider: Provider, limiter: ModelLimiter, group: Sequence[ProviderRequest]
+    ) -> Sequence[ProviderResult]:
+        """Send a group and retry what failed and may be retried: the final results."""
         costs = [limiter.cost(request.body) for request in group]
         results = await self._send(provider, limiter, group, sum(costs), 1)
-        if len(group) == 1:  # the common case, without a task per step
+        if len(group) == 1:  # the common case, without a task per retry
             final = results[0]
             if final.retryable and not final.ok:
                 final = await self._retry(provider, limiter, group[0], final, costs[0])
-            await journal.append(entry_of(group[0], final))
-            return
-        finals = await asyncio.gather(
+            return [final]
+        return await asyncio.gather(
             *(
                 self._retry(provider, limiter, request, result, cost)
                 for request, result, cost in zip(group, results, costs, strict=True)
             )
-        )
-        await asyncio.gather(
-            *(journal.append(entry_of(r, f)) for r, f in zip(group, finals, strict=True))
         )
 
     async def _send(
@@ -439,7 +459,7 @@ class BatchRunner:
         await journal.close()
         output_id, error_id = batch.extra["files"]
         output, errors = await anyio.to_thread.run_sync(
-            self._write_files, journal.path, batch.total, output_id, error_id
+            self._write_files, journal, batch.total, output_id, error_id
         )
         output_file = await self._publish(output, f"{batch.id}_output.jsonl")
         error_file = await self._publish(errors, f"{batch.id}_error.jsonl")
@@ -476,18 +496,21 @@ class BatchRunner:
         extra = {**batch.extra, "ending": ending, "files": [new_file_id(), new_file_id()]}
         if ending == "completed":
             now = int(self.engine.clock())
-            return await store.transition(
+            updated = await store.transition(
                 batch.id, ["in_progress"], status="finalizing", finalizing_at=now, extra=extra
             )
+            if updated is not None:
+                log.info("batch %s: finalizing (writing the output and error files)", batch.id)
+            return updated
         return await store.transition(batch.id, [batch.status], extra=extra)
 
     def _write_files(
-        self, path: Path, total: int, output_id: str, error_id: str
+        self, journal: Journal, total: int, output_id: str, error_id: str
     ) -> tuple[BlobInfo | None, BlobInfo | None]:
         storage = self.engine.storage
         output, errors = storage.writer(), storage.writer()
         try:
-            written, failed = write_results(path, total, output, errors)
+            written, failed = write_results(journal.path, total, output, errors, journal.results)
             output_blob = output.commit_sync(output_id) if written else None
             error_blob = errors.commit_sync(error_id) if failed else None
         finally:

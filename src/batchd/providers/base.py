@@ -36,7 +36,9 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+# The two per-request types are plain (not frozen) dataclasses: a frozen one costs ~2 µs more to
+# build, and the engine builds one of each per request. Neither is changed after it is built.
+@dataclass(slots=True)
 class ProviderRequest:
     """One request of a batch, as the provider sees it."""
 
@@ -49,7 +51,7 @@ class ProviderRequest:
     """The request body exactly as the input line gave it."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProviderResult:
     """What came of one request: a response body, or an error (retryable or not)."""
 
@@ -82,16 +84,7 @@ class ProviderResult:
         cls, index: int, status_code: int, body: Any, request_id: str | None = None
     ) -> ProviderResult:
         """A successful response."""
-        return cls(
-            index=index,
-            status_code=status_code,
-            body=body,
-            request_id=request_id,
-            error_code=None,
-            error_message=None,
-            retryable=False,
-            retry_after=None,
-        )
+        return cls(index, status_code, body, request_id, None, None, False, None)
 
     @classmethod
     def failure(
