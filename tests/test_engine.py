@@ -174,7 +174,7 @@ class ScriptedProvider(Provider):
         upstream_concurrency: int | None = None,
     ) -> None:
         super().__init__(MODEL, self.Options())
-        self.max_group_size = group_size  # type: ignore[misc]
+        self.group_size = group_size
         self.concurrency = concurrency
         self.upstream = upstream
         self.upstream_concurrency = upstream_concurrency
@@ -192,6 +192,7 @@ class ScriptedProvider(Provider):
     def limits(self) -> DispatchLimits:
         return DispatchLimits(
             max_concurrency=self.concurrency,
+            group_size=self.group_size,
             upstream=self.upstream,
             upstream_max_concurrency=self.upstream_concurrency,
         )

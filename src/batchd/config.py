@@ -125,6 +125,12 @@ class Settings(BaseSettings):
 
     # Routing table
     models: tuple[ModelRoute, ...] = ()
+    embedded_models: bool = Field(
+        default=True,
+        description="With no [[models]] configured, serve the embedded default models "
+        "(all-MiniLM-L6-v2 embeddings, SmolLM2-135M-Instruct chat) when the local extra is "
+        "installed.",
+    )
 
     @field_validator("models")
     @classmethod
@@ -165,7 +171,7 @@ class Settings(BaseSettings):
                 raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from exc
         token = _config_file_values.set(file_values)
         try:
-            return cls(**{k: v for k, v in overrides.items() if v is not None})
+            settings = cls(**{k: v for k, v in overrides.items() if v is not None})
         except ValidationError as exc:
             where = f" in {config_file}" if config_file else ""
             problems = "; ".join(
@@ -175,6 +181,13 @@ class Settings(BaseSettings):
             raise ConfigError(f"invalid configuration{where}: {problems}") from exc
         finally:
             _config_file_values.reset(token)
+        if not settings.models and settings.embedded_models:
+            from batchd.providers.embedded import embedded_routes
+
+            routes = embedded_routes()
+            if routes:
+                settings = settings.model_copy(update={"models": routes})
+        return settings
 
     @property
     def sqlite_path(self) -> Path:

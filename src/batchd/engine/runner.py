@@ -280,7 +280,7 @@ class BatchRunner:
             if provider is None or limiter is None:
                 await self._unroutable(journal, fh)
                 return
-            feed = _Feed(reader, batch.endpoint, max(1, provider.max_group_size))
+            feed = _Feed(reader, batch.endpoint, max(1, limiter.limits.group_size))
             try:
                 async with asyncio.TaskGroup() as workers:
                     for _ in range(limiter.limits.max_concurrency):

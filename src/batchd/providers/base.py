@@ -1,13 +1,13 @@
 """The provider interface: what the engine hands a provider and what it gets back.
 
 A provider serves one ``[[models]]`` route. The engine gives it a *group* of requests (at most
-:attr:`Provider.max_group_size`) and gets back one :class:`ProviderResult` per request, in the
+:attr:`DispatchLimits.group_size`) and gets back one :class:`ProviderResult` per request, in the
 same order. A request that fails (an upstream 400, a timeout, a reset connection) is a result
 with an ``error_code``, never an exception: per-line failures are data. Exceptions from
 :meth:`Provider.execute` mean a bug or a provider that cannot work at all.
 
 Each provider class declares its capabilities as class attributes (``endpoints``,
-``max_group_size``) and its settings as a pydantic :attr:`Provider.Options` model with
+``streaming``) and its settings as a pydantic :attr:`Provider.Options` model with
 ``extra="forbid"``, validated from ``route.options`` when the routing table is built.
 """
 
@@ -119,7 +119,11 @@ class DispatchLimits:
     """How hard the engine may drive a provider (see :meth:`Provider.limits`)."""
 
     max_concurrency: int = 1
-    """Requests of this model in flight at once, over all batches."""
+    """Request groups of this model in flight at once, over all batches (for an in-process
+    engine: its number of instances)."""
+    group_size: int = 1
+    """The most requests :meth:`Provider.execute` takes at once (an in-process engine batches
+    them; an HTTP provider sends one request a call)."""
     rpm: int | None = None
     """Requests per minute, or ``None`` for no budget."""
     tpm: int | None = None
@@ -177,8 +181,6 @@ class Provider(abc.ABC):
     name: ClassVar[str]
     #: The batch endpoints this provider can serve.
     endpoints: ClassVar[frozenset[str]]
-    #: The most requests :meth:`execute` takes at once.
-    max_group_size: ClassVar[int] = 1
     #: The settings model, validated from ``route.options``.
     Options: ClassVar[type[ProviderOptions]] = ProviderOptions
     #: Whether :meth:`stream` is implemented (``"stream": true`` on the synchronous routes).

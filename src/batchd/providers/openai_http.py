@@ -170,7 +170,6 @@ class OpenAIProvider(Provider):
 
     name: ClassVar[str] = "openai"
     endpoints: ClassVar[frozenset[str]] = frozenset(_PATHS)
-    max_group_size: ClassVar[int] = 1
     Options: ClassVar[type[ProviderOptions]] = OpenAIOptions
     streaming: ClassVar[bool] = True
 

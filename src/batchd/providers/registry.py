@@ -13,6 +13,7 @@ provider instance per model name; nothing is started (no I/O) until ``Provider.s
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from importlib.metadata import EntryPoint, entry_points
@@ -26,10 +27,20 @@ __all__ = ["ENTRY_POINT_GROUP", "ProviderRegistry", "build_providers"]
 ENTRY_POINT_GROUP = "batchd.providers"
 
 
-def _builtins() -> dict[str, type[Provider]]:
-    from batchd.providers.openai_http import OpenAIProvider
+# The built-in providers as "module:Class", imported when a route names them: the in-process
+# engines' modules are light, but their backends (llama.cpp, torch) come with the ``local``
+# extra and are imported only when a model is loaded.
+_BUILTINS = {
+    "openai": "batchd.providers.openai_http:OpenAIProvider",
+    "llamacpp": "batchd.providers.llamacpp:LlamaCppProvider",
+    "sentence-transformers": "batchd.providers.sentence_transformers:SentenceTransformersProvider",
+}
 
-    return {OpenAIProvider.name: OpenAIProvider}
+
+def _load_builtin(name: str, target: str) -> type[Provider]:
+    module_name, _, class_name = target.partition(":")
+    provider: type[Provider] = getattr(importlib.import_module(module_name), class_name)
+    return provider
 
 
 class ProviderRegistry:
@@ -37,13 +48,13 @@ class ProviderRegistry:
 
     def __init__(self) -> None:
         self._classes: dict[str, type[Provider]] = {}
+        self._lazy: dict[str, str] = {}  # built-ins not imported yet: name -> "module:Class"
 
     @classmethod
     def default(cls, *, plugins: bool = True) -> ProviderRegistry:
         """The built-ins, plus (``plugins=True``) everything in the entry-point group."""
         registry = cls()
-        for name, provider in _builtins().items():
-            registry.register(name, provider)
+        registry._lazy.update(_BUILTINS)
         if plugins:
             registry.load_entry_points(entry_points(group=ENTRY_POINT_GROUP))
         return registry
@@ -54,9 +65,16 @@ class ProviderRegistry:
             raise ConfigError(f"provider {name!r}: {provider!r} is not a Provider subclass")
         if inspect.isabstract(provider):
             raise ConfigError(f"provider {name!r}: {provider.__name__} is abstract")
+        if name in self._lazy and not replace:
+            self._resolve(name)
         if name in self._classes and not replace and self._classes[name] is not provider:
             raise ConfigError(f"provider {name!r} is registered twice")
+        self._lazy.pop(name, None)
         self._classes[name] = provider
+
+    def _resolve(self, name: str) -> None:
+        target = self._lazy.pop(name)
+        self._classes[name] = _load_builtin(name, target)
 
     def load_entry_points(self, points: Iterable[EntryPoint]) -> None:
         """Register what each entry point names (a Provider subclass or a register hook)."""
@@ -80,10 +98,12 @@ class ProviderRegistry:
 
     def names(self) -> list[str]:
         """The registered provider names, sorted."""
-        return sorted(self._classes)
+        return sorted({*self._classes, *self._lazy})
 
     def get(self, name: str) -> type[Provider]:
         """The class registered as ``name``; :class:`ConfigError` lists the known names."""
+        if name in self._lazy:
+            self._resolve(name)
         try:
             return self._classes[name]
         except KeyError:

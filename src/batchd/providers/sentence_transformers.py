@@ -1,0 +1,549 @@
+"""The ``sentence-transformers`` provider: ``/v1/embeddings`` computed in-process.
+
+A route such as ::
+
+    [[models]]
+    name = "all-MiniLM-L6-v2"
+    provider = "sentence-transformers"
+    model_path = "/models/all-MiniLM-L6-v2"   # a local directory; nothing is downloaded
+
+serves OpenAI's embeddings API from a `sentence-transformers <https://sbert.net>`_ model, for
+batches and for the synchronous ``POST /v1/embeddings``. It needs the ``local`` extra
+(``pip install "batchd[local]"``); this module imports torch and sentence-transformers only
+when the model is loaded, so it imports fine without them.
+
+Options (the extra keys of the route):
+
+======================  ===========  ==========================================================
+option                  default      meaning
+======================  ===========  ==========================================================
+``model_path``          (required)   a local model directory (``modules.json``/``config.json``),
+                                     loaded with ``local_files_only=True``
+``device``              ``"cpu"``    torch device of every instance (``"cuda"``, ``"cuda:1"``…)
+``batch_size``          32           inputs per forward pass
+``group_size``          512          requests per :meth:`execute` call (the engine's group)
+``instances``           1            model copies, each with its own thread; groups in flight
+``truncate_dimensions`` ``false``    allow ``dimensions`` below the native size (Matryoshka
+                                     models): the vector is cut (and normalised again when
+                                     vectors are unit vectors)
+``normalize``           model's own  ``true``/``false`` forces unit vectors on/off; unset does
+                                     what the model's ``modules.json`` does (its Normalize)
+======================  ===========  ==========================================================
+
+Why these defaults (all-MiniLM-L6-v2 on a 2-core CPU, ``bench/embeddings.py``): the inputs of a
+whole group are sorted by token count before they are cut into batches, so a bigger group
+pads less: over 5,000 IMDb overviews (10-70 tokens) batches of 32 cut from sorted groups of
+512 hold 5 % padding, from groups of 256 10 % (sentence-transformers' own ``encode``, sorting
+all 5,000 by characters: 17 %). 512 is also the most a group can be: the engine reads the
+input 512 lines at a time. ``batch_size`` 16, 32 and 64 ran within the noise of each other
+(~180 sentences/s) and 128 slower; 32 keeps a group at 16 batches. On a GPU raise
+``batch_size`` (128-512): padding matters less there than the number of forward passes.
+
+Requests are OpenAI's: ``input`` is a string, a list of strings, a list of token ids or a list
+of token-id lists (at most 2048 inputs). Token ids are ids of *this model's own tokenizer*
+(not OpenAI's ``cl100k_base``): they are taken as the text's tokens without special tokens,
+which are added as the tokenizer adds them to a text ([CLS] … [SEP] for BERT); an id outside
+the vocabulary is a 400. Every input is truncated to the model's ``max_seq_length`` tokens, as
+sentence-transformers does. ``encoding_format`` is ``"float"`` (default) or ``"base64"`` (the
+little-endian float32 bytes, as OpenAI sends them; the OpenAI SDKs ask for it by default).
+``dimensions`` may always name the native size; a smaller one needs ``truncate_dimensions``.
+``user`` and ``model`` are ignored (the engine matched ``model`` to this route); any other key
+is a 400, as on OpenAI. ``usage.prompt_tokens`` counts the tokens the model saw: special
+tokens included, after truncation. Float vectors carry the shortest decimals that give back
+the same float32 values (what OpenAI sends, and about 40 % less JSON than float64 digits).
+
+A bad request is a result, never an exception: a 400 with OpenAI's ``invalid_request_error``
+body (the ``param`` names the culprit), written to the batch's error file. :meth:`execute`
+raises only when the model cannot be used at all (it failed to load: the error says why).
+
+Execution: each instance owns one thread (a one-worker executor) and loads its model there on
+first use, once (a failed load is tried again after :data:`_RELOAD_AFTER` seconds at the
+earliest); nothing blocking runs on the event loop. :meth:`execute` takes an idle instance and
+hands it the whole group: the thread parses the requests, sorts every input of every request
+by length, encodes them ``batch_size`` at a time and scatters the vectors back, so results
+come in request order. A group cancelled while it runs finishes in its thread (torch cannot be
+interrupted) and the instance is idle again after it. On CPU the instances share torch's
+threads, so a second instance rarely helps there; on a GPU it overlaps one group's tokenizing
+and JSON with another's forward passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import importlib.util
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+from pydantic import Field
+
+from batchd.errors import ConfigError
+from batchd.providers.base import (
+    DispatchLimits,
+    Provider,
+    ProviderOptions,
+    ProviderRequest,
+    ProviderResult,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
+
+__all__ = ["SentenceTransformersOptions", "SentenceTransformersProvider"]
+
+logger = logging.getLogger(__name__)
+
+ENDPOINT = "/v1/embeddings"
+MAX_INPUTS = 2048  # inputs per request, as OpenAI allows
+_BODY_KEYS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
+_MODEL_FILES = ("modules.json", "config.json", "config_sentence_transformers.json")
+_RELOAD_AFTER = 30.0  # seconds before a failed model load is tried again
+_INSTALL_HINT = 'pip install "batchd[local]"'
+
+
+class SentenceTransformersOptions(ProviderOptions):
+    """Settings of a ``sentence-transformers`` route (see the module docstring)."""
+
+    model_path: str = Field(min_length=1)
+    device: str = Field(default="cpu", min_length=1)
+    batch_size: int = Field(default=32, ge=1)
+    group_size: int = Field(default=512, ge=1)
+    instances: int = Field(default=1, ge=1)
+    truncate_dimensions: bool = False
+    normalize: bool | None = None
+
+
+class _Invalid(Exception):
+    """A request parameter that is not acceptable: becomes a 400 result."""
+
+    def __init__(self, message: str, param: str | None, code: str) -> None:
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+
+
+def _bad_input(message: str, code: str = "invalid_value") -> _Invalid:
+    return _Invalid(message, "input", code)
+
+
+def _invalid_result(index: int, error: _Invalid) -> ProviderResult:
+    kind = "invalid_request_error"
+    error_body = {"message": error.message, "type": kind, "param": error.param, "code": error.code}
+    body = {"error": error_body}
+    return ProviderResult.failure(
+        index, error.code, error.message, retryable=False, status_code=400, body=body
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(slots=True)
+class _Parsed:
+    inputs: list[str] | list[list[int]]
+    base64: bool
+    dimensions: int | None  # None: the native size
+
+
+class _Model:
+    """A loaded model and what is known of it; used by its instance's thread only."""
+
+    def __init__(self, options: SentenceTransformersOptions, path: Path) -> None:
+        import numpy
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        with contextlib.suppress(Exception):  # no progress bars in a server's log
+            importlib.import_module("transformers.utils.logging").disable_progress_bar()
+        self.np, self.torch = numpy, torch
+        model = SentenceTransformer(str(path), device=options.device, local_files_only=True)
+        model.eval()
+        tokenizer = getattr(model, "tokenizer", None)
+        if tokenizer is None or not callable(tokenizer):
+            raise RuntimeError("the model has no text tokenizer (not a text embedding model?)")
+        get_dimension = getattr(model, "get_embedding_dimension", None)
+        dimension = (get_dimension or model.get_sentence_embedding_dimension)()
+        if dimension is None:
+            raise RuntimeError("the model does not say the size of its embeddings")
+        self.dimension = int(dimension)
+        self.max_length = int(model.max_seq_length or tokenizer.model_max_length)
+        self.vocab_size = len(tokenizer)
+        self.model, self.tokenizer, self.device = model, tokenizer, model.device
+        self.batch_size = options.batch_size
+        self.prefix, self.suffix = _special_tokens(tokenizer)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.token_types = "token_type_ids" in tokenizer.model_input_names
+        self.left_pad = getattr(tokenizer, "padding_side", "right") == "left"
+        self.left_truncate = getattr(tokenizer, "truncation_side", "right") == "left"
+        modules = list(model.children())
+        has_normalize = bool(modules) and type(modules[-1]).__name__ == "Normalize"
+        self.normalized = has_normalize if options.normalize is None else options.normalize
+        # Run the modules one by one only to leave out the model's own Normalize.
+        self.modules = modules[:-1] if has_normalize and options.normalize is False else None
+        self.post_normalize = options.normalize is True and not has_normalize
+        prompt_name = getattr(model, "default_prompt_name", None)
+        self.prompt = (getattr(model, "prompts", None) or {}).get(prompt_name) or None
+
+    def embed(self, inputs: Sequence[str | list[int]]) -> tuple[NDArray[np.float32], list[int]]:
+        """The vectors of ``inputs`` (rows in their order) and each one's token count."""
+        np, torch = self.np, self.torch
+        out = np.empty((len(inputs), self.dimension), dtype=np.float32)
+        counts = [0] * len(inputs)
+        texts = [i for i, item in enumerate(inputs) if isinstance(item, str)]
+        arrays = [i for i, item in enumerate(inputs) if not isinstance(item, str)]
+        # Longest first, so that a batch holds inputs of about one length: little padding.
+        # Texts by their token count (sentence-transformers sorts by characters, which on short
+        # sentences pads ~15 % more; tokenizing twice costs ~1 % of the forward passes).
+        sizes = {i: len(inputs[i]) for i in arrays}
+        if len(texts) > 1:
+            tokens = self.tokenizer(
+                [inputs[i] for i in texts], truncation=True, max_length=self.max_length
+            )["input_ids"]
+            sizes.update(zip(texts, map(len, tokens), strict=True))
+        with torch.inference_mode():
+            for indices, featurize in ((texts, self._text_features), (arrays, self._id_features)):
+                indices.sort(key=lambda i: -sizes.get(i, 0))
+                for start in range(0, len(indices), self.batch_size):
+                    rows = indices[start : start + self.batch_size]
+                    features = featurize([inputs[i] for i in rows])
+                    mask = features.get("attention_mask")
+                    if mask is None:
+                        lengths = [int(features["input_ids"].shape[1])] * len(rows)
+                    else:
+                        lengths = mask.sum(dim=1).tolist()
+                    out[rows] = self._forward(features).float().cpu().numpy()
+                    for row, length in zip(rows, lengths, strict=True):
+                        counts[row] = int(length)
+        return out, counts
+
+    def _text_features(self, texts: list[Any]) -> dict[str, Any]:
+        preprocess = getattr(self.model, "preprocess", None)
+        if preprocess is not None:
+            features: dict[str, Any] = preprocess(texts, prompt=self.prompt)
+            return features
+        if self.prompt:  # sentence-transformers < 6
+            texts = [self.prompt + text for text in texts]
+        tokenized: dict[str, Any] = self.model.tokenize(texts)
+        return tokenized
+
+    def _id_features(self, arrays: list[Any]) -> dict[str, Any]:
+        torch = self.torch
+        room = max(1, self.max_length - len(self.prefix) - len(self.suffix))
+        seqs = [
+            self.prefix + (ids[-room:] if self.left_truncate else ids[:room]) + self.suffix
+            for ids in arrays
+        ]
+        width = max(len(seq) for seq in seqs)
+        input_ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            cols = slice(width - len(seq), width) if self.left_pad else slice(0, len(seq))
+            input_ids[row, cols] = torch.tensor(seq, dtype=torch.long)
+            mask[row, cols] = 1
+        features = {"input_ids": input_ids, "attention_mask": mask}
+        if self.token_types:
+            features["token_type_ids"] = torch.zeros_like(input_ids)
+        return features
+
+    def _forward(self, features: dict[str, Any]) -> Any:
+        torch = self.torch
+        features = {
+            key: value.to(self.device) if isinstance(value, torch.Tensor) else value
+            for key, value in features.items()
+        }
+        if self.modules is None:
+            features = self.model(features)
+        else:
+            for module in self.modules:
+                features = module(features)
+        embeddings = features["sentence_embedding"]
+        if self.post_normalize:
+            embeddings = torch.nn.functional.normalize(embeddings, p=2, dim=1)
+        return embeddings
+
+
+def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The ids the tokenizer puts before and after a single text's own tokens."""
+    full = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    bare = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    for start in range(len(full) - len(bare) + 1):
+        if bare and full[start : start + len(bare)] == bare:
+            return full[:start], full[start + len(bare) :]
+    special = set(tokenizer.all_special_ids)
+    head = next((i for i, t in enumerate(full) if t not in special), len(full))
+    tail = next((i for i, t in enumerate(reversed(full)) if t not in special), 0)
+    return full[:head], full[len(full) - tail :]
+
+
+class _Instance:
+    """One model copy and the thread that owns it."""
+
+    def __init__(self, name: str, options: SentenceTransformersOptions, path: Path) -> None:
+        self.name, self.options, self.path = name, options, path
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"batchd-embed-{name}")
+        self._model: _Model | None = None
+        self._failure: tuple[float, BaseException] | None = None
+
+    def model(self) -> _Model:
+        """The loaded model (loading it on first use); in this instance's thread only."""
+        if self._model is not None:
+            return self._model
+        if self._failure is not None and time.monotonic() - self._failure[0] < _RELOAD_AFTER:
+            raise self._error(self._failure[1])
+        started = time.monotonic()
+        try:
+            model = _Model(self.options, self.path)
+        except Exception as exc:
+            self._failure = (time.monotonic(), exc)
+            raise self._error(exc) from exc
+        self._model, self._failure = model, None
+        seconds, dimension, length = time.monotonic() - started, model.dimension, model.max_length
+        logger.info(
+            "%s: loaded %s on %s in %.1fs (%d dimensions, up to %d tokens)",
+            *(self.name, self.path, model.device, seconds, dimension, length),
+        )
+        return model
+
+    def _error(self, exc: BaseException) -> RuntimeError:
+        return RuntimeError(
+            f"{self.name}: the sentence-transformers model in {self.path} failed to load "
+            f"({type(exc).__name__}: {exc}); check model_path and device"
+        )
+
+
+class SentenceTransformersProvider(Provider):
+    """Embeddings from a local sentence-transformers model, grouped and batched in-process."""
+
+    name: ClassVar[str] = "sentence-transformers"
+    endpoints: ClassVar[frozenset[str]] = frozenset({ENDPOINT})
+    Options: ClassVar[type[ProviderOptions]] = SentenceTransformersOptions
+
+    options: SentenceTransformersOptions
+
+    def __init__(self, model: str, options: SentenceTransformersOptions) -> None:
+        super().__init__(model, options)
+        self._instances: list[_Instance] = []
+        self._idle: asyncio.Queue[_Instance] | None = None
+
+    def limits(self) -> DispatchLimits:
+        options = self.options
+        return DispatchLimits(
+            max_concurrency=options.instances, group_size=options.group_size, upstream=self.model
+        )
+
+    async def start(self) -> None:
+        if self._idle is not None:
+            return
+        if importlib.util.find_spec("sentence_transformers") is None:
+            raise ConfigError(
+                f"model {self.model!r}: the sentence-transformers provider needs the "
+                f"sentence-transformers package, which is not installed: {_INSTALL_HINT}"
+            )
+        path = await asyncio.to_thread(_model_dir, self.model, self.options.model_path)
+        idle: asyncio.Queue[_Instance] = asyncio.Queue()
+        for number in range(self.options.instances):
+            instance = _Instance(f"{self.model}#{number}", self.options, path)
+            self._instances.append(instance)
+            idle.put_nowait(instance)
+        self._idle = idle
+
+    async def close(self) -> None:
+        """Stop the threads: a group that is running finishes first (in its thread)."""
+        instances, self._instances, self._idle = self._instances, [], None
+        for instance in instances:
+            instance.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def execute(self, group: Sequence[ProviderRequest]) -> list[ProviderResult]:
+        idle = self._idle
+        if idle is None:
+            raise RuntimeError(f"{self!r} is not started")
+        if not group:
+            return []
+        instance = await idle.get()
+        loop = asyncio.get_running_loop()
+        try:
+            future = instance.executor.submit(self._run, instance, list(group))
+        except BaseException:
+            idle.put_nowait(instance)
+            raise
+        # Idle again when the thread is done with the group, even if this call was cancelled.
+        future.add_done_callback(lambda _: _call_soon(loop, idle.put_nowait, instance))
+        return await asyncio.wrap_future(future)
+
+    # -- in the instance's thread ----------------------------------------------------------------
+
+    def _run(self, instance: _Instance, group: list[ProviderRequest]) -> list[ProviderResult]:
+        model = instance.model()
+        results: list[ProviderResult | None] = [None] * len(group)
+        parsed: list[tuple[int, _Parsed, int]] = []  # slot, request, first input's row
+        inputs: list[str | list[int]] = []
+        for slot, request in enumerate(group):
+            if request.endpoint != ENDPOINT:
+                results[slot] = ProviderResult.failure(
+                    request.index,
+                    "unsupported_endpoint",
+                    f"model {self.model!r} does not serve {request.endpoint}",
+                    retryable=False,
+                )
+                continue
+            try:
+                item = self._parse(request.body, model)
+            except _Invalid as error:
+                results[slot] = _invalid_result(request.index, error)
+                continue
+            parsed.append((slot, item, len(inputs)))
+            inputs.extend(item.inputs)
+        if inputs:
+            vectors, counts = model.embed(inputs)
+            for slot, item, row in parsed:
+                end = row + len(item.inputs)
+                body = self._body(item, vectors[row:end], counts[row:end], model)
+                results[slot] = ProviderResult.success(group[slot].index, 200, body)
+        done = [result for result in results if result is not None]
+        assert len(done) == len(group)
+        return done
+
+    def _parse(self, body: Mapping[str, Any], model: _Model) -> _Parsed:
+        if not isinstance(body, Mapping):
+            raise _Invalid("The request body must be a JSON object.", None, "invalid_type")
+        unknown = next((key for key in body if key not in _BODY_KEYS), None)
+        if unknown is not None:
+            message = f"Unrecognized request argument supplied: {unknown}"
+            raise _Invalid(message, unknown, "unknown_parameter")
+        inputs = _parse_input(body.get("input"), model.vocab_size)
+        encoding = body.get("encoding_format")
+        if encoding not in (None, "float", "base64"):
+            message = f"Invalid 'encoding_format' {encoding!r}: use 'float' or 'base64'."
+            raise _Invalid(message, "encoding_format", "invalid_value")
+        return _Parsed(inputs, encoding == "base64", self._dimensions(body, model.dimension))
+
+    def _dimensions(self, body: Mapping[str, Any], native: int) -> int | None:
+        value = body.get("dimensions")
+        if value is None or (_is_int(value) and value == native):
+            return None
+        if not _is_int(value):
+            raise _Invalid("'dimensions' must be an integer.", "dimensions", "invalid_type")
+        if not self.options.truncate_dimensions:
+            message = (
+                f"This model only supports dimensions={native}, its native size (a route with "
+                "truncate_dimensions = true allows fewer, for Matryoshka-trained models)."
+            )
+        elif not 1 <= value < native:
+            message = f"'dimensions' must be from 1 to {native} for this model, not {value}."
+        else:
+            dimensions: int = value
+            return dimensions
+        raise _Invalid(message, "dimensions", "invalid_value")
+        return dimensions
+
+    def _body(
+        self, item: _Parsed, vectors: NDArray[np.float32], counts: list[int], model: _Model
+    ) -> dict[str, Any]:
+        np = model.np
+        if item.dimensions is not None:
+            vectors = vectors[:, : item.dimensions]
+            if model.normalized:
+                norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+                vectors = vectors / np.maximum(norms, np.float32(1e-12))
+        vectors = np.ascontiguousarray(vectors, dtype="<f4")
+        embeddings: list[Any]
+        if item.base64:
+            embeddings = [base64.b64encode(row.tobytes()).decode("ascii") for row in vectors]
+        else:  # the shortest decimals of the float32 values, as Python floats
+            embeddings = orjson.loads(orjson.dumps(vectors, option=orjson.OPT_SERIALIZE_NUMPY))
+        tokens = sum(counts)
+        return {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": embedding}
+                for i, embedding in enumerate(embeddings)
+            ],
+            "model": self.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+
+
+_INPUT_TYPES = (
+    "'input' must be a string, an array of strings, an array of token ids (integers) or an "
+    "array of token-id arrays"
+)
+
+
+def _parse_input(value: Any, vocab_size: int) -> list[str] | list[list[int]]:
+    if value is None:
+        raise _bad_input("You must provide an 'input' parameter.", "missing_required_parameter")
+    if isinstance(value, str):
+        if not value:
+            raise _bad_input("'input' must not be an empty string.")
+        return [value]
+    if not isinstance(value, list):
+        raise _bad_input(f"{_INPUT_TYPES}.", "invalid_type")
+    if not value:
+        raise _bad_input("'input' must not be an empty array.")
+    first = value[0]
+    if _is_int(first):
+        return [_token_ids(value, "'input'", vocab_size)]
+    if len(value) > MAX_INPUTS:
+        raise _bad_input(f"'input' has {len(value)} items; a request may have {MAX_INPUTS}.")
+    if isinstance(first, str):
+        for i, text in enumerate(value):
+            if not isinstance(text, str):
+                raise _bad_input(f"{_INPUT_TYPES}; input[{i}] is not a string.", "invalid_type")
+            if not text:
+                raise _bad_input(f"input[{i}] is an empty string.")
+        texts: list[str] = value
+        return texts
+    if isinstance(first, list):
+        arrays = []
+        for i, ids in enumerate(value):
+            if not isinstance(ids, list):
+                raise _bad_input(f"{_INPUT_TYPES}; input[{i}] is not an array.", "invalid_type")
+            arrays.append(_token_ids(ids, f"input[{i}]", vocab_size))
+        return arrays
+    raise _bad_input(f"{_INPUT_TYPES}.", "invalid_type")
+
+
+def _token_ids(ids: list[Any], where: str, vocab_size: int) -> list[int]:
+    if not ids:
+        raise _bad_input(f"{where} is an empty token array.")
+    for i, token in enumerate(ids):
+        if not _is_int(token):
+            raise _bad_input(
+                f"{where} must hold token ids (integers); [{i}] does not.", "invalid_type"
+            )
+        if not 0 <= token < vocab_size:
+            raise _bad_input(
+                f"{where} holds the token id {token}, outside this model's vocabulary (0 to "
+                f"{vocab_size - 1}); token arrays are ids of the model's own tokenizer."
+            )
+    return ids
+
+
+def _model_dir(model: str, model_path: str) -> Path:
+    """``model_path`` as a directory that holds a model, or a :class:`ConfigError`."""
+    path = Path(model_path).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"model {model!r}: model_path {str(path)!r} is not a directory; download the "
+            "model first (e.g. `hf download sentence-transformers/all-MiniLM-L6-v2 --local-dir "
+            "DIR`) and set model_path to that directory"
+        )
+    if not any((path / name).is_file() for name in _MODEL_FILES):
+        raise ConfigError(
+            f"model {model!r}: model_path {str(path)!r} holds no model (none of "
+            f"{', '.join(_MODEL_FILES)}); point it at a sentence-transformers model directory"
+        )
+    return path
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *args: Any) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        loop.call_soon_threadsafe(callback, *args)
