@@ -452,7 +452,7 @@ def test_the_module_imports_without_torch() -> None:
 
 
 @pytest.mark.anyio
-async def test_normalize_option(tokenizer: Any) -> None:
+async def test_normalize_option() -> None:
     async with provider_for(normalize=False) as raw:
         vector = vectors(await embed(raw, {"input": SENTENCES[0]}))[0]
         assert np.linalg.norm(vector) > 1.5  # mean pooling without the model's Normalize

@@ -320,7 +320,7 @@ FAULT_EXCEPTIONS: list[tuple[str, type[BaseException]]] = [
 def test_marker_fault_seen_by_sync_client(
     sdk: OpenAI, clean_upstream: UpstreamProcess, kind: str, error: type[BaseException]
 ) -> None:
-    client = sdk.with_options(timeout=0.5)
+    client = sdk.with_options(timeout=2.0)
     with pytest.raises(error) as caught:
         client.chat.completions.create(**chat_body(f"movie FAULT:{kind} please"))
     assert outcome_of(caught.value) == kind
@@ -337,7 +337,7 @@ def test_marker_fault_seen_by_sync_client(
 @pytest.mark.anyio
 async def test_every_fault_seen_by_async_client(clean_upstream: UpstreamProcess) -> None:
     clean_upstream.control(retry_after=0.25)
-    async with async_sdk(clean_upstream, timeout=0.5) as client:
+    async with async_sdk(clean_upstream, timeout=2.0) as client:
         results = await asyncio.gather(
             *(
                 client.chat.completions.create(**chat_body(f"FAULT:{kind}"))
@@ -446,7 +446,7 @@ async def test_random_faults_follow_the_seeded_decision(clean_upstream: Upstream
     bodies = [chat_body(f"movie number {i}") for i in range(120)]
 
     async def run_all() -> list[str]:
-        async with async_sdk(clean_upstream, timeout=0.5) as client:
+        async with async_sdk(clean_upstream, timeout=3.0) as client:
             results = await asyncio.gather(
                 *(client.chat.completions.create(**body) for body in bodies),
                 return_exceptions=True,

@@ -201,6 +201,10 @@ class Sequence:
     out_index: int = -1
     """Where in the current batch this sequence's logits are; -1 if none."""
     generated: int = 0
+    fed: list[int] = field(default_factory=list)
+    """The sampled tokens fed back (in the KV cache after the prompt)."""
+    cached: int = 0
+    """Prompt tokens found in the slot's KV cache (left by the slot's last request)."""
     content: str = ""
     decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
     finish: FinishReason | None = None
@@ -210,6 +214,16 @@ class Sequence:
     @property
     def prompt_tokens(self) -> int:
         return len(self.prompt)
+
+
+def _common_prefix(a: list[int] | tuple[()], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if a[:n] == b[:n]:
+        return n
+    i = 0
+    while a[i] == b[i]:
+        i += 1
+    return i
 
 
 class Decoder:
@@ -290,6 +304,10 @@ class Decoder:
         self._ids = np.arange(self.n_vocab, dtype=np.int32)
         self._cand_ptr = self._cand.ctypes.data_as(ctypes.POINTER(ll.llama_token_data))
         self._free_slots = list(range(s.n_seq - 1, -1, -1))
+        # What each free slot's KV stream still holds: its last sequence's tokens (prompt and
+        # fed completion). A new prompt that starts the same (a shared system prompt, the chat
+        # template's preamble) reuses those cells instead of evaluating them again.
+        self._slot_tokens: dict[int, list[int]] = {}
         self._prefilling: list[Sequence] = []
         self._generating: list[Sequence] = []
 
@@ -437,19 +455,42 @@ class Decoder:
         return chain
 
     def admit(self, seq: Sequence) -> None:
-        """Give ``seq`` a free slot; its prompt is evaluated by the next steps."""
-        seq.slot = self._free_slots.pop()
+        """Give ``seq`` the free slot whose KV cache holds the longest start of its prompt; the
+        rest of the prompt is evaluated by the next steps.
+
+        The reused cells are bit for bit what evaluating those tokens again would give (the
+        same tokens at the same positions, alone in the slot's stream, which ``seq_rm`` refills
+        from the first freed cell): the answer does not depend on what ran in the slot before.
+        """
+        best, best_len = self._free_slots[-1], -1
+        for slot in reversed(self._free_slots):
+            common = _common_prefix(self._slot_tokens.get(slot, ()), seq.prompt)
+            if common > best_len:
+                best, best_len = slot, common
+        self._free_slots.remove(best)
+        cached = self._slot_tokens.pop(best, [])
+        # At least the prompt's last token is evaluated again: its logits give the first token.
+        keep = min(best_len, len(seq.prompt) - 1)
+        if keep < len(cached):
+            self._ll.llama_memory_seq_rm(self._mem, best, keep if keep > 0 else -1, -1)
+        seq.slot = best
+        seq.n_past = seq.cached = keep
         self._prefilling.append(seq)
 
     def release(self, seq: Sequence) -> None:
-        """Free ``seq``'s slot, KV cells and samplers (it finished or was abandoned)."""
+        """Free ``seq``'s slot and samplers (it finished or was abandoned). Its KV cells stay,
+        for a next prompt that starts the same (see :meth:`admit`); a sequence whose decode
+        failed leaves none."""
         if seq in self._prefilling:
             self._prefilling.remove(seq)
         if seq in self._generating:
             self._generating.remove(seq)
         self._free_samplers(seq)
         if seq.slot >= 0:
-            self._ll.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
+            if seq.error is None:
+                self._slot_tokens[seq.slot] = (seq.prompt + seq.fed)[: seq.n_past]
+            else:
+                self._ll.llama_memory_seq_rm(self._mem, seq.slot, -1, -1)
             self._free_slots.append(seq.slot)
             seq.slot = -1
 
@@ -473,6 +514,7 @@ class Decoder:
         batched: list[Sequence] = []  # sequences with tokens in this batch
         for seq in self._generating:
             self._tok[n] = seq.last
+            seq.fed.append(seq.last)
             self._pos[n] = seq.n_past
             self._seq_id[n] = seq.slot
             self._logits[n] = 1

@@ -74,6 +74,7 @@ import base64
 import contextlib
 import importlib.util
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -107,6 +108,9 @@ _BODY_KEYS = frozenset({"model", "input", "encoding_format", "dimensions", "user
 _MODEL_FILES = ("modules.json", "config.json", "config_sentence_transformers.json")
 _RELOAD_AFTER = 30.0  # seconds before a failed model load is tried again
 _INSTALL_HINT = 'pip install "batchd[local]"'
+# One model loads at a time: the first load imports torch and transformers, which two threads
+# had better not do at once.
+_LOAD_LOCK = threading.Lock()
 
 
 class SentenceTransformersOptions(ProviderOptions):
@@ -300,7 +304,8 @@ class _Instance:
             raise self._error(self._failure[1])
         started = time.monotonic()
         try:
-            model = _Model(self.options, self.path)
+            with _LOAD_LOCK:
+                model = _Model(self.options, self.path)
         except Exception as exc:
             self._failure = (time.monotonic(), exc)
             raise self._error(exc) from exc
