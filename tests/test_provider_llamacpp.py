@@ -55,6 +55,11 @@ from tests.engine_support import (  # noqa: E402
 from tests.schema import SPEC_FILE  # noqa: E402
 from tests.serverproc import BatchdServer, write_config  # noqa: E402
 
+# Out of the default suite until an intermittent hang is fixed: in some runs the first test's
+# execute() never returns (the instance's thread idle, the event loop waiting); seen 2 of 4 runs
+# on 2026-11-22 while other llama.cpp processes ran. `pytest -m slow` runs these tests.
+pytestmark = pytest.mark.slow
+
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 MODEL = "SmolLM2-135M-Instruct"
