@@ -216,7 +216,7 @@ class Sequence:
         return len(self.prompt)
 
 
-def _common_prefix(a: list[int] | tuple[()], b: list[int]) -> int:
+def _common_prefix(a: list[int], b: list[int]) -> int:
     n = min(len(a), len(b))
     if a[:n] == b[:n]:
         return n
@@ -464,7 +464,7 @@ class Decoder:
         """
         best, best_len = self._free_slots[-1], -1
         for slot in reversed(self._free_slots):
-            common = _common_prefix(self._slot_tokens.get(slot, ()), seq.prompt)
+            common = _common_prefix(self._slot_tokens.get(slot, []), seq.prompt)
             if common > best_len:
                 best, best_len = slot, common
         self._free_slots.remove(best)
