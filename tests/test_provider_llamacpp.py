@@ -55,11 +55,6 @@ from tests.engine_support import (  # noqa: E402
 from tests.schema import SPEC_FILE  # noqa: E402
 from tests.serverproc import BatchdServer, write_config  # noqa: E402
 
-# Out of the default suite until an intermittent hang is fixed: in some runs the first test's
-# execute() never returns (the instance's thread idle, the event loop waiting); seen 2 of 4 runs
-# on 2026-11-22 while other llama.cpp processes ran. `pytest -m slow` runs these tests.
-pytestmark = pytest.mark.slow
-
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
 MODEL = "SmolLM2-135M-Instruct"
@@ -332,7 +327,32 @@ async def test_greedy_group_equals_single(provider: LlamaCppProvider) -> None:
     for body, together in zip(bodies, group, strict=True):
         alone = await answer(provider, body)
         assert content(alone) == content(together.body)
-        assert alone["usage"] == body_of(together)["usage"]
+        for key in ("prompt_tokens", "completion_tokens"):
+            assert alone["usage"][key] == body_of(together)["usage"][key]
+
+
+@pytest.mark.anyio
+async def test_prompt_prefixes_are_reused(provider: LlamaCppProvider, tokenizer: Any) -> None:
+    """A prompt that starts like one a slot ran before evaluates only the rest: reported as
+    ``cached_tokens``, and the answer is the same as without the cache."""
+    system = {"role": "system", "content": "You answer questions about numbers, briefly."}
+    bodies = [
+        {
+            "model": MODEL,
+            "messages": [system, {"role": "user", "content": f"What is {i} + {i}?"}],
+            "temperature": 0,
+            "max_tokens": 12,
+        }
+        for i in range(1, 9)
+    ]
+    first = await run(provider, *bodies)
+    again = await run(provider, *bodies)
+    preamble = tokenizer.chat_tokens([system])  # the system turn (no user turn yet)
+    for before, after in zip(first, again, strict=True):
+        assert content(body_of(after)) == content(body_of(before))
+        usage = body_of(after)["usage"]
+        assert preamble <= usage["prompt_tokens_details"]["cached_tokens"]
+        assert usage["prompt_tokens_details"]["cached_tokens"] < usage["prompt_tokens"]
 
 
 @pytest.mark.anyio
@@ -416,6 +436,40 @@ async def test_cancelled_requests_free_their_slots(provider: LlamaCppProvider) -
         run(provider, *(chat(q, max_tokens=4) for q in QUESTIONS * 2)), 60
     )
     assert all(r.ok for r in results)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("stage", ["prepare", "step"])
+async def test_a_decoder_failure_reaches_every_caller(
+    stage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug inside the instance's thread (here an injected exception while a request is being
+    admitted, or while a step decodes) fails every request it held, including those taken from
+    the queue but not admitted yet, instead of leaving their callers waiting forever; the next
+    request loads the model again and is answered."""
+    from batchd.providers import llamacpp_decode
+
+    real = getattr(llamacpp_decode.Decoder, stage)
+    armed = True
+
+    def failing(self: Any, *args: Any) -> Any:
+        nonlocal armed
+        if armed and (stage == "step" or "BOOM" in json.dumps(args[0].messages or "")):
+            armed = False
+            raise RuntimeError("injected")
+        return real(self, *args)
+
+    monkeypatch.setattr(llamacpp_decode.Decoder, stage, failing)
+    async with LlamaCppProvider.from_route(
+        route(group_size=4, n_threads=1, n_ctx=256, max_tokens=4), {}
+    ) as prov:
+        bodies = [chat("BOOM" if i == 1 else q, max_tokens=4) for i, q in enumerate(QUESTIONS)]
+        group = [ProviderRequest(i, f"req-{i}", CHAT, b) for i, b in enumerate(bodies)]
+        with pytest.raises(RuntimeError, match="injected"):
+            await asyncio.wait_for(prov.execute(group), 60)
+        assert sum(instance.load for instance in prov._instances) == 0
+        results = await asyncio.wait_for(run(prov, *(chat(q, max_tokens=4) for q in QUESTIONS)), 60)
+        assert all(r.ok for r in results)
 
 
 # -- request errors: 400 results, not exceptions ------------------------------------------------

@@ -96,13 +96,14 @@ from batchd.providers.llamacpp_decode import (
 )
 from batchd.providers.llamacpp_decode import Sequence as DecodedSequence
 from batchd.providers.llamacpp_params import (
-    BODY_BUILDERS,
     CHAT,
     COMPLETIONS,
     ChatTemplate,
     Job,
     RequestError,
+    chat_completion_body,
     parse_request,
+    text_completion_body,
 )
 
 __all__ = ["LlamaCppOptions", "LlamaCppProvider"]
@@ -195,6 +196,7 @@ class _Instance:
         self._closed = False
         self.load = 0  # requests submitted and not answered yet
         self._decoder: Decoder | None = None
+        self._admitting: list[_Work] = []  # taken from _pending, not in the decoder yet
 
     def submit(self, work: list[_Work]) -> None:
         with self._lock:
@@ -231,12 +233,12 @@ class _Instance:
         except BaseException as exc:  # a bug, or a model that cannot load: every caller learns
             with self._lock:
                 self._running = False
-                pending, self._pending = list(self._pending), collections.deque()
+                unanswered = [*self._admitting, *self._pending]
+                if self._decoder is not None:
+                    unanswered += [seq.ticket for seq in self._decoder.live]
+                self._admitting, self._pending = [], collections.deque()
+                pending = list({id(work): work for work in unanswered}.values())  # once each
                 self.load -= len(pending)
-            live = self._decoder.live if self._decoder is not None else []
-            for seq in live:
-                pending.append(seq.ticket)
-                self.load -= 1
             if self._decoder is not None and not isinstance(exc, LoadError):
                 logger.exception("model %s: the decoder failed", self._provider.model)
                 self.free()  # its state is unknown: the next request loads it again
@@ -246,6 +248,13 @@ class _Instance:
                         exc if isinstance(exc, LoadError) else RuntimeError(f"decoder: {exc!r}")
                     )
 
+    def _prepare(self, decoder: Decoder, work: _Work) -> DecodedSequence | None:
+        try:
+            return decoder.prepare(work.job, work)
+        except RequestError as exc:
+            self._answer(work, _failure(work.index, exc))
+            return None
+
     def _decode_all(self) -> None:
         if self._decoder is None:
             self._decoder = Decoder(self._settings, self.template)
@@ -254,7 +263,7 @@ class _Instance:
         while True:
             with self._lock:
                 closed = self._closed
-                admitted: list[_Work] = []
+                admitted = self._admitting
                 while self._pending and len(admitted) < decoder.free_slots and not closed:
                     admitted.append(self._pending.popleft())
                 if not admitted and not decoder.live and (closed or not self._pending):
@@ -266,17 +275,14 @@ class _Instance:
                     decoder.release(seq)
                     with self._lock:
                         self.load -= 1
-            for work in admitted:
+            while admitted:
+                work = admitted[0]
                 if work.future.done():  # cancelled before it started
                     with self._lock:
                         self.load -= 1
-                    continue
-                try:
-                    seq = decoder.prepare(work.job, work)
-                except RequestError as exc:
-                    self._answer(work, _failure(work.index, exc))
-                    continue
-                decoder.admit(seq)
+                elif (prepared := self._prepare(decoder, work)) is not None:
+                    decoder.admit(prepared)
+                admitted.pop(0)
             if closed:
                 for seq in decoder.live:
                     decoder.release(seq)
@@ -467,14 +473,25 @@ class LlamaCppProvider(Provider):
                 },
             )
         assert seq.finish is not None
-        body = BODY_BUILDERS[seq.job.endpoint](
-            self.model,
-            seq.content,
-            seq.finish,
-            seq.prompt_tokens,
-            seq.generated,
-            self._fingerprint,
-        )
+        if seq.job.endpoint == CHAT:
+            body = chat_completion_body(
+                self.model,
+                seq.content,
+                seq.finish,
+                seq.prompt_tokens,
+                seq.generated,
+                self._fingerprint,
+                cached_tokens=seq.cached,
+            )
+        else:
+            body = text_completion_body(
+                self.model,
+                seq.content,
+                seq.finish,
+                seq.prompt_tokens,
+                seq.generated,
+                self._fingerprint,
+            )
         return ProviderResult.success(index, 200, body)
 
     def closed_result(self, index: int) -> ProviderResult:

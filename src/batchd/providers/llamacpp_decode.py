@@ -217,11 +217,12 @@ class Sequence:
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
+    """The length of the longest common start of ``a`` and ``b``."""
     n = min(len(a), len(b))
     if a[:n] == b[:n]:
         return n
     i = 0
-    while a[i] == b[i]:
+    while a[i] == b[i]:  # they differ before n
         i += 1
     return i
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -527,12 +527,12 @@ def _response_format(value: Any) -> Mapping[str, Any] | bool | None:
 # -- responses ------------------------------------------------------------------------------------
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
             "reasoning_tokens": 0,
             "audio_tokens": 0,
@@ -549,8 +549,10 @@ def chat_completion_body(
     prompt_tokens: int,
     completion_tokens: int,
     fingerprint: str | None = None,
+    cached_tokens: int = 0,
 ) -> dict[str, Any]:
-    """A ``chat.completion`` object, in OpenAI's shape."""
+    """A ``chat.completion`` object, in OpenAI's shape; ``cached_tokens`` of the prompt's were
+    not evaluated again (found in the KV cache)."""
     return {
         "id": "chatcmpl-" + secrets.token_hex(12),
         "object": "chat.completion",
@@ -569,7 +571,7 @@ def chat_completion_body(
                 "finish_reason": finish_reason,
             }
         ],
-        "usage": _usage(prompt_tokens, completion_tokens),
+        "usage": _usage(prompt_tokens, completion_tokens, cached_tokens),
         "service_tier": "default",
         "system_fingerprint": fingerprint,
     }
@@ -584,7 +586,7 @@ def text_completion_body(
     fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """A ``text_completion`` object, in OpenAI's shape."""
-    usage = _usage(prompt_tokens, completion_tokens)
+    usage = _usage(prompt_tokens, completion_tokens, 0)
     return {
         "id": "cmpl-" + secrets.token_hex(12),
         "object": "text_completion",
@@ -596,13 +598,6 @@ def text_completion_body(
         },
         "system_fingerprint": fingerprint,
     }
-
-
-BodyBuilder = Callable[[str, str, FinishReason, int, int, "str | None"], dict[str, Any]]
-BODY_BUILDERS: dict[str, BodyBuilder] = {
-    CHAT: chat_completion_body,
-    COMPLETIONS: text_completion_body,
-}
 
 
 def stop_position(text: str, stops: Sequence[str], start: int) -> int:
