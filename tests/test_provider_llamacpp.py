@@ -472,6 +472,46 @@ async def test_a_decoder_failure_reaches_every_caller(
         assert all(r.ok for r in results)
 
 
+def test_each_step_lists_its_sequences_in_slot_order() -> None:
+    """llama.cpp splits a batch over several KV streams into micro-batches of consecutive
+    sequence ids, each a whole pass over the weights: a step must list its sequences by slot
+    (here a request admitted to slot 1 while slots 0, 2 and 3 generate), or it costs up to
+    twice as much."""
+    from batchd.providers.llamacpp_decode import Decoder, DecoderSettings
+    from batchd.providers.llamacpp_params import parse_request
+
+    settings = DecoderSettings(
+        path=str(GGUF),
+        n_ctx=128,
+        n_seq=4,
+        n_threads=1,
+        n_batch=512,
+        default_max_tokens=32,
+        repack=False,
+    )
+    decoder = Decoder(settings, None)
+    try:
+        body = {"model": MODEL, "max_tokens": 32, "temperature": 0}
+        seqs = [
+            decoder.prepare(parse_request(COMPLETIONS, {**body, "prompt": f"{i}, {i + 1},"}), i)
+            for i in range(5)
+        ]
+        for seq in seqs[:4]:
+            decoder.admit(seq)
+        assert [seq.slot for seq in seqs[:4]] == [0, 1, 2, 3]
+        for _ in range(3):
+            assert not decoder.step()  # prompts, then two tokens each
+        decoder.release(seqs[1])
+        decoder.admit(seqs[4])
+        assert seqs[4].slot == 1
+        decoder.step()
+        ids = [int(i) for i in decoder._seq_id[: decoder._batch.n_tokens]]
+        assert set(ids) == {0, 1, 2, 3}
+        assert ids == sorted(ids)
+    finally:
+        decoder.close()
+
+
 # -- request errors: 400 results, not exceptions ------------------------------------------------
 
 LONG_PROMPT = "word " * (N_CTX + 10)
@@ -579,9 +619,9 @@ async def test_bad_requests_are_400_results(
 
 
 def test_limits_follow_the_options(provider: LlamaCppProvider) -> None:
-    assert provider.limits() == DispatchLimits(max_concurrency=1, group_size=8, upstream=MODEL)
+    assert provider.limits() == DispatchLimits(max_concurrency=2, group_size=8, upstream=MODEL)
     other = LlamaCppProvider.from_route(route(instances=3, group_size=16), {})
-    assert other.limits() == DispatchLimits(max_concurrency=3, group_size=16, upstream=MODEL)
+    assert other.limits() == DispatchLimits(max_concurrency=6, group_size=16, upstream=MODEL)
 
 
 @pytest.mark.anyio

@@ -23,9 +23,12 @@ Options (``[[models]]`` keys besides ``name`` and ``provider``):
     Requests decoded together by one instance (its llama.cpp sequence slots, ``n_seq_max``), and
     the most the engine hands :meth:`~LlamaCppProvider.execute` at once.
 ``instances`` (1)
-    Copies of the model, each with its own context and its own thread; the engine runs that
-    many groups at once. On a CPU one instance with all the cores is best (llama.cpp already
-    spreads one decode over ``n_threads``); more help where one copy leaves a GPU idle.
+    Copies of the model, each with its own context and its own thread. The engine keeps two
+    groups per instance in flight: the second waits in the instance's queue, and each slot that
+    a finished sequence frees takes its next request at the next step (continuous batching), so
+    the slots stay full instead of idling until the longest answer of a group ends. On a CPU
+    one instance with all the cores is best (llama.cpp already spreads one decode over
+    ``n_threads``); more help where one copy leaves a GPU idle.
 ``n_threads`` (the CPUs this process may use, divided by ``instances``)
     llama.cpp's threads per instance.
 ``chat_template`` (the GGUF's ``tokenizer.chat_template``)
@@ -312,7 +315,7 @@ class LlamaCppProvider(Provider):
 
     def limits(self) -> DispatchLimits:
         return DispatchLimits(
-            max_concurrency=self.options.instances,
+            max_concurrency=2 * self.options.instances,  # see ``instances`` above
             group_size=self.options.group_size,
             upstream=self.model,
         )

@@ -227,6 +227,10 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return i
 
 
+def _slot(seq: Sequence) -> int:
+    return seq.slot
+
+
 class Decoder:
     """A loaded model and its context with ``n_seq`` slots (use from one thread only)."""
 
@@ -463,10 +467,10 @@ class Decoder:
         same tokens at the same positions, alone in the slot's stream, which ``seq_rm`` refills
         from the first freed cell): the answer does not depend on what ran in the slot before.
         """
-        best, best_len = self._free_slots[-1], -1
-        for slot in reversed(self._free_slots):
+        best, best_len = -1, -1
+        for slot in self._free_slots:  # the longest cached prefix; the lowest slot on a tie
             common = _common_prefix(self._slot_tokens.get(slot, []), seq.prompt)
-            if common > best_len:
+            if common > best_len or (common == best_len and slot < best):
                 best, best_len = slot, common
         self._free_slots.remove(best)
         cached = self._slot_tokens.pop(best, [])
@@ -513,29 +517,34 @@ class Decoder:
         n = 0
         ready: list[Sequence] = []  # sequences with logits in this batch
         batched: list[Sequence] = []  # sequences with tokens in this batch
-        for seq in self._generating:
-            self._tok[n] = seq.last
-            seq.fed.append(seq.last)
-            self._pos[n] = seq.n_past
-            self._seq_id[n] = seq.slot
-            self._logits[n] = 1
-            seq.out_index = n
-            seq.n_past += 1
-            ready.append(seq)
-            n += 1
-        batched.extend(ready)
-        budget = self.settings.n_batch
-        for seq in self._prefilling:
-            if n >= budget:
-                break
+        room = self.settings.n_batch - len(self._generating)  # for prompt tokens
+        # In slot order: llama.cpp splits a batch over several KV streams into micro-batches of
+        # consecutive sequence ids (one pass over the weights each), so an unordered batch costs
+        # up to twice as much.
+        for seq in sorted((*self._generating, *self._prefilling), key=_slot):
             start = seq.n_past
-            k = min(budget - n, len(seq.prompt) - start)
+            if start >= len(seq.prompt):  # generating: its last sampled token
+                self._tok[n] = seq.last
+                seq.fed.append(seq.last)
+                self._pos[n] = start
+                self._seq_id[n] = seq.slot
+                self._logits[n] = 1
+                seq.out_index = n
+                seq.n_past += 1
+                n += 1
+                ready.append(seq)
+                batched.append(seq)
+                continue
+            k = min(room, len(seq.prompt) - start)
+            if k <= 0:
+                continue
             self._tok[n : n + k] = seq.prompt[start : start + k]
             self._pos[n : n + k] = np.arange(start, start + k, dtype=np.int32)
             self._seq_id[n : n + k] = seq.slot
             self._logits[n : n + k] = 0
             seq.n_past += k
             n += k
+            room -= k
             batched.append(seq)
             if seq.n_past == len(seq.prompt):
                 self._logits[n - 1] = 1
