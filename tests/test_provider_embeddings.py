@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import importlib.util
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -449,6 +450,29 @@ def test_the_module_imports_without_torch() -> None:
         "assert 'torch' not in sys.modules and 'sentence_transformers' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_model_loads_with_the_hub_offline() -> None:
+    """Nothing may be downloaded at run time: loading a model sets ``HF_HUB_OFFLINE=1`` before
+    the Hugging Face libraries are imported (a subprocess, so that they are imported fresh)."""
+    code = (
+        "import asyncio, os\n"
+        "from batchd.config import ModelRoute\n"
+        "from batchd.providers import ProviderRequest\n"
+        "from batchd.providers.sentence_transformers import SentenceTransformersProvider\n"
+        "async def main():\n"
+        f"    route = ModelRoute(name='m', provider='sentence-transformers', "
+        f"model_path={str(MODEL_DIR)!r})\n"
+        "    async with SentenceTransformersProvider.from_route(route, {}) as p:\n"
+        "        [r] = await p.execute([ProviderRequest(0, 'a', '/v1/embeddings', "
+        "{'model': 'm', 'input': 'hi'})])\n"
+        "        assert r.ok, r\n"
+        "asyncio.run(main())\n"
+        "import huggingface_hub.constants as c\n"
+        "assert os.environ['HF_HUB_OFFLINE'] == '1' and c.HF_HUB_OFFLINE\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=env)
 
 
 @pytest.mark.anyio

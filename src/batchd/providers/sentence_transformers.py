@@ -74,6 +74,7 @@ import base64
 import contextlib
 import importlib.util
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -161,6 +162,9 @@ class _Model:
     """A loaded model and what is known of it; used by its instance's thread only."""
 
     def __init__(self, options: SentenceTransformersOptions, path: Path) -> None:
+        # Nothing is downloaded at run time: the Hugging Face libraries read this when imported
+        # (model_path is a local directory; local_files_only below covers an earlier import).
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         import numpy
         import torch
         from sentence_transformers import SentenceTransformer
