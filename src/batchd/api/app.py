@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -11,15 +10,12 @@ from fastapi import FastAPI
 
 from batchd import __version__
 from batchd.api import batches, files, health, passthrough
-from batchd.api.deps import Services
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import RequestContextMiddleware
 from batchd.config import Settings
-from batchd.engine import BatchManager
 from batchd.lock import DataDirLock
 from batchd.providers import build_providers
-from batchd.storage import LocalStorage
-from batchd.store import SQLStore
+from batchd.runtime import open_services
 
 __all__ = ["create_app"]
 
@@ -40,28 +36,13 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        data_lock = lock or DataDirLock(settings.data_dir)
-        data_lock.acquire()
-        store = SQLStore(settings.resolved_database_url)
-        storage = LocalStorage(settings.data_dir / "files")
-        try:
-            await store.open()
-            await storage.open()
-            async with contextlib.AsyncExitStack() as stack:
-                for provider in providers.values():
-                    await stack.enter_async_context(provider)
-                manager = BatchManager(store, storage, settings, providers)
-                await manager.start()
-                app.state.services = Services(settings, store, storage, manager, providers)
-                log.info("batchd %s ready (data directory %s)", __version__, settings.data_dir)
-                try:
-                    yield
-                finally:
-                    app.state.services = None
-                    await manager.stop()
-        finally:
-            await store.close()
-            data_lock.release()
+        async with open_services(settings, providers, lock=lock) as services:
+            app.state.services = services
+            log.info("batchd %s ready (data directory %s)", __version__, settings.data_dir)
+            try:
+                yield
+            finally:
+                app.state.services = None
 
     app = FastAPI(
         title="batchd",

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -15,7 +15,7 @@ from batchd import __version__
 from batchd.config import Settings
 from batchd.errors import BatchdError
 
-__all__ = ["app", "main"]
+__all__ = ["ConfigOption", "app", "fail", "main"]
 
 app = typer.Typer(
     name="batchd",
@@ -37,6 +37,12 @@ ConfigOption = Annotated[
         dir_okay=False,
     ),
 ]
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """End the command with ``batchd: message`` on stderr and exit status ``code``."""
+    typer.echo(f"batchd: {message}", err=True)
+    raise typer.Exit(code)
 
 
 def _version(value: bool) -> None:
@@ -134,3 +140,7 @@ def serve(
 
 def main() -> None:
     app()
+
+
+# The other commands register themselves on ``app`` when imported.
+from batchd.cli import run as _run  # noqa: E402, F401

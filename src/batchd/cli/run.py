@@ -1,0 +1,213 @@
+"""``batchd run``: a batch file run to its end on this machine, with no server (see
+:mod:`batchd.localrun` for how a run is stored and resumed)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from batchd.cli.main import ConfigOption, app, fail
+from batchd.cli.progress import ProgressDisplay, Snapshot
+from batchd.config import Settings
+from batchd.errors import BatchdError, DataDirLocked
+from batchd.localrun import LocalRun
+from batchd.providers import build_providers
+from batchd.runtime import open_services
+from batchd.store.records import BatchRecord
+
+__all__ = ["default_errors_path", "default_state_dir", "run"]
+
+INTERRUPTED = 130
+
+
+def default_errors_path(output: Path) -> Path:
+    """``out.jsonl`` → ``out.errors.jsonl``."""
+    return output.with_name(f"{output.stem}.errors{output.suffix or '.jsonl'}")
+
+
+def default_state_dir(output: Path) -> Path:
+    """``dir/out.jsonl`` → ``dir/.out.jsonl.batchd``."""
+    return output.with_name(f".{output.name}.batchd")
+
+
+def _log_to(state_dir: Path, level: str) -> None:
+    """batchd's log goes to ``<state_dir>/batchd.log``; warnings and errors also to stderr."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    root.setLevel(level)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    to_file = logging.FileHandler(state_dir / "batchd.log")
+    to_file.setFormatter(fmt)
+    to_stderr = logging.StreamHandler(sys.stderr)
+    to_stderr.setLevel(logging.WARNING)
+    to_stderr.setFormatter(fmt)
+    root.handlers[:] = [to_file, to_stderr]
+
+
+def _snapshot(batch: BatchRecord) -> Snapshot:
+    tokens = (batch.usage or {}).get("total_tokens", 0)
+    return Snapshot(
+        batch.status,
+        batch.total,
+        batch.completed,
+        batch.failed,
+        tokens if isinstance(tokens, int) else 0,
+    )
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _report_validation(batch: BatchRecord, input_path: Path) -> None:
+    errors = batch.errors or []
+    _say(f"batchd: {input_path} failed validation ({len(errors)} errors); nothing was sent:")
+    for error in errors:
+        where = f"line {error['line']}: " if error.get("line") else ""
+        _say(f"  {where}{error.get('message', '')} ({error.get('code', 'invalid')})")
+
+
+async def _execute(
+    settings: Settings,
+    input_path: Path,
+    output: Path,
+    errors: Path,
+    endpoint: str | None,
+    interval: float,
+) -> int:
+    providers = build_providers(settings, os.environ)
+    async with open_services(settings, providers) as services:
+        local = LocalRun(services, input_path, endpoint)
+        started, resumed = await local.start()
+        if resumed:
+            _say(
+                f"batchd: resuming {started.id} ({started.completed + started.failed:,} of "
+                f"{started.total:,} requests have results; they are not sent again)"
+            )
+        batch = started
+        with ProgressDisplay(input_path.name, interval=interval) as display:
+            async for batch in local.watch(started.id):
+                display.update(_snapshot(batch))
+        if batch.status == "failed":
+            _report_validation(batch, input_path)
+            return 1
+        outcome = await local.export(batch, output, errors)
+    done = f"{batch.completed:,} succeeded, {batch.failed:,} failed"
+    _say(f"batchd: {batch.id} {batch.status}: {done}")
+    if outcome.output is not None:
+        _say(f"  output: {outcome.output}")
+    if outcome.errors is not None:
+        _say(f"  errors: {outcome.errors}")
+    return 0 if batch.status == "completed" else 1
+
+
+@app.command()
+def run(
+    input_path: Annotated[
+        Path,
+        typer.Argument(
+            metavar="INPUT",
+            help="The batch input file: one request per line, as for OpenAI's Batch API, e.g. "
+            "batch.jsonl (see `batchd prepare` to make one from a table).",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="Where the output file goes (the successful responses, one line per request), "
+            "e.g. -o results.jsonl.",
+            dir_okay=False,
+        ),
+    ],
+    errors: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where the error file goes (the failed requests, with their error codes), "
+            "e.g. --errors failed.jsonl. Default: OUTPUT with .errors before its suffix "
+            "(results.errors.jsonl). Written only when a request failed.",
+            dir_okay=False,
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    state_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory for the run's state (the journal of results, the stored input), "
+            "e.g. --state-dir ./run-state. Default: .OUTPUT.batchd beside OUTPUT. Kept when "
+            "the run is interrupted, so the same command continues it; removed at the end.",
+            file_okay=False,
+        ),
+    ] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            help="The endpoint of every request, e.g. --endpoint /v1/embeddings. Default: the "
+            "url of the first line.",
+        ),
+    ] = None,
+    keep_state: Annotated[
+        bool,
+        typer.Option(help="Keep the state directory after the run ends (for a look at its log)."),
+    ] = False,
+    progress_interval: Annotated[
+        float,
+        typer.Option(
+            help="Seconds between progress lines when stderr is not a terminal, e.g. "
+            "--progress-interval 60. (On a terminal a live bar is drawn instead.)",
+            min=0.1,
+        ),
+    ] = 10.0,
+    log_level: Annotated[
+        str,
+        typer.Option(help="Level of the run's log (STATE_DIR/batchd.log), e.g. --log-level debug."),
+    ] = "info",
+) -> None:
+    """Run a batch file to its end with no server, e.g.
+    `batchd run batch.jsonl -o results.jsonl --config batchd.toml`.
+
+    The same engine, models, validation and output format as `batchd serve`. Interrupted
+    (Ctrl-C, a crash, kill -9) and started again with the same arguments, it continues where it
+    stopped: a request that already has a result is not sent again. Exit status: 0 when the
+    batch completed (failed requests are in the error file), 1 when the file failed validation
+    (its errors are printed with their line numbers), 2 for a usage or configuration error,
+    130 when interrupted.
+    """
+    output = output.resolve()
+    errors_path = (errors or default_errors_path(output)).resolve()
+    state = (state_dir or default_state_dir(output)).resolve()
+    try:
+        settings = Settings.load(config, data_dir=state, log_level=log_level)
+        _log_to(state, settings.log_level.upper())
+        code = asyncio.run(
+            _execute(
+                settings, input_path.resolve(), output, errors_path, endpoint, progress_interval
+            )
+        )
+    except KeyboardInterrupt:
+        _say(
+            f"batchd: interrupted; the results so far are kept in {state}. Run the same command "
+            "again to continue."
+        )
+        raise typer.Exit(INTERRUPTED) from None
+    except DataDirLocked:
+        fail(f"another `batchd run` is using {state}; wait for it, or pass another --state-dir")
+    except BatchdError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "))
+    if not keep_state:
+        logging.shutdown()
+        shutil.rmtree(state, ignore_errors=True)
+    raise typer.Exit(code)

@@ -1,0 +1,203 @@
+"""One batch file run to its end with the engine and no server (``batchd run``).
+
+A run keeps its state in a directory of its own (a batchd data directory: the SQLite store, the
+stored input, the journal): the input file is stored there and a batch is created on it exactly
+as ``POST /v1/files`` and ``POST /v1/batches`` would, so validation, routing, retries, the journal
+and the output format are the server's. Started again on the same state directory, a run finds
+its batch by the input's SHA-256 (kept in the batch's metadata) and the engine resumes it: every
+request with a durable result in the journal is kept, the others are sent. The state directory
+holds one input at a time: another input there is refused rather than mixed in.
+
+A batch without a completion window: an offline run has no deadline (``expires_at`` is null);
+stop it with Ctrl-C and start it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchd.errors import BatchdError
+from batchd.ids import new_batch_id, new_file_id
+from batchd.protocol import BATCH_ENDPOINTS, TERMINAL_STATUSES
+from batchd.runtime import Services
+from batchd.storage.base import BlobTooLarge
+from batchd.store.records import BatchRecord, FileRecord
+from batchd.validation import normalize_url
+
+__all__ = ["LocalRun", "RunError", "file_sha256", "first_endpoint"]
+
+SHA_KEY = "batchd_run_sha256"
+NAME_KEY = "batchd_run_input"
+_CHUNK = 1 << 20
+
+
+class RunError(BatchdError):
+    """A run cannot start or go on (the message says what to do)."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def first_endpoint(path: Path) -> str | None:
+    """The ``url`` of the file's first request line, when it names a batch endpoint."""
+    import orjson
+
+    with path.open("rb") as fh:
+        for raw in fh:
+            if not raw.strip():
+                continue
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                return None
+            url = line.get("url") if isinstance(line, dict) else None
+            if isinstance(url, str) and normalize_url(url) in BATCH_ENDPOINTS:
+                return url
+            return None
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """Where a finished run's files were written."""
+
+    batch: BatchRecord
+    output: Path | None
+    errors: Path | None
+
+
+class LocalRun:
+    """One input file's batch in ``services`` (see the module docstring)."""
+
+    def __init__(self, services: Services, input_path: Path, endpoint: str | None = None) -> None:
+        self.services = services
+        self.input_path = input_path
+        self.endpoint = endpoint
+
+    async def start(self) -> tuple[BatchRecord, bool]:
+        """The batch of this input: found in the state directory (resumed by the engine, which
+        claims unfinished batches when it starts), or created. Also whether it was resumed."""
+        sha = await asyncio.to_thread(file_sha256, self.input_path)
+        found = await self._find()
+        if found is not None:
+            if (found.metadata or {}).get(SHA_KEY) != sha:
+                name = (found.metadata or {}).get(NAME_KEY, "another file")
+                raise RunError(
+                    f"the state directory holds the run of {name}, whose contents differ from "
+                    f"{self.input_path}: give this run its own --state-dir, or delete the state "
+                    "directory to start over"
+                )
+            return found, True
+        return await self._create(sha), False
+
+    async def _find(self) -> BatchRecord | None:
+        records, _ = await self.services.store.list_batches(after_seq=None, limit=10)
+        for record in records:
+            if record.metadata and SHA_KEY in record.metadata:
+                return record
+        return None
+
+    async def _create(self, sha: str) -> BatchRecord:
+        svc = self.services
+        endpoint = self.endpoint or await asyncio.to_thread(first_endpoint, self.input_path)
+        if endpoint is None:
+            raise RunError(
+                f"cannot tell the endpoint of {self.input_path}: its first line has no batch "
+                "endpoint in 'url'; pass --endpoint, e.g. --endpoint /v1/chat/completions"
+            )
+        if normalize_url(endpoint) not in BATCH_ENDPOINTS:
+            supported = ", ".join(BATCH_ENDPOINTS)
+            raise RunError(f"--endpoint {endpoint!r} is not a batch endpoint ({supported})")
+        file_id = new_file_id()
+        writer = svc.storage.writer(max_bytes=svc.settings.max_file_bytes("batch"))
+        try:
+            async for chunk in _chunks(self.input_path):
+                await asyncio.to_thread(writer.write, chunk)
+        except BaseException as exc:
+            await writer.abort()
+            if isinstance(exc, BlobTooLarge):
+                raise RunError(
+                    f"{self.input_path} is larger than the batch file limit of {exc.limit:,} "
+                    "bytes: split it, or raise max_batch_file_bytes and max_upload_bytes in the "
+                    "config file"
+                ) from None
+            raise
+        blob = await writer.commit(file_id)
+        now = svc.now()
+        await svc.store.create_file(
+            FileRecord(
+                id=file_id,
+                bytes=blob.size,
+                created_at=now,
+                expires_at=None,
+                filename=self.input_path.name,
+                purpose="batch",
+                sha256=blob.sha256,
+            )
+        )
+        record = BatchRecord(
+            id=new_batch_id(),
+            endpoint=endpoint,
+            input_file_id=file_id,
+            completion_window="24h",
+            status="validating",
+            created_at=now,
+            expires_at=None,
+            metadata={SHA_KEY: sha, NAME_KEY: self.input_path.name[:500]},
+        )
+        await svc.manager.submit(record)
+        return record
+
+    async def watch(self, batch_id: str, interval: float = 0.5) -> AsyncIterator[BatchRecord]:
+        """The batch every ``interval`` seconds, until (and including) its terminal state."""
+        while True:
+            record = await self.services.store.get_batch(batch_id)
+            if record is None:  # pragma: no cover - nothing deletes batches
+                raise RunError(f"batch {batch_id} vanished from the state directory")
+            yield record
+            if record.status in TERMINAL_STATUSES:
+                return
+            await asyncio.sleep(interval)
+
+    async def export(self, batch: BatchRecord, output: Path, errors: Path) -> Outcome:
+        """Copy the batch's output and error files to ``output`` and ``errors`` (each written
+        to a temporary file beside it, then renamed); a file the batch does not have is not
+        written, and a stale one at that path is left alone."""
+        written: list[Path | None] = []
+        for file_id, path in ((batch.output_file_id, output), (batch.error_file_id, errors)):
+            if file_id is None:
+                written.append(None)
+                continue
+            await asyncio.to_thread(self._copy_out, file_id, path)
+            written.append(path)
+        return Outcome(batch, written[0], written[1])
+
+    def _copy_out(self, file_id: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with self.services.storage.open_binary(file_id) as src, tmp.open("wb") as dst:
+                shutil.copyfileobj(src, dst, _CHUNK)
+                dst.flush()
+                os.fsync(dst.fileno())
+            tmp.replace(path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+async def _chunks(path: Path) -> AsyncIterator[bytes]:
+    with path.open("rb") as fh:
+        while chunk := await asyncio.to_thread(fh.read, _CHUNK):
+            yield chunk
