@@ -39,13 +39,16 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProce
         yield up
 
 
-def config_for(tmp_path: Path, upstream: UpstreamProcess, **route: Any) -> Path:
+def config_for(
+    tmp_path: Path, upstream: UpstreamProcess, settings: dict[str, Any] | None = None, **route: Any
+) -> Path:
     route.setdefault("max_concurrency", CONCURRENCY)
     route.setdefault("timeout", 10.0)
     return write_config(
         tmp_path / "batchd.toml",
         models=[model_route(upstream, **route)],
         progress_interval_seconds=0.1,
+        **(settings or {}),
     )
 
 
@@ -285,3 +288,29 @@ def test_help_explains_every_option() -> None:
     ):
         assert option in done.stdout
     assert "batchd run batch.jsonl -o results.jsonl" in " ".join(done.stdout.split())
+
+
+def test_a_run_lifts_the_per_batch_limits_unless_configured(tmp_path: Path) -> None:
+    from batchd.cli.run import RUN_LIMITS, run_settings
+
+    plain = tmp_path / "plain.toml"
+    plain.write_text("max_attempts = 3\n")
+    settings = run_settings(plain, tmp_path / "state", "info")
+    assert settings.max_requests_per_batch == RUN_LIMITS["max_requests_per_batch"] > 50_000
+    assert settings.max_file_bytes("batch") == RUN_LIMITS["max_batch_file_bytes"]
+    assert settings.max_attempts == 3
+    assert settings.data_dir == tmp_path / "state"
+
+    strict = tmp_path / "strict.toml"
+    strict.write_text("max_requests_per_batch = 2\n")
+    assert run_settings(strict, tmp_path / "state", "info").max_requests_per_batch == 2
+
+
+def test_a_configured_request_limit_fails_validation(
+    tmp_path: Path, upstream: UpstreamProcess
+) -> None:
+    write_input(tmp_path / "in.jsonl", {f"l-{i}": chat_body(f"limit {i}") for i in range(3)})
+    config = config_for(tmp_path, upstream, {"max_requests_per_batch": 2})
+    done = batchd_run(run_args(tmp_path, config))
+    assert done.returncode == 1
+    assert "too_many_tasks" in done.stderr

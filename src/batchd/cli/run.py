@@ -25,6 +25,22 @@ from batchd.store.records import BatchRecord
 __all__ = ["default_errors_path", "default_state_dir", "run"]
 
 INTERRUPTED = 130
+# An offline run is not bound by OpenAI's per-batch limits (50,000 requests, 200 MB): these
+# apply unless the configuration sets its own. Memory grows by about 100 bytes per request
+# during validation (the custom_id set) and 13 bytes per request while the batch runs.
+RUN_LIMITS = {
+    "max_requests_per_batch": 1_000_000,
+    "max_batch_file_bytes": 10 * 1024**3,
+    "max_upload_bytes": 10 * 1024**3,
+}
+
+
+def run_settings(config: Path | None, state_dir: Path, log_level: str) -> Settings:
+    """The settings of a run: the configuration's, on ``state_dir``, with :data:`RUN_LIMITS`
+    where it sets none."""
+    settings = Settings.load(config, data_dir=state_dir, log_level=log_level)
+    limits = {k: v for k, v in RUN_LIMITS.items() if k not in settings.model_fields_set}
+    return settings.model_copy(update=limits)
 
 
 def default_errors_path(output: Path) -> Path:
@@ -188,7 +204,7 @@ def run(
     errors_path = (errors or default_errors_path(output)).resolve()
     state = (state_dir or default_state_dir(output)).resolve()
     try:
-        settings = Settings.load(config, data_dir=state, log_level=log_level)
+        settings = run_settings(config, state, log_level)
         _log_to(state, settings.log_level.upper())
         code = asyncio.run(
             _execute(
