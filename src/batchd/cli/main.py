@@ -143,5 +143,6 @@ def main() -> None:
 
 
 # The other commands register themselves on ``app`` when imported.
+from batchd.cli import client as _client  # noqa: E402, F401
 from batchd.cli import run as _run  # noqa: E402, F401
 from batchd.cli import tables as _tables  # noqa: E402, F401

@@ -9,7 +9,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -17,10 +17,9 @@ from batchd.cli.main import ConfigOption, app, fail
 from batchd.cli.progress import ProgressDisplay, Snapshot
 from batchd.config import Settings
 from batchd.errors import BatchdError, DataDirLocked
-from batchd.localrun import LocalRun
-from batchd.providers import build_providers
-from batchd.runtime import open_services
-from batchd.store.records import BatchRecord
+
+if TYPE_CHECKING:
+    from batchd.store.records import BatchRecord
 
 __all__ = ["default_errors_path", "default_state_dir", "run"]
 
@@ -98,6 +97,13 @@ async def _execute(
     endpoint: str | None,
     interval: float,
 ) -> int:
+    # The engine is imported here: the other commands do not pay for it.
+
+    # The engine is imported here: the other commands do not pay for it.
+    from batchd.localrun import LocalRun
+    from batchd.providers import build_providers
+    from batchd.runtime import open_services
+
     providers = build_providers(settings, os.environ)
     async with open_services(settings, providers) as services:
         local = LocalRun(services, input_path, endpoint)
