@@ -107,11 +107,14 @@ def _server_message(exc: openai.APIStatusError) -> str:
 @contextmanager
 def _connect(base_url: str, api_key: str) -> Iterator[OpenAI]:
     """An SDK client on ``base_url``; API failures become a message and an exit status."""
+    import httpx
     import openai
 
     try:
         with openai.OpenAI(base_url=base_url, api_key=api_key) as client:
             yield client
+    except httpx.TransportError as exc:  # the connection broke while a body was streamed
+        fail(f"the connection to {base_url} broke ({exc!r}); run the command again", 2)
     except openai.APITimeoutError:
         fail(f"{base_url} did not answer in time; try again, or check --base-url", 2)
     except openai.APIConnectionError:
