@@ -7,18 +7,27 @@ explicitly; nothing else in batchd reads the environment.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from batchd.errors import ConfigError
 
-__all__ = ["MB", "ModelRoute", "Settings", "default_data_dir"]
+__all__ = ["MB", "ApiKeySetting", "ModelRoute", "Settings", "default_data_dir"]
 
 MB = 1024 * 1024
 
@@ -49,6 +58,34 @@ class ModelRoute(BaseModel):
     def options(self) -> dict[str, Any]:
         """The provider settings: every key but ``name`` and ``provider``."""
         return dict(self.model_extra or {})
+
+
+PROJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+
+
+class ApiKeySetting(BaseModel):
+    """One ``[[api_keys]]`` entry: a key (or its SHA-256, to keep the key itself out of the
+    file) and the project whose files and batches it sees."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key: SecretStr | None = Field(default=None, min_length=8)
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+    project: str = Field(default="default", pattern=PROJECT_PATTERN)
+    name: str | None = Field(default=None, max_length=128)
+
+    @model_validator(mode="after")
+    def _one_key(self) -> ApiKeySetting:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of key and key_sha256")
+        return self
+
+    @property
+    def sha256(self) -> str:
+        if self.key_sha256 is not None:
+            return self.key_sha256.lower()
+        assert self.key is not None
+        return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()
 
 
 class _ConfigFileSource(PydanticBaseSettingsSource):
@@ -121,6 +158,14 @@ class Settings(BaseSettings):
     )
     progress_log_seconds: float = Field(
         default=30.0, gt=0, description="How often a running batch logs its progress."
+    )
+
+    # Access
+    api_keys: tuple[ApiKeySetting, ...] = ()
+    insecure: bool = Field(
+        default=False,
+        description="Serve on a non-loopback address with no API keys (anyone who can reach "
+        "it can use it).",
     )
 
     # Routing table

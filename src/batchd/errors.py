@@ -95,6 +95,13 @@ class InvalidRequest(APIError):
     error_type = "invalid_request_error"
 
 
+class Unauthorized(APIError):
+    """No API key, or one batchd does not know."""
+
+    status_code = 401
+    error_type = "invalid_request_error"
+
+
 class NotFound(APIError):
     """The requested object does not exist."""
 

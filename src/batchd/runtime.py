@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
+from batchd.auth import Authenticator
 from batchd.config import Settings
 from batchd.engine import BatchManager
 from batchd.lock import DataDirLock
@@ -26,6 +27,8 @@ class Services:
     manager: BatchManager
     providers: Mapping[str, Provider]
     """One started provider per ``[[models]]`` route, by model name."""
+    auth: Authenticator | None = None
+    """Who may call the API (``None``: everyone, as the default project)."""
 
     def now(self) -> int:
         return int(time.time())
@@ -54,7 +57,8 @@ async def open_services(
             manager = BatchManager(store, storage, settings, providers)
             await manager.start()
             try:
-                yield Services(settings, store, storage, manager, providers)
+                auth = Authenticator(settings, store)
+                yield Services(settings, store, storage, manager, providers, auth)
             finally:
                 await manager.stop()
     finally:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from batchd.api.deps import Services, services
+from batchd.api.deps import ProjectDep, ServicesDep
 from batchd.api.params import (
     EXPIRY_SECONDS_SCHEMA,
     check_expiry_seconds,
@@ -25,8 +25,6 @@ from batchd.validation import normalize_url
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
-
-ServicesDep = Annotated[Services, Depends(services)]
 
 MAX_BODY_BYTES = 1024 * 1024
 COMPLETION_WINDOWS = ("24h",)
@@ -179,7 +177,7 @@ _CREATE_BODY = {
 
 
 @router.post("", summary="Create a batch", openapi_extra=_CREATE_BODY)
-async def create_batch(request: Request, svc: ServicesDep) -> Response:
+async def create_batch(request: Request, svc: ServicesDep, project: ProjectDep) -> Response:
     body = await read_json_object(request, max_bytes=MAX_BODY_BYTES, empty_is_object=True)
     for key in body:
         if key not in _CREATE_KEYS:
@@ -217,6 +215,7 @@ async def create_batch(request: Request, svc: ServicesDep) -> Response:
         expires_at=now + svc.settings.completion_window_seconds,
         metadata=metadata,
         output_expires_after=output_expires_after,
+        project=project,
     )
     await svc.manager.submit(record)
     return JSONResponse(batch_object(record))
@@ -225,14 +224,20 @@ async def create_batch(request: Request, svc: ServicesDep) -> Response:
 @router.get("", summary="List batches, newest first")
 async def list_batches(
     svc: ServicesDep,
+    project: ProjectDep,
     after: Annotated[str | None, Query()] = None,
     limit: Annotated[str | None, Query(description="1 to 100, default 20")] = None,
 ) -> Response:
     size = parse_limit(limit, default=20, maximum=100)
     after_seq = await parse_cursor(
-        after, kind="batch", well_formed=is_batch_id, lookup=svc.store.batch_cursor
+        after,
+        kind="batch",
+        well_formed=is_batch_id,
+        lookup=lambda batch_id: svc.store.batch_cursor(batch_id, project=project),
     )
-    records, has_more = await svc.store.list_batches(after_seq=after_seq, limit=size)
+    records, has_more = await svc.store.list_batches(
+        after_seq=after_seq, limit=size, project=project
+    )
     page = ListPage(
         data=[batch_object(r) for r in records],
         first_id=records[0].id if records else None,
@@ -243,15 +248,15 @@ async def list_batches(
 
 
 @router.get("/{batch_id}", summary="Retrieve a batch")
-async def retrieve_batch(batch_id: str, svc: ServicesDep) -> Response:
-    record = await svc.store.get_batch(batch_id) if is_batch_id(batch_id) else None
+async def retrieve_batch(batch_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
+    record = await svc.store.get_batch(batch_id, project=project) if is_batch_id(batch_id) else None
     if record is None:
         raise _not_found(batch_id)
     return JSONResponse(batch_object(record))
 
 
 @router.post("/{batch_id}/cancel", summary="Cancel a batch")
-async def cancel_batch(batch_id: str, svc: ServicesDep) -> Response:
-    if not is_batch_id(batch_id):
+async def cancel_batch(batch_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
+    if not is_batch_id(batch_id) or await svc.store.get_batch(batch_id, project=project) is None:
         raise _not_found(batch_id)
     return JSONResponse(batch_object(await svc.manager.cancel(batch_id)))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response, StreamingResponse
 
-from batchd.api.deps import Services, services
+from batchd.api.deps import ProjectDep, Services, ServicesDep
 from batchd.api.params import (
     EXPIRY_SECONDS_SCHEMA,
     check_expiry_seconds,
@@ -27,17 +27,15 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
-ServicesDep = Annotated[Services, Depends(services)]
-
 
 def _not_found(file_id: str) -> NotFound:
     return NotFound(f"No such File object: {file_id}", param="id")
 
 
-async def _live_file(svc: Services, file_id: str) -> FileRecord:
+async def _live_file(svc: Services, file_id: str, project: str) -> FileRecord:
     if not is_file_id(file_id):
         raise _not_found(file_id)
-    record = await svc.store.get_file(file_id, now=svc.now())
+    record = await svc.store.get_file(file_id, now=svc.now(), project=project)
     if record is None:
         raise _not_found(file_id)
     return record
@@ -101,7 +99,7 @@ _UPLOAD_BODY = {
 
 
 @router.post("", summary="Upload a file", openapi_extra=_UPLOAD_BODY)
-async def create_file(request: Request, svc: ServicesDep) -> Response:
+async def create_file(request: Request, svc: ServicesDep, project: ProjectDep) -> Response:
     settings = svc.settings
     upload = await parse_upload(request, svc.storage, settings)
     writer = upload.writer
@@ -159,6 +157,7 @@ async def create_file(request: Request, svc: ServicesDep) -> Response:
         filename=upload.filename,
         purpose=purpose,
         sha256=blob.sha256,
+        project=project,
     )
     try:
         await svc.store.create_file(record, validation=validation)
@@ -171,6 +170,7 @@ async def create_file(request: Request, svc: ServicesDep) -> Response:
 @router.get("", summary="List files")
 async def list_files(
     svc: ServicesDep,
+    project: ProjectDep,
     after: Annotated[str | None, Query()] = None,
     limit: Annotated[str | None, Query(description="1 to 10000, default 10000")] = None,
     order: Annotated[str | None, Query(description="asc or desc (default)")] = None,
@@ -179,7 +179,10 @@ async def list_files(
     size = parse_limit(limit, default=10_000, maximum=10_000)
     direction = parse_choice(order, name="order", choices=("asc", "desc"), default="desc")
     after_seq = await parse_cursor(
-        after, kind="file", well_formed=is_file_id, lookup=svc.store.file_cursor
+        after,
+        kind="file",
+        well_formed=is_file_id,
+        lookup=lambda file_id: svc.store.file_cursor(file_id, project=project),
     )
     records, has_more = await svc.store.list_files(
         now=svc.now(),
@@ -187,6 +190,7 @@ async def list_files(
         after_seq=after_seq,
         limit=size,
         order="asc" if direction == "asc" else "desc",
+        project=project,
     )
     data = [file_object(r) for r in records]
     page = ListPage(
@@ -199,15 +203,15 @@ async def list_files(
 
 
 @router.get("/{file_id}", summary="Retrieve a file")
-async def retrieve_file(file_id: str, svc: ServicesDep) -> Response:
-    return JSONResponse(file_object(await _live_file(svc, file_id)))
+async def retrieve_file(file_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
+    return JSONResponse(file_object(await _live_file(svc, file_id, project)))
 
 
 @router.delete("/{file_id}", summary="Delete a file")
-async def delete_file(file_id: str, svc: ServicesDep) -> Response:
+async def delete_file(file_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
     if not is_file_id(file_id):
         raise _not_found(file_id)
-    record = await svc.store.delete_file(file_id, now=svc.now())
+    record = await svc.store.delete_file(file_id, now=svc.now(), project=project)
     if record is None:
         raise _not_found(file_id)
     svc.manager.purge_soon()
@@ -215,8 +219,8 @@ async def delete_file(file_id: str, svc: ServicesDep) -> Response:
 
 
 @router.get("/{file_id}/content", summary="Retrieve a file's content")
-async def file_content(file_id: str, svc: ServicesDep) -> Response:
-    record = await _live_file(svc, file_id)
+async def file_content(file_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
+    record = await _live_file(svc, file_id, project)
     if not await svc.storage.exists(record.id):
         raise APIError(
             f"The content of file {record.id} is missing from this server's storage; upload the "

@@ -39,7 +39,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from batchd.api.deps import Services, services
+from batchd.api.deps import Services, project, services
 from batchd.api.errors import envelope
 from batchd.api.params import read_json_object
 from batchd.api.responses import JSONResponse
@@ -51,7 +51,8 @@ __all__ = ["router"]
 
 log = logging.getLogger("batchd.api.passthrough")
 
-router = APIRouter(prefix="/v1", tags=["inference"])
+# A key is needed as for the Files and Batches API (its project does not matter here).
+router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(project)])
 
 ServicesDep = Annotated[Services, Depends(services)]
 

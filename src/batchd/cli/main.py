@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import sys
@@ -13,7 +14,7 @@ import typer
 
 from batchd import __version__
 from batchd.config import Settings
-from batchd.errors import BatchdError
+from batchd.errors import BatchdError, ConfigError
 
 __all__ = ["ConfigOption", "app", "fail", "main"]
 
@@ -43,6 +44,40 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """End the command with ``batchd: message`` on stderr and exit status ``code``."""
     typer.echo(f"batchd: {message}", err=True)
     raise typer.Exit(code)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
+def _check_exposure(settings: Settings) -> None:
+    """Refuse a non-loopback address without API keys, unless ``insecure``."""
+    if settings.insecure or _is_loopback(settings.host) or settings.api_keys:
+        return
+    import asyncio
+
+    from batchd.store import SQLStore
+
+    async def stored_keys() -> bool:
+        store = SQLStore(settings.resolved_database_url)
+        await store.open()
+        try:
+            return await store.has_api_keys()
+        finally:
+            await store.close()
+
+    if not asyncio.run(stored_keys()):
+        raise ConfigError(
+            f"refusing to serve on {settings.host} with no API keys: anyone who can reach it "
+            "could read and run every batch. Create a key (`batchd keys create --project NAME`) "
+            "or add [[api_keys]] to the config file; or bind to 127.0.0.1; or pass --insecure "
+            "if something in front of batchd authenticates."
+        )
 
 
 def _version(value: bool) -> None:
@@ -84,6 +119,16 @@ def serve(
         str | None,
         typer.Option(help="debug, info, warning or error. Default info; BATCHD_LOG_LEVEL."),
     ] = None,
+    insecure: Annotated[
+        bool | None,
+        typer.Option(
+            "--insecure",
+            help="Allow a non-loopback --host with no API keys, e.g. behind a gateway that "
+            "authenticates: anyone who reaches the port can use every file and batch. "
+            "BATCHD_INSECURE.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve the Files and Batches API, e.g. `batchd serve --port 8080 --data-dir ./data`.
 
@@ -96,7 +141,12 @@ def serve(
 
     try:
         settings = Settings.load(
-            config, host=host, port=port, data_dir=data_dir, log_level=log_level
+            config,
+            host=host,
+            port=port,
+            data_dir=data_dir,
+            log_level=log_level,
+            insecure=insecure or None,
         )
         level = settings.log_level.upper()
         logging.basicConfig(
@@ -104,6 +154,11 @@ def serve(
         )
         lock = DataDirLock(settings.data_dir)
         lock.acquire()
+        try:
+            _check_exposure(settings)
+        except BaseException:
+            lock.release()
+            raise
     except BatchdError as exc:
         typer.echo(f"batchd: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -144,5 +199,6 @@ def main() -> None:
 
 # The other commands register themselves on ``app`` when imported.
 from batchd.cli import client as _client  # noqa: E402, F401
+from batchd.cli import keys as _keys  # noqa: E402, F401
 from batchd.cli import run as _run  # noqa: E402, F401
 from batchd.cli import tables as _tables  # noqa: E402, F401

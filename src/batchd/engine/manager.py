@@ -188,7 +188,8 @@ class BatchManager:
             await self._finish_cancel(batch_id)
 
     async def _run_validation(self, batch: BatchRecord) -> ValidationResult:
-        file = await self.store.get_file(batch.input_file_id, now=self.now())
+        # Another project's file is as absent as a missing one.
+        file = await self.store.get_file(batch.input_file_id, now=self.now(), project=batch.project)
         if file is None or file.purpose != "batch":
             reason = (
                 f"Cannot find file {batch.input_file_id}; upload it with purpose 'batch' first."
@@ -236,10 +237,11 @@ class BatchManager:
         if updated is not None:
             log.info("batch %s: cancelled", batch_id)
 
-    async def publish(self, blob: BlobInfo, filename: str, expires_after: int | None) -> FileRecord:
-        """Record a blob written by the engine as a ``batch_output`` file."""
+    async def publish(self, blob: BlobInfo, filename: str, batch: BatchRecord) -> FileRecord:
+        """Record a blob written by the engine as a ``batch_output`` file of ``batch``'s
+        project."""
         now = self.now()
-        seconds = expires_after or self.settings.output_file_expiry_seconds
+        seconds = batch.output_expires_after or self.settings.output_file_expiry_seconds
         record = FileRecord(
             id=blob.key,
             bytes=blob.size,
@@ -248,6 +250,7 @@ class BatchManager:
             filename=filename,
             purpose="batch_output",
             sha256=blob.sha256,
+            project=batch.project,
         )
         await self.store.create_file(record)
         return record

@@ -52,7 +52,7 @@ __all__ = ["BatchRunner", "Engine", "entry_of"]
 log = logging.getLogger("batchd.engine")
 
 Ending = Literal["completed", "cancelled", "expired", "stopped"]
-Publish = Callable[[BlobInfo, str, int | None], Awaitable[FileRecord]]
+Publish = Callable[[BlobInfo, str, BatchRecord], Awaitable[FileRecord]]
 
 _READ_CHUNK = 512  # requests read from the input file per worker-thread call
 # The journal's group commit waits up to this long for more results before its write and fsync.
@@ -524,7 +524,7 @@ class BatchRunner:
             return None
         existing = await self.engine.store.get_file(blob.key, now=int(self.engine.clock()))
         if existing is None:
-            await self.engine.publish(blob, filename, self.batch.output_expires_after)
+            await self.engine.publish(blob, filename, self.batch)
         return blob.key
 
 

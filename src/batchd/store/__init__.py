@@ -4,7 +4,7 @@
 portable SQL; the schema is managed by the Alembic migrations in ``migrations/``.
 """
 
-from batchd.store.records import BatchRecord, FileRecord
+from batchd.store.records import ApiKeyRecord, BatchRecord, FileRecord
 from batchd.store.sql import SQLStore, Store
 
-__all__ = ["BatchRecord", "FileRecord", "SQLStore", "Store"]
+__all__ = ["ApiKeyRecord", "BatchRecord", "FileRecord", "SQLStore", "Store"]

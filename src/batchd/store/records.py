@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["BatchRecord", "FileRecord"]
+__all__ = ["ApiKeyRecord", "BatchRecord", "FileRecord"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,7 @@ class FileRecord:
     status: str = "processed"
     deleted_at: int | None = None
     purged_at: int | None = None
+    project: str = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +50,15 @@ class BatchRecord:
     metadata: dict[str, str] | None = None
     output_expires_after: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    project: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """A key made with ``batchd keys create``: only its SHA-256 is stored."""
+
+    sha256: str
+    project: str
+    created_at: int
+    name: str | None = None
+    revoked_at: int | None = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -13,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from batchd.errors import StoreError
 from batchd.store import migrate
-from batchd.store.records import BatchRecord, FileRecord
-from batchd.store.tables import batches, files
+from batchd.store.records import ApiKeyRecord, BatchRecord, FileRecord
+from batchd.store.tables import api_keys, batches, files
 
 __all__ = ["Order", "SQLStore", "Store"]
 
@@ -23,6 +23,15 @@ Order = Literal["asc", "desc"]
 _FILE_FIELDS = [f.name for f in dataclasses.fields(FileRecord)]
 _BATCH_FIELDS = [f.name for f in dataclasses.fields(BatchRecord)]
 _FILE_COLUMNS = [files.c[name] for name in _FILE_FIELDS]  # not the (large) validation column
+_KEY_COLUMNS = [api_keys.c[f.name] for f in dataclasses.fields(ApiKeyRecord)]
+
+
+_Statement = TypeVar("_Statement", sa.Select[Any], sa.Update)
+
+
+def _in_project(stmt: _Statement, table: sa.Table, project: str | None) -> _Statement:
+    """``stmt`` limited to the rows of ``project`` (every project when ``None``: the engine)."""
+    return stmt if project is None else stmt.where(table.c.project == project)
 
 
 class Store(Protocol):
@@ -36,22 +45,35 @@ class Store(Protocol):
         self, record: FileRecord, *, validation: dict[str, Any] | None = None
     ) -> None: ...
     async def get_file_validation(self, file_id: str) -> dict[str, Any] | None: ...
-    async def get_file(self, file_id: str, *, now: int) -> FileRecord | None: ...
-    async def file_cursor(self, file_id: str) -> int | None: ...
+    async def get_file(
+        self, file_id: str, *, now: int, project: str | None = None
+    ) -> FileRecord | None: ...
+    async def file_cursor(self, file_id: str, *, project: str | None = None) -> int | None: ...
     async def list_files(
-        self, *, now: int, purpose: str | None, after_seq: int | None, limit: int, order: Order
+        self,
+        *,
+        now: int,
+        purpose: str | None,
+        after_seq: int | None,
+        limit: int,
+        order: Order,
+        project: str | None = None,
     ) -> tuple[list[FileRecord], bool]: ...
-    async def delete_file(self, file_id: str, *, now: int) -> FileRecord | None: ...
+    async def delete_file(
+        self, file_id: str, *, now: int, project: str | None = None
+    ) -> FileRecord | None: ...
     async def files_to_purge(
         self, *, now: int, active_statuses: Iterable[str], limit: int
     ) -> list[FileRecord]: ...
     async def mark_purged(self, file_id: str, *, now: int) -> None: ...
 
     async def create_batch(self, record: BatchRecord) -> None: ...
-    async def get_batch(self, batch_id: str) -> BatchRecord | None: ...
-    async def batch_cursor(self, batch_id: str) -> int | None: ...
+    async def get_batch(
+        self, batch_id: str, *, project: str | None = None
+    ) -> BatchRecord | None: ...
+    async def batch_cursor(self, batch_id: str, *, project: str | None = None) -> int | None: ...
     async def list_batches(
-        self, *, after_seq: int | None, limit: int
+        self, *, after_seq: int | None, limit: int, project: str | None = None
     ) -> tuple[list[BatchRecord], bool]: ...
     async def batches_with_status(self, statuses: Iterable[str]) -> list[BatchRecord]: ...
     async def transition(
@@ -69,6 +91,12 @@ class Store(Protocol):
     async def record_progress(
         self, batch_id: str, *, owner: str, completed: int, failed: int, usage: dict[str, Any]
     ) -> None: ...
+
+    async def create_api_key(self, record: ApiKeyRecord) -> None: ...
+    async def find_api_key(self, sha256: str) -> ApiKeyRecord | None: ...
+    async def list_api_keys(self) -> list[ApiKeyRecord]: ...
+    async def revoke_api_key(self, sha256: str, *, now: int) -> bool: ...
+    async def has_api_keys(self) -> bool: ...
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -158,20 +186,29 @@ class SQLStore:
             sa.or_(files.c.expires_at.is_(None), files.c.expires_at > now),
         )
 
-    async def get_file(self, file_id: str, *, now: int) -> FileRecord | None:
-        rows = await self._fetch(
-            sa.select(*_FILE_COLUMNS).where(files.c.id == file_id, self._live_files(now))
-        )
+    async def get_file(
+        self, file_id: str, *, now: int, project: str | None = None
+    ) -> FileRecord | None:
+        stmt = sa.select(*_FILE_COLUMNS).where(files.c.id == file_id, self._live_files(now))
+        rows = await self._fetch(_in_project(stmt, files, project))
         return self._file(rows[0]) if rows else None
 
-    async def file_cursor(self, file_id: str) -> int | None:
-        rows = await self._fetch(sa.select(files.c.seq).where(files.c.id == file_id))
+    async def file_cursor(self, file_id: str, *, project: str | None = None) -> int | None:
+        stmt = sa.select(files.c.seq).where(files.c.id == file_id)
+        rows = await self._fetch(_in_project(stmt, files, project))
         return int(rows[0][0]) if rows else None
 
     async def list_files(
-        self, *, now: int, purpose: str | None, after_seq: int | None, limit: int, order: Order
+        self,
+        *,
+        now: int,
+        purpose: str | None,
+        after_seq: int | None,
+        limit: int,
+        order: Order,
+        project: str | None = None,
     ) -> tuple[list[FileRecord], bool]:
-        stmt = sa.select(*_FILE_COLUMNS).where(self._live_files(now))
+        stmt = _in_project(sa.select(*_FILE_COLUMNS).where(self._live_files(now)), files, project)
         if purpose is not None:
             stmt = stmt.where(files.c.purpose == purpose)
         if order == "desc":
@@ -185,14 +222,16 @@ class SQLStore:
         rows, has_more = self._page(await self._fetch(stmt.limit(limit + 1)), limit)
         return [self._file(r) for r in rows], has_more
 
-    async def delete_file(self, file_id: str, *, now: int) -> FileRecord | None:
-        """Mark a live file deleted; returns it, or ``None`` if there was no live file."""
+    async def delete_file(
+        self, file_id: str, *, now: int, project: str | None = None
+    ) -> FileRecord | None:
+        """Mark a live file deleted; returns it, or ``None`` if there was no live file (in
+        ``project``, when given)."""
         try:
             async with self._engine.begin() as conn:
+                update = sa.update(files).where(files.c.id == file_id, self._live_files(now))
                 result = await conn.execute(
-                    sa.update(files)
-                    .where(files.c.id == file_id, self._live_files(now))
-                    .values(deleted_at=now)
+                    _in_project(update, files, project).values(deleted_at=now)
                 )
                 if result.rowcount != 1:
                     return None
@@ -233,18 +272,20 @@ class SQLStore:
     async def create_batch(self, record: BatchRecord) -> None:
         await self._execute(sa.insert(batches).values(**dataclasses.asdict(record)))
 
-    async def get_batch(self, batch_id: str) -> BatchRecord | None:
-        rows = await self._fetch(sa.select(batches).where(batches.c.id == batch_id))
+    async def get_batch(self, batch_id: str, *, project: str | None = None) -> BatchRecord | None:
+        stmt = sa.select(batches).where(batches.c.id == batch_id)
+        rows = await self._fetch(_in_project(stmt, batches, project))
         return self._batch(rows[0]) if rows else None
 
-    async def batch_cursor(self, batch_id: str) -> int | None:
-        rows = await self._fetch(sa.select(batches.c.seq).where(batches.c.id == batch_id))
+    async def batch_cursor(self, batch_id: str, *, project: str | None = None) -> int | None:
+        stmt = sa.select(batches.c.seq).where(batches.c.id == batch_id)
+        rows = await self._fetch(_in_project(stmt, batches, project))
         return int(rows[0][0]) if rows else None
 
     async def list_batches(
-        self, *, after_seq: int | None, limit: int
+        self, *, after_seq: int | None, limit: int, project: str | None = None
     ) -> tuple[list[BatchRecord], bool]:
-        stmt = sa.select(batches).order_by(batches.c.seq.desc())
+        stmt = _in_project(sa.select(batches), batches, project).order_by(batches.c.seq.desc())
         if after_seq is not None:
             stmt = stmt.where(batches.c.seq < after_seq)
         rows, has_more = self._page(await self._fetch(stmt.limit(limit + 1)), limit)
@@ -361,3 +402,35 @@ class SQLStore:
             .where(batches.c.id == batch_id, batches.c.lease_owner == owner)
             .values(completed=completed, failed=failed, usage=usage)
         )
+
+    # -- API keys ---------------------------------------------------------------------------
+
+    async def create_api_key(self, record: ApiKeyRecord) -> None:
+        await self._execute(sa.insert(api_keys).values(**dataclasses.asdict(record)))
+
+    async def find_api_key(self, sha256: str) -> ApiKeyRecord | None:
+        """The key with this digest, revoked or not."""
+        rows = await self._fetch(sa.select(*_KEY_COLUMNS).where(api_keys.c.sha256 == sha256))
+        return ApiKeyRecord(**rows[0]._mapping) if rows else None
+
+    async def list_api_keys(self) -> list[ApiKeyRecord]:
+        rows = await self._fetch(sa.select(*_KEY_COLUMNS).order_by(api_keys.c.seq))
+        return [ApiKeyRecord(**row._mapping) for row in rows]
+
+    async def revoke_api_key(self, sha256: str, *, now: int) -> bool:
+        """Revoke a live key; whether there was one."""
+        try:
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    sa.update(api_keys)
+                    .where(api_keys.c.sha256 == sha256, api_keys.c.revoked_at.is_(None))
+                    .values(revoked_at=now)
+                )
+        except SQLAlchemyError as exc:
+            raise StoreError(str(exc)) from exc
+        return bool(result.rowcount == 1)
+
+    async def has_api_keys(self) -> bool:
+        """Whether any key was ever created (a revoked one still means auth is on)."""
+        rows = await self._fetch(sa.select(api_keys.c.seq).limit(1))
+        return bool(rows)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["batches", "files", "metadata"]
+__all__ = ["api_keys", "batches", "files", "metadata"]
 
 metadata = sa.MetaData()
 
@@ -31,7 +31,10 @@ files = sa.Table(
     sa.Column("purged_at", sa.BigInteger(), nullable=True),
     # A validation result computed while a batch file was uploaded (see batchd.validation).
     sa.Column("validation", sa.JSON(), nullable=True),
+    # The project of the API key that uploaded it (see batchd.auth); "default" without keys.
+    sa.Column("project", sa.String(128), nullable=False, server_default="default"),
     sa.Index("ix_files_purpose", "purpose"),
+    sa.Index("ix_files_project", "project"),
 )
 
 batches = sa.Table(
@@ -66,5 +69,20 @@ batches = sa.Table(
     # The engine running the batch (see SQLStore.claim_batches); not part of BatchRecord.
     sa.Column("lease_owner", sa.String(128), nullable=True),
     sa.Column("lease_expires_at", sa.Float(), nullable=True),
+    sa.Column("project", sa.String(128), nullable=False, server_default="default"),
     sa.Index("ix_batches_status", "status"),
+    sa.Index("ix_batches_project", "project"),
+)
+
+# Keys made with `batchd keys create` (keys in the config file are not stored): only the
+# SHA-256 of each key is kept.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("seq", _Seq, primary_key=True, autoincrement=True),
+    sa.Column("sha256", sa.String(64), nullable=False, unique=True),
+    sa.Column("project", sa.String(128), nullable=False),
+    sa.Column("name", sa.String(128), nullable=True),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Column("revoked_at", sa.BigInteger(), nullable=True),
 )
