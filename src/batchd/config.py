@@ -27,7 +27,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from batchd.errors import ConfigError
 
-__all__ = ["MB", "ApiKeySetting", "ModelRoute", "Settings", "default_data_dir"]
+__all__ = ["MB", "ApiKeySetting", "ModelRoute", "ProjectLimits", "Settings", "default_data_dir"]
 
 MB = 1024 * 1024
 
@@ -63,6 +63,34 @@ class ModelRoute(BaseModel):
 PROJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
+class ProjectLimits(BaseModel):
+    """What one project may use; ``None`` (or no entry) for no limit. ``[project_limits]`` sets
+    them for every project; ``limits`` of an ``[[api_keys]]`` entry for its own project."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_upload_bytes: int | None = Field(default=None, gt=0)
+    """The largest file of one upload (max_batch_file_bytes and max_upload_bytes apply too)."""
+    max_stored_bytes: int | None = Field(default=None, gt=0)
+    """Bytes of live files (uploads and batch outputs) the project may keep."""
+    max_batches_per_hour: int | None = Field(default=None, gt=0)
+    """Batches created in any sliding hour (429 rate_limit_exceeded, with Retry-After)."""
+    max_active_batches: int | None = Field(default=None, gt=0)
+    """Batches not yet completed, failed, expired or cancelled (429 rate_limit_exceeded)."""
+    max_enqueued_tokens: dict[str, int] = Field(default_factory=dict)
+    """Per model (``"*"`` for any other): estimated prompt tokens of the project's in-progress
+    batches; a batch that would go over fails with token_limit_exceeded."""
+
+    def merged_over(self, base: ProjectLimits) -> ProjectLimits:
+        """These limits where set, ``base``'s elsewhere."""
+        values = base.model_dump()
+        values.update(self.model_dump(exclude_unset=True))
+        return ProjectLimits(**values)
+
+    def enqueued_token_limit(self, model: str) -> int | None:
+        return self.max_enqueued_tokens.get(model, self.max_enqueued_tokens.get("*"))
+
+
 class ApiKeySetting(BaseModel):
     """One ``[[api_keys]]`` entry: a key (or its SHA-256, to keep the key itself out of the
     file) and the project whose files and batches it sees."""
@@ -73,6 +101,8 @@ class ApiKeySetting(BaseModel):
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     project: str = Field(default="default", pattern=PROJECT_PATTERN)
     name: str | None = Field(default=None, max_length=128)
+    limits: ProjectLimits | None = None
+    """The limits of this key's project (over ``[project_limits]``)."""
 
     @model_validator(mode="after")
     def _one_key(self) -> ApiKeySetting:
@@ -162,6 +192,12 @@ class Settings(BaseSettings):
 
     # Access
     api_keys: tuple[ApiKeySetting, ...] = ()
+    project_limits: ProjectLimits = Field(default_factory=ProjectLimits)
+    max_request_body_bytes: int = Field(
+        default=16 * MB,
+        gt=0,
+        description="The largest request body of any route but file uploads (413 above).",
+    )
     insecure: bool = Field(
         default=False,
         description="Serve on a non-loopback address with no API keys (anyone who can reach "
@@ -176,6 +212,28 @@ class Settings(BaseSettings):
         "(all-MiniLM-L6-v2 embeddings, SmolLM2-135M-Instruct chat) when the local extra is "
         "installed.",
     )
+
+    @field_validator("api_keys")
+    @classmethod
+    def _one_limit_per_project(cls, keys: tuple[ApiKeySetting, ...]) -> tuple[ApiKeySetting, ...]:
+        limits: dict[str, ProjectLimits] = {}
+        for entry in keys:
+            if entry.limits is None:
+                continue
+            known = limits.setdefault(entry.project, entry.limits)
+            if known != entry.limits:
+                raise ValueError(
+                    f"the keys of project {entry.project!r} set different limits; set them on "
+                    "one key only, or the same on each"
+                )
+        return keys
+
+    def limits_for(self, project: str) -> ProjectLimits:
+        """The limits of ``project``: its keys' over ``project_limits``."""
+        for entry in self.api_keys:
+            if entry.project == project and entry.limits is not None:
+                return entry.limits.merged_over(self.project_limits)
+        return self.project_limits
 
     @field_validator("models")
     @classmethod

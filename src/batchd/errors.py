@@ -116,6 +116,20 @@ class Conflict(APIError):
     error_type = "invalid_request_error"
 
 
+class RateLimited(APIError):
+    """Too many requests of this kind for now; ``Retry-After`` says when to try again."""
+
+    status_code = 429
+    error_type = "requests"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(
+            message,
+            code="rate_limit_exceeded",
+            headers={"retry-after": str(max(1, retry_after))},
+        )
+
+
 class PayloadTooLarge(APIError):
     """The request body is larger than this server accepts."""
 

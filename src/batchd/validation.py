@@ -35,6 +35,7 @@ __all__ = [
     "validation_key",
 ]
 
+BYTES_PER_TOKEN = 4  # the enqueued-token estimate of a request line (see ValidationResult)
 BOM = b"\xef\xbb\xbf"
 _REQUIRED_KEYS = ("custom_id", "method", "url", "body")
 _FIELD_NAMES = {"messages": "Messages", "input": "Input", "prompt": "Prompt"}
@@ -170,6 +171,14 @@ class ValidationResult:
     errors: list[dict[str, Any]] = field(default_factory=list)
     error_count: int = 0
     stopped: bool = False
+    input_bytes: int = 0
+    """Bytes of the accepted request lines: :attr:`estimated_tokens` comes from it."""
+
+    @property
+    def estimated_tokens(self) -> int:
+        """The batch's prompt tokens, estimated at 4 bytes each (what the enqueued-token quota
+        counts): over-estimates a little, since the JSON of each line is counted too."""
+        return -(-self.input_bytes // BYTES_PER_TOKEN)
 
     @property
     def ok(self) -> bool:
@@ -183,6 +192,7 @@ class ValidationResult:
             "model": self.model,
             "errors": self.errors,
             "error_count": self.error_count,
+            "input_bytes": self.input_bytes,
         }
 
     @classmethod
@@ -192,6 +202,7 @@ class ValidationResult:
             model=data["model"],
             errors=data["errors"],
             error_count=data["error_count"],
+            input_bytes=data.get("input_bytes", 0),
         )
 
 
@@ -240,6 +251,7 @@ class Validator:
         if self._accept(raw):
             self._lines += 1
             self.result.total += 1
+            self.result.input_bytes += len(raw)
             return
         try:
             request = orjson.loads(raw)
@@ -267,6 +279,7 @@ class Validator:
         self._check_request(lineno, request)
         if self.result.error_count == before:
             self.result.total += 1
+            self.result.input_bytes += len(raw)
 
     def _accept(self, raw: bytes) -> bool:
         """The fast path for the common case, a valid request: accept it (with the side effects
@@ -488,6 +501,7 @@ class Validator:
 def validation_key(settings: Settings, endpoint: str) -> str:
     """What a validation result depends on besides the file: reuse a result only if this matches."""
     parts = [
+        2,  # the version of what a result holds (2: input_bytes)
         normalize_url(endpoint),
         sorted(route.name for route in settings.models),
         settings.max_requests_per_batch,

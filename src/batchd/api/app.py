@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from batchd import __version__
 from batchd.api import batches, files, health, passthrough
 from batchd.api.errors import install_error_handlers
-from batchd.api.middleware import RequestContextMiddleware
+from batchd.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from batchd.config import Settings
 from batchd.lock import DataDirLock
 from batchd.providers import build_providers
@@ -58,5 +58,6 @@ def create_app(
     app.include_router(files.router)
     app.include_router(batches.router)
     app.include_router(passthrough.router)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(BodyLimitMiddleware, settings=settings)
+    app.add_middleware(RequestContextMiddleware)  # the outermost
     return app

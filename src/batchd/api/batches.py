@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from batchd.api.deps import ProjectDep, ServicesDep
+from batchd.api.deps import ProjectDep, Services, ServicesDep
 from batchd.api.params import (
     EXPIRY_SECONDS_SCHEMA,
     check_expiry_seconds,
@@ -16,7 +16,8 @@ from batchd.api.params import (
     read_json_object,
 )
 from batchd.api.responses import JSONResponse, batch_object
-from batchd.errors import InvalidRequest, NotFound
+from batchd.engine.manager import ACTIVE_STATUSES
+from batchd.errors import InvalidRequest, NotFound, RateLimited
 from batchd.ids import is_batch_id, new_batch_id
 from batchd.protocol import BATCH_ENDPOINTS, ListPage
 from batchd.store import BatchRecord
@@ -176,6 +177,30 @@ _CREATE_BODY = {
 }
 
 
+async def _check_batch_limits(svc: Services, project: str, now: int) -> None:
+    """429 ``rate_limit_exceeded`` when the project may not create a batch now."""
+    limits = svc.settings.limits_for(project)
+    per_hour, active = limits.max_batches_per_hour, limits.max_active_batches
+    if per_hour is None and active is None:
+        return
+    activity = await svc.store.batch_activity(
+        project, since=now - 3600, active_statuses=ACTIVE_STATUSES
+    )
+    if active is not None and activity.active >= active:
+        raise RateLimited(
+            f"Too many active batches: this project may have at most {active} batches "
+            "validating or in progress at once. Wait for one to finish, or cancel one.",
+            retry_after=60,
+        )
+    if per_hour is not None and activity.created_since >= per_hour:
+        oldest = activity.oldest_created_at or now
+        raise RateLimited(
+            f"Rate limit reached for batch creation: this project may create at most {per_hour} "
+            "batches per hour. Try again after the time in the Retry-After header.",
+            retry_after=oldest + 3600 - now,
+        )
+
+
 @router.post("", summary="Create a batch", openapi_extra=_CREATE_BODY)
 async def create_batch(request: Request, svc: ServicesDep, project: ProjectDep) -> Response:
     body = await read_json_object(request, max_bytes=MAX_BODY_BYTES, empty_is_object=True)
@@ -205,6 +230,7 @@ async def create_batch(request: Request, svc: ServicesDep, project: ProjectDep) 
     metadata = _metadata(body.get("metadata"))
     output_expires_after = _output_expires_after(body.get("output_expires_after"))
     now = svc.now()
+    await _check_batch_limits(svc, project, now)
     record = BatchRecord(
         id=new_batch_id(),
         endpoint=endpoint,

@@ -16,7 +16,7 @@ from batchd.api.params import (
     parse_limit,
 )
 from batchd.api.responses import JSONResponse, file_object
-from batchd.api.upload import parse_upload, too_large
+from batchd.api.upload import UploadCap, parse_upload, too_large
 from batchd.errors import APIError, InvalidRequest, NotFound
 from batchd.ids import is_file_id, new_file_id
 from batchd.protocol import UPLOAD_PURPOSES, FileDeleted, ListPage
@@ -98,10 +98,32 @@ _UPLOAD_BODY = {
 }
 
 
+async def _upload_cap(svc: Services, project: str) -> UploadCap | None:
+    """The project's bound on an upload: its ``max_upload_bytes``, or what is left of its
+    ``max_stored_bytes`` when that is less."""
+    limits = svc.settings.limits_for(project)
+    cap = None if limits.max_upload_bytes is None else UploadCap(limits.max_upload_bytes)
+    if limits.max_stored_bytes is not None:
+        used = await svc.store.stored_bytes(project, now=svc.now())
+        room = max(0, limits.max_stored_bytes - used)
+        if cap is None or room < cap.limit:
+            cap = UploadCap(
+                room,
+                InvalidRequest(
+                    f"This project's file storage is full: it may keep {limits.max_stored_bytes:,}"
+                    f" bytes of files and holds {used:,}. Delete files it no longer needs "
+                    "(batch inputs and outputs count too), then upload again.",
+                    param="file",
+                    code="storage_quota_exceeded",
+                ),
+            )
+    return cap
+
+
 @router.post("", summary="Upload a file", openapi_extra=_UPLOAD_BODY)
 async def create_file(request: Request, svc: ServicesDep, project: ProjectDep) -> Response:
     settings = svc.settings
-    upload = await parse_upload(request, svc.storage, settings)
+    upload = await parse_upload(request, svc.storage, settings, await _upload_cap(svc, project))
     writer = upload.writer
     try:
         purpose = upload.fields.get("purpose")

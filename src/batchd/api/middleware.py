@@ -1,4 +1,5 @@
-"""The outermost ASGI middleware: request ids, retry hints, and last-resort 500s."""
+"""ASGI middleware: request ids, retry hints and last-resort 500s (outermost); request body
+limits."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import logging
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from batchd.config import Settings
+from batchd.errors import PayloadTooLarge
 from batchd.ids import new_request_id
 
-__all__ = ["RequestContextMiddleware"]
+__all__ = ["BodyLimitMiddleware", "RequestContextMiddleware"]
 
 log = logging.getLogger("batchd.api")
 
@@ -73,3 +76,72 @@ class RequestContextMiddleware:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+
+
+_UPLOAD_OVERHEAD = 1024 * 1024  # multipart headers and form fields around an uploaded file
+
+
+class BodyLimitMiddleware:
+    """413 ``request_too_large`` for a request body over the limit of its route: a file upload
+    may carry the largest file the server accepts, any other request ``max_request_body_bytes``.
+    A declared ``Content-Length`` over it is refused before anything is read; a body that grows
+    past it while streamed fails the read (the route answers with the same 413)."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app = app
+        self.upload_limit = settings.max_file_bytes(None) + _UPLOAD_OVERHEAD
+        self.body_limit = settings.max_request_body_bytes
+
+    def _limit(self, scope: Scope) -> int:
+        if scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files":
+            return self.upload_limit
+        return self.body_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self._limit(scope)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await _send_json(send, 413, _too_large(limit).envelope())
+            return
+        received = 0
+        failed = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, failed
+            if failed:  # the route may read on after the error (to drain): it ends here
+                return {"type": "http.request", "body": b"", "more_body": False}
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    failed = True
+                    raise _too_large(limit)
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The request body is larger than this server accepts ({limit:,} bytes).",
+        code="request_too_large",
+    )
+
+
+async def _send_json(send: Send, status: int, content: object) -> None:
+    body = orjson.dumps(content)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -57,7 +57,6 @@ router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(proje
 ServicesDep = Annotated[Services, Depends(services)]
 
 #: Large enough for a few images inlined as base64 ``image_url`` data URLs.
-MAX_BODY_BYTES = 64 * 1024 * 1024
 #: ``created`` of the model objects: when this server process started.
 _STARTED_AT = int(time.time())
 _MODELS_NAMED_IN_ERRORS = 20
@@ -103,7 +102,7 @@ def _model_object(name: str) -> dict[str, Any]:
 
 
 async def _relay(request: Request, svc: Services, endpoint: str, *, streamable: bool) -> Response:
-    body = await read_json_object(request, max_bytes=MAX_BODY_BYTES)
+    body = await read_json_object(request, max_bytes=svc.settings.max_request_body_bytes)
     provider = _provider_for(svc, _model_name(body), endpoint)
     if streamable and body.get("stream") is True:
         return await _start_stream(provider, endpoint, body)

@@ -54,9 +54,10 @@ class ParsedUpload:
 class _Handler:
     """python-multipart callbacks: fields are collected (size-capped), the file part is streamed."""
 
-    def __init__(self, storage: Storage, settings: Settings) -> None:
+    def __init__(self, storage: Storage, settings: Settings, cap: UploadCap | None) -> None:
         self.storage = storage
         self.settings = settings
+        self.cap = cap
         self.result = ParsedUpload()
         self._header_name = bytearray()
         self._header_value = bytearray()
@@ -109,6 +110,8 @@ class _Handler:
             )
             purpose = self.result.fields.get("purpose")
             limit = self.settings.max_file_bytes(purpose)
+            if self.cap is not None:
+                limit = min(limit, self.cap.limit)
             self.result.writer = self.storage.writer(max_bytes=limit, background=True)
             if purpose == "batch":
                 self.result.validator = UploadValidator.for_settings(self.settings)
@@ -148,7 +151,18 @@ class _Handler:
         self._field = None
 
 
-async def parse_upload(request: Request, storage: Storage, settings: Settings) -> ParsedUpload:
+@dataclass(frozen=True, slots=True)
+class UploadCap:
+    """A project's bound on the file of an upload, below the server's own: ``limit`` bytes;
+    ``error`` is raised past it (``None``: the usual "file too large")."""
+
+    limit: int
+    error: APIError | None = None
+
+
+async def parse_upload(
+    request: Request, storage: Storage, settings: Settings, cap: UploadCap | None = None
+) -> ParsedUpload:
     """Parse a multipart upload. On error, the partial blob is discarded and the rest of the
     body is drained so that the client reads a clean error response."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
@@ -162,7 +176,7 @@ async def parse_upload(request: Request, storage: Storage, settings: Settings) -
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit + _MAX_FIELD_BYTES:
         raise too_large(limit, None)
-    handler = _Handler(storage, settings)
+    handler = _Handler(storage, settings, cap)
     parser = MultipartParser(boundary, handler.callbacks())
     stream = request.stream()
     try:
@@ -179,6 +193,8 @@ async def parse_upload(request: Request, storage: Storage, settings: Settings) -
         if isinstance(exc, APIError):
             raise
         if isinstance(exc, BlobTooLarge):
+            if cap is not None and cap.error is not None and exc.limit == cap.limit:
+                raise cap.error from None
             raise too_large(exc.limit, handler.result.fields.get("purpose")) from None
         raise InvalidRequest(f"Malformed multipart body: {exc}", code="invalid_value") from None
     except BaseException:

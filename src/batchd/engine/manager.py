@@ -31,6 +31,8 @@ __all__ = ["ACTIVE_STATUSES", "BatchManager"]
 log = logging.getLogger("batchd.engine")
 
 ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
+# Batches whose estimated tokens count against their project's enqueued-token limit.
+_ENQUEUED_STATUSES = ("in_progress", "finalizing", "cancelling")
 _CANCELLABLE = ("validating", "in_progress", "finalizing")
 
 
@@ -60,6 +62,7 @@ class BatchManager:
         self._shutdown = threading.Event()
         self._purge_wakeup = asyncio.Event()
         self._validation_slots = asyncio.Semaphore(2)
+        self._quota_lock = asyncio.Lock()  # enqueued-token checks and reservations, one at a time
 
     def now(self) -> int:
         return int(self.clock())
@@ -158,10 +161,47 @@ class BatchManager:
                 )
         if result.stopped and self._shutdown.is_set():
             return  # resumed by the next process
+        async with self._quota_lock:  # the check and the reservation, together
+            if result.ok:
+                result = await self._check_token_quota(batch, result)
+            updated = await self._end_validation(batch_id, result)
+        if updated is None:  # cancelled while validating: no request was accepted
+            await self._finish_cancel(batch_id)
+
+    async def _check_token_quota(
+        self, batch: BatchRecord, result: ValidationResult
+    ) -> ValidationResult:
+        """``result``, or a ``token_limit_exceeded`` failure when the batch's estimated tokens
+        would take its project past its enqueued-token limit for the model."""
+        assert result.model is not None
+        limit = self.settings.limits_for(batch.project).enqueued_token_limit(result.model)
+        if limit is None:
+            return result
+        queued = await self.store.enqueued_tokens(
+            batch.project, result.model, statuses=_ENQUEUED_STATUSES
+        )
+        if queued + result.estimated_tokens <= limit:
+            return result
+        refused = ValidationResult(error_count=1)
+        refused.errors.append(
+            {
+                "code": "token_limit_exceeded",
+                "message": f"Enqueued token limit reached for {result.model} in project "
+                f"'{batch.project}'. Limit: {limit:,} enqueued tokens; in progress: {queued:,}; "
+                f"this batch: about {result.estimated_tokens:,}. Please try again once some "
+                "in_progress batches have been completed.",
+                "param": None,
+                "line": None,
+            }
+        )
+        return refused
+
+    async def _end_validation(self, batch_id: str, result: ValidationResult) -> BatchRecord | None:
+        """Move the batch on from ``validating``; ``None`` when it is no longer validating."""
         now = self.now()
         if result.stopped:
-            updated = None
-        elif result.ok:
+            return None
+        if result.ok:
             updated = await self.store.transition(
                 batch_id,
                 ["validating"],
@@ -169,6 +209,7 @@ class BatchManager:
                 in_progress_at=now,
                 model=result.model,
                 total=result.total,
+                enqueued_tokens=result.estimated_tokens,
             )
             if updated is not None:
                 log.info(
@@ -184,8 +225,7 @@ class BatchManager:
             )
             if updated is not None:
                 log.info("batch %s: failed validation (%d errors)", batch_id, result.error_count)
-        if updated is None:  # cancelled while validating: no request was accepted
-            await self._finish_cancel(batch_id)
+        return updated
 
     async def _run_validation(self, batch: BatchRecord) -> ValidationResult:
         # Another project's file is as absent as a missing one.

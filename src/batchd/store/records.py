@@ -51,6 +51,7 @@ class BatchRecord:
     output_expires_after: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     project: str = "default"
+    enqueued_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)

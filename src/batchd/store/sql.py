@@ -29,6 +29,13 @@ _KEY_COLUMNS = [api_keys.c[f.name] for f in dataclasses.fields(ApiKeyRecord)]
 _Statement = TypeVar("_Statement", sa.Select[Any], sa.Update)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class BatchActivity:
+    active: int
+    created_since: int
+    oldest_created_at: int | None
+
+
 def _in_project(stmt: _Statement, table: sa.Table, project: str | None) -> _Statement:
     """``stmt`` limited to the rows of ``project`` (every project when ``None``: the engine)."""
     return stmt if project is None else stmt.where(table.c.project == project)
@@ -91,6 +98,14 @@ class Store(Protocol):
     async def record_progress(
         self, batch_id: str, *, owner: str, completed: int, failed: int, usage: dict[str, Any]
     ) -> None: ...
+
+    async def stored_bytes(self, project: str, *, now: int) -> int: ...
+    async def batch_activity(
+        self, project: str, *, since: int, active_statuses: Iterable[str]
+    ) -> BatchActivity: ...
+    async def enqueued_tokens(
+        self, project: str, model: str, *, statuses: Iterable[str]
+    ) -> int: ...
 
     async def create_api_key(self, record: ApiKeyRecord) -> None: ...
     async def find_api_key(self, sha256: str) -> ApiKeyRecord | None: ...
@@ -402,6 +417,52 @@ class SQLStore:
             .where(batches.c.id == batch_id, batches.c.lease_owner == owner)
             .values(completed=completed, failed=failed, usage=usage)
         )
+
+    # -- project usage ----------------------------------------------------------------------
+
+    async def stored_bytes(self, project: str, *, now: int) -> int:
+        """Bytes of the project's live files."""
+        rows = await self._fetch(
+            sa.select(sa.func.coalesce(sa.func.sum(files.c.bytes), 0)).where(
+                files.c.project == project, self._live_files(now)
+            )
+        )
+        return int(rows[0][0])
+
+    async def batch_activity(
+        self, project: str, *, since: int, active_statuses: Iterable[str]
+    ) -> BatchActivity:
+        """The project's batches with one of ``active_statuses``, and those created at or after
+        ``since`` (with the oldest of them)."""
+        in_project = batches.c.project == project
+        active = await self._fetch(
+            sa.select(sa.func.count()).where(
+                in_project, batches.c.status.in_(list(active_statuses))
+            )
+        )
+        recent = await self._fetch(
+            sa.select(sa.func.count(), sa.func.min(batches.c.created_at)).where(
+                in_project, batches.c.created_at >= since
+            )
+        )
+        row: Sequence[Any] = recent[0]
+        count, oldest = row[0], row[1]
+        return BatchActivity(
+            active=int(active[0][0]),
+            created_since=int(count),
+            oldest_created_at=None if oldest is None else int(oldest),
+        )
+
+    async def enqueued_tokens(self, project: str, model: str, *, statuses: Iterable[str]) -> int:
+        """Estimated tokens of the project's batches for ``model`` with one of ``statuses``."""
+        rows = await self._fetch(
+            sa.select(sa.func.coalesce(sa.func.sum(batches.c.enqueued_tokens), 0)).where(
+                batches.c.project == project,
+                batches.c.model == model,
+                batches.c.status.in_(list(statuses)),
+            )
+        )
+        return int(rows[0][0])
 
     # -- API keys ---------------------------------------------------------------------------
 

@@ -70,6 +70,9 @@ batches = sa.Table(
     sa.Column("lease_owner", sa.String(128), nullable=True),
     sa.Column("lease_expires_at", sa.Float(), nullable=True),
     sa.Column("project", sa.String(128), nullable=False, server_default="default"),
+    # Estimated prompt tokens, counted against the project's enqueued-token quota while the
+    # batch is in progress (see batchd.validation.ValidationResult.estimated_tokens).
+    sa.Column("enqueued_tokens", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Index("ix_batches_status", "status"),
     sa.Index("ix_batches_project", "project"),
 )

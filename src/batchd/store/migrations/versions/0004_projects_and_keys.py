@@ -26,6 +26,10 @@ def upgrade() -> None:
             sa.Column("project", sa.String(128), nullable=False, server_default="default"),
         )
         op.create_index(f"ix_{table}_project", table, ["project"])
+    op.add_column(
+        "batches",
+        sa.Column("enqueued_tokens", sa.BigInteger(), nullable=False, server_default="0"),
+    )
     op.create_table(
         "api_keys",
         sa.Column("seq", _Seq, primary_key=True, autoincrement=True),
@@ -39,6 +43,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("api_keys")
+    with op.batch_alter_table("batches") as batch:
+        batch.drop_column("enqueued_tokens")
     for table in ("batches", "files"):
         op.drop_index(f"ix_{table}_project", table_name=table)
         with op.batch_alter_table(table) as batch:
