@@ -297,7 +297,8 @@ def test_a_refused_api_key_is_reported_with_exit_status_2(tmp_path: Path) -> Non
     with UpstreamProcess(tmp_path, api_key="the-right-key") as guarded:
         result = cli("ls", "--api-key", "a-wrong-key", base_url=guarded.api_url)
     assert result.returncode == 2
-    assert f"{guarded.api_url} refused the API key (Incorrect API key provided.)" in result.stderr
+    refused = f"{guarded.api_url} refused the API key (Incorrect API key provided: a-wrong-key.)"
+    assert refused in result.stderr
     assert "OPENAI_API_KEY" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -276,6 +276,23 @@ async def test_api_key_sent_as_bearer_and_never_leaked(
     assert denied.error_code == "invalid_api_key"
 
 
+@pytest.mark.anyio
+async def test_an_upstream_that_echoes_the_key_gets_it_redacted(
+    clean_upstream: UpstreamProcess,
+) -> None:
+    """The fake upstream's 401 quotes the key it was sent, as a careless server might: the
+    result (a line of the error file, or the synchronous route's answer) has ``***`` instead."""
+    clean_upstream.control(api_key="the-key-the-upstream-wants")
+    async with provider_for(clean_upstream, {"K": SECRET}, api_key_env="K") as provider:
+        denied = await run_one(provider, chat_body("ok"))
+        forwarded = await provider.forward("/v1/chat/completions", chat_body("ok"))
+    for result in (denied, forwarded):
+        assert result.status_code == 401
+        assert SECRET not in repr(result)
+        assert isinstance(result.body, dict)
+        assert result.body["error"]["message"] == "Incorrect API key provided: ***."
+
+
 def test_missing_api_key_env_is_config_error(upstream: UpstreamProcess) -> None:
     with pytest.raises(ConfigError, match=r"'gpt-4o-mini'.*'NOPE_KEY'.*not set"):
         provider_for(upstream, {}, api_key_env="NOPE_KEY")

@@ -219,8 +219,8 @@ class Upstream:
         if config.api_key is not None:
             auth = request.headers.get("Authorization", "")
             if auth != f"Bearer {config.api_key}":
-                body = error_body(
-                    "Incorrect API key provided.",
+                body = error_body(  # echoing the key, as a careless upstream might
+                    f"Incorrect API key provided: {auth.removeprefix('Bearer ')}.",
                     "invalid_request_error",
                     code="invalid_api_key",
                 )

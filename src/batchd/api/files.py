@@ -256,6 +256,7 @@ async def file_content(file_id: str, svc: ServicesDep, project: ProjectDep) -> R
             "content-length": str(record.bytes),
             "content-disposition": f'attachment; filename="{_header_safe(record.filename)}"',
             "x-content-type-options": "nosniff",
+            "cache-control": "no-store",
         },
     )
 

@@ -3,7 +3,6 @@ storage (hashed and counted on the way), so an upload never sits in memory."""
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,13 +19,14 @@ __all__ = ["ParsedUpload", "parse_upload", "sanitize_filename"]
 
 _MAX_FIELD_BYTES = 64 * 1024
 _MAX_FIELDS = 16
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 def sanitize_filename(raw: str) -> str:
-    """The last path component, without control characters, at most 255 characters."""
+    """The last path component, without control, format (bidi overrides, zero-width) or line
+    separator characters, at most 255 characters."""
     name = unicodedata.normalize("NFC", raw).replace("\\", "/").rsplit("/", 1)[-1]
-    name = _UNSAFE.sub("", name).strip()
+    name = "".join(c for c in name if unicodedata.category(c) not in _UNSAFE_CATEGORIES).strip()
     if name in ("", ".", ".."):
         name = "upload"
     return name[:255]

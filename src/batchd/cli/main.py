@@ -183,7 +183,11 @@ def serve(
                 log_level=settings.log_level.lower(),
                 access_log=False,
                 timeout_graceful_shutdown=10,
+                # Strict HTTP/1.1 parsing (httptools, or h11 with a bounded header size): a
+                # request with both Content-Length and Transfer-Encoding, two lengths, an
+                # unknown coding or folded headers is a 400, never a second request.
                 h11_max_incomplete_event_size=64 * 1024,
+                server_header=False,
             )
         )
         server.run()

@@ -191,6 +191,7 @@ class OpenAIProvider(Provider):
         if client is not None and build_client is not None:
             raise ValueError("pass a client or build_client, not both")
         self._api_key = api_key
+        self._key_bytes = api_key.encode() if api_key else None
         self._client = client
         self._owns_client = client is None
         self._build_client = build_client
@@ -379,6 +380,8 @@ class OpenAIProvider(Provider):
         return self._classify(0, response, memoryview(raw))
 
     def _classify(self, index: int, response: Response, raw: memoryview) -> ProviderResult:
+        if self._key_bytes is not None and self._key_bytes in bytes(raw):  # an upstream echoed it
+            raw = memoryview(bytes(raw).replace(self._key_bytes, b"***"))
         status = response.status
         request_id = response.get_header("x-request-id")
         try:
