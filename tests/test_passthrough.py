@@ -27,6 +27,7 @@ from batchd.api import passthrough
 from batchd.api.deps import Services
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import RequestContextMiddleware
+from batchd.config import Settings
 from batchd.providers import Provider, ProviderOptions, ProviderRequest, ProviderResult
 from tests.serverproc import BatchdServer, free_port, write_config
 from tests.upstream import answers
@@ -538,8 +539,9 @@ def local_client(providers: dict[str, Provider] | None) -> TestClient:
     install_error_handlers(app)
     app.include_router(passthrough.router)
     app.add_middleware(RequestContextMiddleware)
-    none = cast(Any, None)  # the passthrough routes use only the providers
-    app.state.services = None if providers is None else Services(none, none, none, none, providers)
+    none = cast(Any, None)  # the passthrough routes use only the settings and the providers
+    services = Services(Settings(embedded_models=False), none, none, none, providers or {})
+    app.state.services = None if providers is None else services
     return TestClient(app, base_url="http://batchd.test")
 
 

@@ -78,30 +78,22 @@ class RequestContextMiddleware:
             await send({"type": "http.response.body", "body": body})
 
 
-_UPLOAD_OVERHEAD = 1024 * 1024  # multipart headers and form fields around an uploaded file
-
-
 class BodyLimitMiddleware:
-    """413 ``request_too_large`` for a request body over the limit of its route: a file upload
-    may carry the largest file the server accepts, any other request ``max_request_body_bytes``.
-    A declared ``Content-Length`` over it is refused before anything is read; a body that grows
-    past it while streamed fails the read (the route answers with the same 413)."""
+    """413 ``request_too_large`` for a request body over ``max_request_body_bytes``. A declared
+    ``Content-Length`` over it is refused before anything is read; a body that grows past it
+    while streamed fails the read (the route answers with the same 413). File uploads are left
+    to their route, which bounds them by the file size limits (413 ``file_too_large``)."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        self.upload_limit = settings.max_file_bytes(None) + _UPLOAD_OVERHEAD
-        self.body_limit = settings.max_request_body_bytes
-
-    def _limit(self, scope: Scope) -> int:
-        if scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files":
-            return self.upload_limit
-        return self.body_limit
+        self.limit = settings.max_request_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        upload = scope.get("method") == "POST" and scope.get("path", "").rstrip("/") == "/v1/files"
+        if scope["type"] != "http" or upload:
             await self.app(scope, receive, send)
             return
-        limit = self._limit(scope)
+        limit = self.limit
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
             await _send_json(send, 413, _too_large(limit).envelope())
