@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from batchd.protocol import BATCH_ENDPOINTS, TERMINAL_STATUSES
 from batchd.runtime import Services
 from batchd.storage.base import BlobTooLarge
 from batchd.store.records import BatchRecord, FileRecord
+from batchd.tables import AtomicFile
 from batchd.validation import normalize_url
 
 __all__ = ["LocalRun", "RunError", "file_sha256", "first_endpoint"]
@@ -185,15 +185,13 @@ class LocalRun:
 
     def _copy_out(self, file_id: str, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        out = AtomicFile(path)
         try:
-            with self.services.storage.open_binary(file_id) as src, tmp.open("wb") as dst:
-                shutil.copyfileobj(src, dst, _CHUNK)
-                dst.flush()
-                os.fsync(dst.fileno())
-            tmp.replace(path)
+            with self.services.storage.open_binary(file_id) as src:
+                shutil.copyfileobj(src, out.file, _CHUNK)
+            out.commit()
         except BaseException:
-            tmp.unlink(missing_ok=True)
+            out.discard()
             raise
 
 
