@@ -63,6 +63,7 @@ from bench.http_clients import (
     send_aiohttp,
     send_pyreqwest,
 )
+
 from tests.serverproc import BatchdServer, write_config
 from tests.upstream.process import UpstreamProcess
 

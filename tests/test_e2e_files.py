@@ -213,6 +213,12 @@ def test_expires_after_dotted_form_raw_multipart(server: BatchdServer, client: O
             "expires_after.seconds",
             "invalid_type",
         ),
+        (
+            "batch",
+            {"anchor": "created_at", "seconds": "7_200"},
+            "expires_after.seconds",
+            "invalid_type",
+        ),
         ("batch", {"seconds": 3600}, "expires_after.anchor", "missing_required_parameter"),
         ("batch", {"anchor": "created_at"}, "expires_after.seconds", "missing_required_parameter"),
     ],
@@ -398,6 +404,8 @@ async def test_list_files_pagination_async(fresh_server: BatchdServer) -> None:
         ({"limit": -5}, "limit", "integer_below_min_value"),
         ({"limit": 10_001}, "limit", "integer_above_max_value"),
         ({"limit": "many"}, "limit", "invalid_type"),
+        ({"limit": "1_0"}, "limit", "invalid_type"),  # int() takes these; HTTP does not
+        ({"limit": "\uff11\uff10"}, "limit", "invalid_type"),  # fullwidth "10"
         ({"order": "sideways"}, "order", "invalid_value"),
         ({"after": "file-doesnotexist000000000000"}, "after", "invalid_value"),
     ],

@@ -12,6 +12,7 @@ import pytest
 
 from batchd.config import Settings
 from batchd.engine import BatchManager
+from batchd.errors import StoreError
 from batchd.ids import new_batch_id, new_file_id
 from batchd.storage import LocalStorage
 from batchd.store import BatchRecord, FileRecord, SQLStore
@@ -115,6 +116,44 @@ async def test_restart_resumes_validation(parts: tuple[SQLStore, LocalStorage, S
     assert done.status != "failed", done.errors
     assert done.in_progress_at is not None
     assert (done.total, done.model) == (10, MODEL)
+
+
+@pytest.mark.parametrize("failing", ["get_file", "transition"])
+async def test_store_failures_during_validation_are_retried(
+    parts: tuple[SQLStore, LocalStorage, Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    failing: str,
+) -> None:
+    """The database unavailable for a moment, while the input is read or when the batch moves
+    on: validation runs again until it passes, and the batch neither fails nor stays
+    ``validating``."""
+    store, storage, settings = parts
+    file = await upload(store, storage, b"".join(request_line(i) for i in range(3)))
+    monkeypatch.setattr("batchd.engine.manager._STORE_RETRY_FIRST", 0.01)
+    real = getattr(store, failing)
+    calls = 0
+
+    async def flaky(*args: object, **kwargs: object) -> object:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise StoreError("database is locked")
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(store, failing, flaky)
+    manager = BatchManager(store, storage, settings)
+    await manager.start()
+    try:
+        batch = new_batch(file.id)
+        await manager.submit(batch)
+        done = await wait_status(
+            store, batch.id, {"in_progress", "finalizing", "completed", "failed"}
+        )
+    finally:
+        await manager.stop()
+    assert calls > 3
+    assert done.status != "failed", done.errors
+    assert (done.total, done.model) == (3, MODEL)
 
 
 async def test_cancel_during_validation_stops_the_validator(

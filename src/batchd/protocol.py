@@ -17,14 +17,20 @@ __all__ = [
     "Batch",
     "BatchError",
     "BatchErrors",
+    "BatchList",
     "BatchRequestCounts",
     "BatchStatus",
     "BatchUsage",
+    "ErrorDetail",
+    "ErrorResponse",
     "FileDeleted",
+    "FileList",
     "FileObject",
     "FilePurpose",
     "InputTokensDetails",
     "ListPage",
+    "Model",
+    "ModelList",
     "OutputTokensDetails",
 ]
 
@@ -160,3 +166,39 @@ class ListPage(_Wire):
     first_id: str | None
     last_id: str | None
     has_more: bool
+
+
+class FileList(ListPage):
+    data: list[FileObject]
+
+
+class BatchList(ListPage):
+    data: list[Batch]
+
+
+class Model(_Wire):
+    """A model of the routing table, as ``GET /v1/models`` lists it."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    shutdown_date: str | None = None
+
+
+class ModelList(_Wire):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class ErrorDetail(_Wire):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(_Wire):
+    """The OpenAI error envelope of every 4xx and 5xx answer."""
+
+    error: ErrorDetail

@@ -322,7 +322,12 @@ class Validator:
                 and custom_id not in self._custom_ids
             ):
                 return False
-            body_keys = body.keys()  # faster than "stream" in body, which raises inside
+            # A key given twice: simdjson reads the first, orjson (full checks, runner) the last.
+            if _repeats_a_key(request):
+                return False
+            body_keys = list(body.keys())  # faster than "stream" in body, which raises inside
+            if len(set(body_keys)) != len(body_keys):
+                return False
             if "stream" in body_keys and body["stream"] is True:
                 return False
             model = body["model"]
@@ -625,3 +630,8 @@ def _short(value: Any, limit: int = 60) -> str:
 def _clip(text: str, limit: int = _MAX_QUOTED) -> str:
     """A client-supplied string quoted in an error message, cut so that messages stay small."""
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _repeats_a_key(obj: simdjson.Object) -> bool:
+    keys = list(obj.keys())
+    return len(set(keys)) != len(keys)

@@ -12,6 +12,7 @@ from batchd import __version__
 from batchd.api import batches, files, health, passthrough
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from batchd.api.openapi import install_openapi
 from batchd.config import Settings
 from batchd.lock import DataDirLock
 from batchd.providers import build_providers
@@ -54,6 +55,7 @@ def create_app(
     )
     app.state.services = None
     install_error_handlers(app)
+    install_openapi(app)
     app.include_router(health.router)
     app.include_router(files.router)
     app.include_router(batches.router)

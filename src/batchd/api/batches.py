@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from batchd.api.deps import ProjectDep, Services, ServicesDep
+from batchd.api.openapi import answers
 from batchd.api.params import (
     EXPIRY_SECONDS_SCHEMA,
     check_expiry_seconds,
@@ -19,7 +20,7 @@ from batchd.api.responses import JSONResponse, batch_object
 from batchd.engine.manager import ACTIVE_STATUSES
 from batchd.errors import InvalidRequest, NotFound, RateLimited
 from batchd.ids import is_batch_id, new_batch_id
-from batchd.protocol import BATCH_ENDPOINTS, ListPage
+from batchd.protocol import BATCH_ENDPOINTS, Batch, BatchList, ListPage
 from batchd.store import BatchRecord
 from batchd.validation import normalize_url
 
@@ -201,7 +202,12 @@ async def _check_batch_limits(svc: Services, project: str, now: int) -> None:
         )
 
 
-@router.post("", summary="Create a batch", openapi_extra=_CREATE_BODY)
+@router.post(
+    "",
+    summary="Create a batch",
+    openapi_extra=_CREATE_BODY,
+    responses=answers(Batch, 400, 413, 429),
+)
 async def create_batch(request: Request, svc: ServicesDep, project: ProjectDep) -> Response:
     body = await read_json_object(request, max_bytes=MAX_BODY_BYTES, empty_is_object=True)
     for key in body:
@@ -247,7 +253,7 @@ async def create_batch(request: Request, svc: ServicesDep, project: ProjectDep) 
     return JSONResponse(batch_object(record))
 
 
-@router.get("", summary="List batches, newest first")
+@router.get("", summary="List batches, newest first", responses=answers(BatchList, 400))
 async def list_batches(
     svc: ServicesDep,
     project: ProjectDep,
@@ -273,7 +279,7 @@ async def list_batches(
     return JSONResponse(page.model_dump())
 
 
-@router.get("/{batch_id}", summary="Retrieve a batch")
+@router.get("/{batch_id}", summary="Retrieve a batch", responses=answers(Batch, 404))
 async def retrieve_batch(batch_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
     record = await svc.store.get_batch(batch_id, project=project) if is_batch_id(batch_id) else None
     if record is None:
@@ -281,7 +287,7 @@ async def retrieve_batch(batch_id: str, svc: ServicesDep, project: ProjectDep) -
     return JSONResponse(batch_object(record))
 
 
-@router.post("/{batch_id}/cancel", summary="Cancel a batch")
+@router.post("/{batch_id}/cancel", summary="Cancel a batch", responses=answers(Batch, 404, 409))
 async def cancel_batch(batch_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
     if not is_batch_id(batch_id) or await svc.store.get_batch(batch_id, project=project) is None:
         raise _not_found(batch_id)

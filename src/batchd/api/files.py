@@ -8,18 +8,20 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from batchd.api.deps import ProjectDep, Services, ServicesDep
+from batchd.api.openapi import answers
 from batchd.api.params import (
     EXPIRY_SECONDS_SCHEMA,
     check_expiry_seconds,
     parse_choice,
     parse_cursor,
+    parse_integer,
     parse_limit,
 )
 from batchd.api.responses import JSONResponse, file_object
 from batchd.api.upload import UploadCap, parse_upload, too_large
 from batchd.errors import APIError, InvalidRequest, NotFound
 from batchd.ids import is_file_id, new_file_id
-from batchd.protocol import UPLOAD_PURPOSES, FileDeleted, ListPage
+from batchd.protocol import UPLOAD_PURPOSES, FileDeleted, FileList, FileObject, ListPage
 from batchd.store import FileRecord
 from batchd.validation import validation_key
 
@@ -66,14 +68,13 @@ def _expiry_seconds(fields: dict[str, str]) -> int | None:
             param="expires_after.seconds",
             code="missing_required_parameter",
         )
-    try:
-        value = int(seconds)
-    except ValueError:
+    value = parse_integer(seconds)
+    if value is None:
         raise InvalidRequest(
             f"Invalid type for 'expires_after.seconds': expected an integer, got {seconds!r}.",
             param="expires_after.seconds",
             code="invalid_type",
-        ) from None
+        )
     return check_expiry_seconds(value, param="expires_after.seconds")
 
 
@@ -96,6 +97,8 @@ _UPLOAD_BODY = {
         },
     }
 }
+
+_CONTENT = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 
 
 async def _upload_cap(svc: Services, project: str) -> UploadCap | None:
@@ -120,7 +123,12 @@ async def _upload_cap(svc: Services, project: str) -> UploadCap | None:
     return cap
 
 
-@router.post("", summary="Upload a file", openapi_extra=_UPLOAD_BODY)
+@router.post(
+    "",
+    summary="Upload a file",
+    openapi_extra=_UPLOAD_BODY,
+    responses=answers(FileObject, 400, 413),
+)
 async def create_file(request: Request, svc: ServicesDep, project: ProjectDep) -> Response:
     settings = svc.settings
     upload = await parse_upload(request, svc.storage, settings, await _upload_cap(svc, project))
@@ -189,7 +197,7 @@ async def create_file(request: Request, svc: ServicesDep, project: ProjectDep) -
     return JSONResponse(file_object(record))
 
 
-@router.get("", summary="List files")
+@router.get("", summary="List files", responses=answers(FileList, 400))
 async def list_files(
     svc: ServicesDep,
     project: ProjectDep,
@@ -224,12 +232,12 @@ async def list_files(
     return JSONResponse(page.model_dump())
 
 
-@router.get("/{file_id}", summary="Retrieve a file")
+@router.get("/{file_id}", summary="Retrieve a file", responses=answers(FileObject, 404))
 async def retrieve_file(file_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
     return JSONResponse(file_object(await _live_file(svc, file_id, project)))
 
 
-@router.delete("/{file_id}", summary="Delete a file")
+@router.delete("/{file_id}", summary="Delete a file", responses=answers(FileDeleted, 404))
 async def delete_file(file_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
     if not is_file_id(file_id):
         raise _not_found(file_id)
@@ -240,7 +248,11 @@ async def delete_file(file_id: str, svc: ServicesDep, project: ProjectDep) -> Re
     return JSONResponse(FileDeleted(id=file_id, deleted=True).model_dump())
 
 
-@router.get("/{file_id}/content", summary="Retrieve a file's content")
+@router.get(
+    "/{file_id}/content",
+    summary="Retrieve a file's content",
+    responses=answers(None, 404, 500, ok_content=_CONTENT),
+)
 async def file_content(file_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
     record = await _live_file(svc, file_id, project)
     if not await svc.storage.exists(record.id):

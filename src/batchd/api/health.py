@@ -13,7 +13,25 @@ __all__ = ["router"]
 router = APIRouter(tags=["health"])
 
 
-@router.get("/health", summary="Readiness")
+_STATUS = {
+    "application/json": {
+        "schema": {
+            "type": "object",
+            "required": ["status", "version"],
+            "properties": {"status": {"type": "string"}, "version": {"type": "string"}},
+        }
+    }
+}
+
+
+@router.get(
+    "/health",
+    summary="Readiness",
+    responses={
+        200: {"description": "Ready: `status` is `ok`", "content": _STATUS},
+        503: {"description": "Starting, or the metadata store is unavailable", "content": _STATUS},
+    },
+)
 async def health(request: Request) -> Response:
     svc = getattr(request.app.state, "services", None)
     if svc is None:

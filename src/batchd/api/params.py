@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
@@ -18,6 +19,7 @@ __all__ = [
     "check_expiry_seconds",
     "parse_choice",
     "parse_cursor",
+    "parse_integer",
     "parse_limit",
     "read_json_object",
 ]
@@ -29,6 +31,15 @@ EXPIRY_SECONDS_SCHEMA: dict[str, Any] = {
     "minimum": MIN_EXPIRY,
     "maximum": MAX_EXPIRY,
 }
+
+
+_INTEGER = re.compile(r"[ \t]*[+-]?[0-9]+[ \t]*")
+
+
+def parse_integer(raw: str) -> int | None:
+    """``raw`` as an integer, if it is one in ASCII digits (``int()`` would also take ``1_000``
+    and the digits of other scripts); ``None`` otherwise."""
+    return int(raw) if _INTEGER.fullmatch(raw) else None
 
 
 def check_expiry_seconds(value: int, *, param: str) -> int:
@@ -63,14 +74,13 @@ async def parse_cursor(
 def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
+    value = parse_integer(raw)
+    if value is None:
         raise InvalidRequest(
             f"Invalid type for 'limit': expected an integer, but got {raw!r}.",
             param="limit",
             code="invalid_type",
-        ) from None
+        )
     if value < 1:
         raise InvalidRequest(
             f"Invalid 'limit': integer below minimum value. Expected a value >= 1, but got "

@@ -36,14 +36,17 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from batchd.api.deps import Services, project, services
 from batchd.api.errors import envelope
+from batchd.api.openapi import answers, json_body
 from batchd.api.params import read_json_object
 from batchd.api.responses import JSONResponse
 from batchd.errors import APIError, BadGateway, GatewayTimeout, InvalidRequest, NotFound
+from batchd.protocol import Model, ModelList
 from batchd.providers import Provider, ProviderResult
 from batchd.providers.base import ProviderStream, ProviderStreamError
 
@@ -63,31 +66,101 @@ _MODELS_NAMED_IN_ERRORS = 20
 _SSE_TYPES = ("text/event-stream",)
 
 
+def _body(field: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A request body with a ``model`` and the endpoint's ``field``; any other OpenAI parameter
+    passes through."""
+    properties = {"model": {"type": "string"}, field: schema, "stream": {"type": "boolean"}}
+    return json_body(required=["model", field], properties=properties)
+
+
+_ANY_JSON: dict[str, Any] = {"schema": {"type": "object"}}
+#: The upstream's answer, relayed: JSON (a stream of server-sent events when ``stream`` is true),
+#: or its error with its status.
+_RELAYED = {
+    **answers(
+        None,
+        400,
+        404,
+        413,
+        429,
+        502,
+        504,
+        ok_content={
+            "application/json": _ANY_JSON,
+            "text/event-stream": {"schema": {"type": "string"}},
+        },
+    ),
+    "4XX": {
+        "description": "The upstream's error, relayed",
+        "content": {"application/json": _ANY_JSON},
+    },
+    "5XX": {
+        "description": "The upstream's error, relayed",
+        "content": {"application/json": _ANY_JSON},
+    },
+}
+
+
 # -- routes -----------------------------------------------------------------------------------
 
 
-@router.post("/chat/completions", summary="Create a chat completion (relayed to the model's route)")
+@router.post(
+    "/chat/completions",
+    summary="Create a chat completion (relayed to the model's route)",
+    openapi_extra=_body("messages", {"type": "array", "items": {"type": "object"}}),
+    responses=_RELAYED,
+)
 async def chat_completions(request: Request, svc: ServicesDep) -> Response:
     return await _relay(request, svc, "/v1/chat/completions", streamable=True)
 
 
-@router.post("/completions", summary="Create a completion (relayed to the model's route)")
+@router.post(
+    "/completions",
+    summary="Create a completion (relayed to the model's route)",
+    openapi_extra=_body("prompt", {"type": ["string", "array"]}),
+    responses=_RELAYED,
+)
 async def completions(request: Request, svc: ServicesDep) -> Response:
     return await _relay(request, svc, "/v1/completions", streamable=True)
 
 
-@router.post("/embeddings", summary="Create embeddings (relayed to the model's route)")
+@router.post(
+    "/embeddings",
+    summary="Create embeddings (relayed to the model's route)",
+    openapi_extra=_body("input", {"type": ["string", "array"]}),
+    responses=_RELAYED,
+)
 async def embeddings(request: Request, svc: ServicesDep) -> Response:
     return await _relay(request, svc, "/v1/embeddings", streamable=False)
 
 
-@router.get("/models", summary="List the models of the routing table")
+@router.get("/models", summary="List the models of the routing table", responses=answers(ModelList))
 async def list_models(svc: ServicesDep) -> Response:
     return JSONResponse({"object": "list", "data": [_model_object(n) for n in svc.providers]})
 
 
-# ``:path`` because model names such as ``meta-llama/Llama-3.1-8B`` contain slashes.
-@router.get("/models/{model:path}", summary="Retrieve a model of the routing table")
+class _ModelName(Convertor[str]):
+    """Any model name: with slashes (``meta-llama/Llama-3.1-8B``), and with any other character,
+    so that every name reaches the route (``:path`` matches ``.*$``, which stops at a newline and
+    drops a last one: ``gpt-4o-mini%0A`` would be ``gpt-4o-mini``)."""
+
+    regex = r"[\s\S]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("model_name", _ModelName())
+
+
+@router.get(
+    "/models/{model:model_name}",
+    summary="Retrieve a model of the routing table",
+    responses=answers(Model, 404),
+)
 async def retrieve_model(model: str, svc: ServicesDep) -> Response:
     if model not in svc.providers:
         raise _unknown_model(model, svc)
@@ -95,7 +168,7 @@ async def retrieve_model(model: str, svc: ServicesDep) -> Response:
 
 
 def _model_object(name: str) -> dict[str, Any]:
-    return {"id": name, "object": "model", "created": _STARTED_AT, "owned_by": "batchd"}
+    return Model(id=name, created=_STARTED_AT, owned_by="batchd").model_dump()
 
 
 # -- the relay --------------------------------------------------------------------------------

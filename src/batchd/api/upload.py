@@ -7,7 +7,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import Request
 
 from batchd.config import Settings
@@ -174,7 +174,12 @@ async def parse_upload(
         )
     limit = settings.max_file_bytes(None)
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit + _MAX_FIELD_BYTES:
+    if (
+        declared is not None
+        and declared.isascii()
+        and declared.isdigit()
+        and int(declared) > limit + _MAX_FIELD_BYTES
+    ):
         raise too_large(limit, None)
     handler = _Handler(storage, settings, cap)
     parser = MultipartParser(boundary, handler.callbacks())
@@ -185,6 +190,10 @@ async def parse_upload(
             handler.flush()
         parser.finalize()
         handler.flush()
+        if parser.state != MultipartState.END:
+            raise ValueError(
+                "it ends before its closing boundary (cut short?); send the upload again"
+            )
     except (APIError, BlobTooLarge, ValueError) as exc:
         if handler.result.writer is not None:
             await handler.result.writer.abort()

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +34,7 @@ from rich.table import Table
 from batchd.cli.main import app, fail
 from batchd.cli.progress import ProgressDisplay, Snapshot
 from batchd.protocol import TERMINAL_STATUSES
+from batchd.tables import AtomicFile
 
 if TYPE_CHECKING:  # the SDK is imported when a command runs: `batchd serve` starts without it
     import openai
@@ -453,17 +452,14 @@ def ls(
 
 def _save(client: OpenAI, file_id: str, path: Path) -> None:
     """Stream the file's content to ``path`` through a temporary file beside it."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    out = AtomicFile(path)
     try:
-        with (
-            os.fdopen(fd, "wb") as sink,
-            client.files.with_streaming_response.content(file_id) as response,
-        ):
+        with client.files.with_streaming_response.content(file_id) as response:
             for chunk in response.iter_bytes():
-                sink.write(chunk)
-        os.replace(temporary, path)
+                out.file.write(chunk)
+        out.commit()
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        out.discard()
         raise
 
 

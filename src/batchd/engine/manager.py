@@ -20,7 +20,7 @@ import anyio.to_thread
 
 from batchd.config import Settings
 from batchd.engine.scheduler import Scheduler
-from batchd.errors import Conflict, NotFound
+from batchd.errors import Conflict, NotFound, StoreError
 from batchd.providers.base import Provider
 from batchd.storage import BlobInfo, Storage
 from batchd.store import BatchRecord, FileRecord, Store
@@ -34,6 +34,8 @@ ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 # Batches whose estimated tokens count against their project's enqueued-token limit.
 _ENQUEUED_STATUSES = ("in_progress", "finalizing", "cancelling")
 _CANCELLABLE = ("validating", "in_progress", "finalizing")
+# Seconds before validation runs again after a store failure: doubled each time, up to the max.
+_STORE_RETRY_FIRST, _STORE_RETRY_MAX = 0.5, 30.0
 
 
 class BatchManager:
@@ -138,6 +140,25 @@ class BatchManager:
         raise Conflict(f"Cannot cancel a batch with status '{batch.status}'.")
 
     async def _validate(self, batch_id: str) -> None:
+        """Validate a batch and move it on. A failure of the metadata store (a database briefly
+        unavailable) is retried with backoff until it passes or the server stops, so that no
+        batch stays ``validating`` until the next restart; each step may run again."""
+        delay = _STORE_RETRY_FIRST
+        while True:
+            try:
+                await self._validate_once(batch_id)
+                return
+            except StoreError as exc:
+                log.warning(
+                    "batch %s: the metadata store failed during validation (%s); retrying in %g s",
+                    batch_id,
+                    exc,
+                    delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _STORE_RETRY_MAX)
+
+    async def _validate_once(self, batch_id: str) -> None:
         async with self._validation_slots:
             batch = await self.store.get_batch(batch_id)
             if batch is None or batch.status != "validating":
@@ -146,6 +167,8 @@ class BatchManager:
                 return
             try:
                 result = await self._run_validation(batch)
+            except StoreError:
+                raise  # not the input's fault: retried
             except Exception as exc:
                 log.exception("batch %s: validation crashed", batch_id)
                 result = ValidationResult(error_count=1)
