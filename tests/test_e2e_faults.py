@@ -167,6 +167,10 @@ def test_fault_mix_loses_nothing_and_fails_exactly_the_predicted_requests(clean:
             assert fault == "reset"
             assert line["response"] is None, line
             assert line["error"]["code"] == "connection_error", line
+            # what went wrong, on the model's upstream, not where that upstream is
+            assert "on the upstream of model" in line["error"]["message"], line
+            assert f":{clean.upstream.port}" not in line["error"]["message"], line
+            assert str(clean.server.data_dir) not in line["error"]["message"], line
 
     for line in results.output:
         body = bodies[line["custom_id"]]

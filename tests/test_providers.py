@@ -180,6 +180,10 @@ async def test_reset_is_connection_error(clean_upstream: UpstreamProcess) -> Non
     assert result.error_code == "connection_error"
     assert result.status_code is None
     assert result.retryable
+    # The message reaches the client (the error file): the model, never the upstream's address.
+    assert result.error_message is not None
+    assert "on the upstream of model 'gpt-4o-mini'" in result.error_message
+    assert f"127.0.0.1:{clean_upstream.port}" not in result.error_message
 
 
 @pytest.mark.anyio
@@ -232,6 +236,9 @@ async def test_unreachable_upstream_is_connection_error() -> None:
         result = await run_one(provider, chat_body("x"))
     assert result.error_code == "connection_error"
     assert result.retryable
+    assert result.error_message is not None
+    assert "ConnectError on the upstream of model 'm'" in result.error_message
+    assert "127.0.0.1" not in result.error_message
 
 
 # -- concurrency, keys, transport ----------------------------------------------------------------
@@ -445,7 +452,10 @@ async def test_stream_closed_early_abandons_the_upstream_request() -> None:
 @pytest.mark.anyio
 @pytest.mark.parametrize(
     ("action", "message"),
-    [("stall", r"sent nothing for 0\.3s"), ("break", r"connection broke: ReadError on 127.0.0.1:")],
+    [
+        ("stall", r"sent nothing for 0\.3s"),
+        ("break", r"connection broke: ReadError on the upstream of model 'm': "),
+    ],
 )
 async def test_stream_failing_half_way_is_a_stream_error(action: str, message: str) -> None:
     async with HeldStream() as up:

@@ -150,10 +150,13 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
 
 
 def _describe(exc: PyreqwestError, upstream: str) -> str:
-    """``ConnectError on 127.0.0.1:8000: connection error (Connection refused (os error 111))``.
+    """``ConnectError on the upstream of model 'm': connection error (Connection refused (os
+    error 111))``.
 
     pyreqwest's own message is generic; the root of its cause chain says what happened. The
-    outer causes are left out: they repeat the full URL, which could carry userinfo.
+    outer causes are left out: they repeat the full URL, which could carry userinfo. The message
+    reaches clients (error files, the synchronous routes' 502s), so it names the upstream by its
+    model, not by its host, which is the operator's business (the log has it).
     """
     text = f"{type(exc).__name__} on {upstream}: {exc.message}"
     details = getattr(exc, "details", None)
@@ -205,7 +208,7 @@ class OpenAIProvider(Provider):
         # Parsed once: pyreqwest would parse a string URL on every request.
         self._urls = {endpoint: Url(options.base_url + path) for endpoint, path in _PATHS.items()}
         base = Url(options.base_url)
-        #: host:port, for messages (the whole URL could carry a password).
+        #: host:port, for the log (the whole URL could carry a password).
         self._upstream = f"{base.host_str}:{base.port_or_known_default}"
         # Headers to send per request: none on our own client, which carries them already.
         self._request_headers: HeaderMap | None = None if client is None else headers
@@ -291,7 +294,7 @@ class OpenAIProvider(Provider):
 
     def _describe_error(self, exc: PyreqwestError) -> str:
         """What went wrong, for a message: no URL and no API key in it."""
-        return self._redact(_describe(exc, self._upstream))
+        return self._redact(_describe(exc, f"the upstream of model '{self.model}'"))
 
     def _prepare(self, request: ProviderRequest) -> tuple[Url, bytes] | ProviderResult:
         """The URL and payload of ``request``, or the failure that stops it before sending."""
@@ -320,7 +323,7 @@ class OpenAIProvider(Provider):
                 retryable=True,
             )
         message = self._describe_error(exc)
-        logger.debug("model %s: request %d: %s", self.model, index, message)
+        logger.debug("model %s (%s): request %d: %s", self.model, self._upstream, index, message)
         return ProviderResult.failure(index, "connection_error", message, retryable=True)
 
     async def _one(self, client: Client, request: ProviderRequest) -> ProviderResult:
