@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ PROJECTS: dict[str, str] = {
     "upload": "{ max_upload_bytes = 1000 }",
     "stored": "{ max_stored_bytes = 3000 }",
     "hourly": "{ max_batches_per_hour = 2 }",
+    "burst": "{ max_batches_per_hour = 3 }",
     "active": "{ max_active_batches = 1 }",
     "tokens": '{ max_enqueued_tokens = { "gpt-4o-mini" = 400 } }',
     "defaults": "",  # [project_limits] only
@@ -134,6 +136,27 @@ def test_batches_per_hour(server: BatchdServer) -> None:
     retry_after = int(caught.value.response.headers["retry-after"])
     assert 3500 <= retry_after <= 3600
     assert "x-should-retry" not in caught.value.response.headers
+
+
+def test_batches_created_at_once_stay_within_the_limit(server: BatchdServer) -> None:
+    """Twelve creations at the same moment: three pass, nine get the 429 (the check and the
+    creation are one step, not a check that all twelve pass before any is stored)."""
+    client = sdk(server, "burst")
+    upload = client.files.create(file=("in.jsonl", batch_file(1)), purpose="batch")
+
+    def attempt(_: int) -> str:
+        try:
+            client.batches.create(
+                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        except openai.RateLimitError:
+            return "429"
+        return "created"
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        outcomes = sorted(pool.map(attempt, range(12)))
+    assert outcomes == ["429"] * 9 + ["created"] * 3
+    assert len(client.batches.list().data) == 3
 
 
 def test_active_batches(server: BatchdServer) -> None:

@@ -236,7 +236,6 @@ async def create_batch(request: Request, svc: ServicesDep, project: ProjectDep) 
     metadata = _metadata(body.get("metadata"))
     output_expires_after = _output_expires_after(body.get("output_expires_after"))
     now = svc.now()
-    await _check_batch_limits(svc, project, now)
     record = BatchRecord(
         id=new_batch_id(),
         endpoint=endpoint,
@@ -249,7 +248,9 @@ async def create_batch(request: Request, svc: ServicesDep, project: ProjectDep) 
         output_expires_after=output_expires_after,
         project=project,
     )
-    await svc.manager.submit(record)
+    async with svc.manager.admission:  # the limits' check and the batch stored, as one step
+        await _check_batch_limits(svc, project, now)
+        await svc.manager.submit(record)
     return JSONResponse(batch_object(record))
 
 

@@ -65,6 +65,9 @@ class BatchManager:
         self._purge_wakeup = asyncio.Event()
         self._validation_slots = asyncio.Semaphore(2)
         self._quota_lock = asyncio.Lock()  # enqueued-token checks and reservations, one at a time
+        #: Batch creations, one at a time: a project's batch limits are checked and the new batch
+        #: stored under it, so that requests at the same moment cannot all pass the check.
+        self.admission = asyncio.Lock()
 
     def now(self) -> int:
         return int(self.clock())
