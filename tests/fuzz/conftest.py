@@ -29,9 +29,8 @@ BLOB = bytes(range(256)) + b"\r\n\x00\xff" + "é😀".encode()
 
 @pytest.fixture(scope="package")
 def fuzz_upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProcess]:
-    proc = UpstreamProcess(tmp_path_factory.mktemp("fuzz-upstream")).start()
-    yield proc
-    proc.stop()
+    with UpstreamProcess(tmp_path_factory.mktemp("fuzz-upstream")) as proc:
+        yield proc
 
 
 @pytest.fixture(scope="package")

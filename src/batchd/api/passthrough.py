@@ -74,9 +74,13 @@ def _body(field: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _ANY_JSON: dict[str, Any] = {"schema": {"type": "object"}}
+_RELAYED_ERROR = {
+    "description": "The upstream's error, relayed",
+    "content": {"application/json": _ANY_JSON},
+}
 #: The upstream's answer, relayed: JSON (a stream of server-sent events when ``stream`` is true),
 #: or its error with its status.
-_RELAYED = {
+_RELAYED: dict[int | str, dict[str, Any]] = {
     **answers(
         None,
         400,
@@ -90,14 +94,7 @@ _RELAYED = {
             "text/event-stream": {"schema": {"type": "string"}},
         },
     ),
-    "4XX": {
-        "description": "The upstream's error, relayed",
-        "content": {"application/json": _ANY_JSON},
-    },
-    "5XX": {
-        "description": "The upstream's error, relayed",
-        "content": {"application/json": _ANY_JSON},
-    },
+    **dict.fromkeys(("4XX", "5XX"), _RELAYED_ERROR),
 }
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 from starlette.requests import Request
 
+from batchd.api.params import parse_integer
 from batchd.config import Settings
 from batchd.errors import APIError, InvalidRequest, PayloadTooLarge
 from batchd.storage import BlobTooLarge, BlobWriter, Storage
@@ -173,13 +174,8 @@ async def parse_upload(
             code="invalid_content_type",
         )
     limit = settings.max_file_bytes(None)
-    declared = request.headers.get("content-length")
-    if (
-        declared is not None
-        and declared.isascii()
-        and declared.isdigit()
-        and int(declared) > limit + _MAX_FIELD_BYTES
-    ):
+    declared = parse_integer(request.headers.get("content-length", ""))
+    if declared is not None and declared > limit + _MAX_FIELD_BYTES:
         raise too_large(limit, None)
     handler = _Handler(storage, settings, cap)
     parser = MultipartParser(boundary, handler.callbacks())
