@@ -23,8 +23,7 @@ import typer
 from openai import OpenAI
 from typer.testing import CliRunner
 
-import batchd.cli.client  # noqa: F401 - registers the client commands on the app
-from batchd.cli.main import app
+from batchd.cli import app
 from tests.engine_support import (
     MODEL,
     batch_state,

@@ -16,15 +16,18 @@ import orjson
 import pytest
 
 from batchd.config import Settings
+from batchd.core import lifecycle
+from batchd.core.lifecycle import BatchEnding
 from batchd.engine import BatchManager
 from batchd.engine.journal import Journal, JournalEntry
 from batchd.engine.limits import Limiters, TokenBucket, UpstreamGate, estimate_tokens
 from batchd.engine.runner import entry_of
 from batchd.ids import new_file_id
 from batchd.providers.base import DispatchLimits, Provider, ProviderRequest, ProviderResult
+from batchd.service import BatchService
 from batchd.storage import LocalStorage
 from batchd.store import BatchRecord, SQLStore
-from tests.test_manager import MODEL, new_batch, upload, wait_status
+from tests.test_manager import MODEL, new_batch, submit, upload, wait_status
 
 pytestmark = pytest.mark.anyio
 
@@ -270,7 +273,7 @@ async def run_batch(
     await manager.start()
     file = await upload(store, storage, data)
     batch = new_batch(file.id)
-    await manager.submit(batch)
+    await submit(store, manager, batch)
     return manager, await wait_status(store, batch.id, statuses)
 
 
@@ -346,7 +349,7 @@ async def test_no_error_file_when_everything_succeeds_and_no_output_when_nothing
         provider.attempts.clear()  # the same indices again
         file = await upload(store, storage, line(0, fail=[404]) + line(1, fail=[400]))
         bad = new_batch(file.id)
-        await manager.submit(bad)
+        await submit(store, manager, bad)
         done = await wait_status(store, bad.id, TERMINAL)
         assert done.status == "completed"
         assert done.output_file_id is None
@@ -405,13 +408,13 @@ async def test_a_restart_sends_only_requests_without_a_durable_result(
 async def test_cancel_keeps_finished_results_and_cancels_the_rest(
     env: tuple[SQLStore, LocalStorage, Settings],
 ) -> None:
-    store, storage, _ = env
+    store, storage, settings = env
     provider = ScriptedProvider(concurrency=1)
     data = line(0) + b"".join(line(i, hold=True) for i in range(1, 6))
     manager, batch = await run_batch(env, data, provider, statuses={"in_progress"})
     try:
         await provider.wait_calls(2)  # the first finished, the second hangs
-        await manager.cancel(batch.id)
+        await BatchService(store, settings, manager).cancel("default", batch.id)
         done = await wait_status(store, batch.id, TERMINAL)
         assert done.status == "cancelled"
         assert done.cancelled_at is not None
@@ -436,7 +439,7 @@ async def test_a_batch_past_its_window_expires_with_finished_results_kept(
         data = line(0) + b"".join(line(i, hold=True) for i in range(1, 4))
         file = await upload(store, storage, data)
         batch = dataclasses.replace(new_batch(file.id), expires_at=int(time.time()) + 1)
-        await manager.submit(batch)
+        await submit(store, manager, batch)
         await provider.wait_calls(2)  # the rest hangs past expires_at
         done = await wait_status(store, batch.id, TERMINAL)
         assert done.status == "expired"
@@ -485,12 +488,13 @@ async def test_a_crash_while_finalizing_ends_the_batch_with_the_recorded_file_id
         await journal.append(JournalEntry.from_response(i, f"r{i}", 200, f"req_{i}", body))
     await journal.close()
     files = [new_file_id(), new_file_id()]
-    moved = await store.transition(
+    moved = await lifecycle.transition(
+        store,
         batch.id,
-        ["in_progress"],
-        status="finalizing",
-        finalizing_at=int(time.time()),
-        extra={"ending": "completed", "files": files},
+        "finalizing",
+        expected={"in_progress"},
+        at=int(time.time()),
+        ending=BatchEnding("completed", *files),
     )
     assert moved is not None
 

@@ -20,9 +20,11 @@ from typing import Any
 import orjson
 import pytest
 
-from batchd.engine.finalize import CANCELLED, input_requests, write_results
+from batchd.core.request_index import RequestIndex, RequestIndexWriter
+from batchd.engine.finalize import CANCELLED, write_results
 from batchd.engine.journal import Journal, JournalEntry, JournalError, Usage
 from batchd.storage import LocalStorage
+from batchd.validation import index_stream
 
 CHAT_USAGE = {
     "prompt_tokens": 10,
@@ -484,14 +486,21 @@ async def test_usage_sums_successful_entries_across_endpoints(tmp_path: Path) ->
 # -- cancel / expiry -------------------------------------------------------------------------
 
 
+def request_ids(raw: bytes) -> list[tuple[int, str]]:
+    """``(index, custom_id)`` of an input file's requests, from its request index."""
+    sink = io.BytesIO()
+    index_stream(io.BytesIO(raw), RequestIndexWriter(sink), max_line_bytes=1000)
+    return [(e.index, e.custom_id) for e in RequestIndex(sink).entries()]
+
+
 @pytest.mark.anyio
 async def test_append_unexecuted_fills_every_pending_request_in_one_sync(
     tmp_path: Path, fsyncs: list[int]
 ) -> None:
     # Blank lines do not count: request i is the i-th non-blank line.
-    lines = [b'{"custom_id": "c%d", "method": "POST"}' % i for i in range(12)]
+    lines = [b'{"custom_id": "c%d", "body": {"model": "m"}}' % i for i in range(12)]
     raw = b"\r\n".join(lines[:3]) + b"\n\n  \n" + b"\n".join(lines[3:]) + b"\n\n"
-    assert list(input_requests(io.BytesIO(raw), 1000)) == [(i, f"c{i}") for i in range(12)]
+    assert list(request_ids(raw)) == [(i, f"c{i}") for i in range(12)]
 
     path = tmp_path / "j"
     journal = await Journal.open(path, 12, max_delay=10.0)
@@ -501,7 +510,7 @@ async def test_append_unexecuted_fills_every_pending_request_in_one_sync(
     waiting = [asyncio.create_task(journal.append(e)) for e in early]
     await asyncio.sleep(0)  # queued, waiting for their group (max_delay is long)
     fsyncs.clear()
-    filled = await journal.append_unexecuted(input_requests(io.BytesIO(raw), 1000), CANCELLED)
+    filled = await journal.append_unexecuted(request_ids(raw), CANCELLED)
     assert filled == 10
     assert [await t for t in waiting] == [True, True]  # appended first, so they win
     assert len(fsyncs) == 2  # one for the group, one for the whole fill

@@ -11,9 +11,12 @@ import orjson
 import pytest
 
 from batchd.config import Settings
+from batchd.core import lifecycle
+from batchd.core.request_index import RequestIndex, index_key
 from batchd.engine import BatchManager
 from batchd.errors import StoreError
 from batchd.ids import new_batch_id, new_file_id
+from batchd.service import BatchService
 from batchd.storage import LocalStorage
 from batchd.store import BatchRecord, FileRecord, SQLStore
 
@@ -70,6 +73,12 @@ def new_batch(file_id: str) -> BatchRecord:
     )
 
 
+async def submit(store: SQLStore, manager: BatchManager, batch: BatchRecord) -> None:
+    """What the service does when a batch is created: store it, tell the engine."""
+    await lifecycle.create(store, batch, admission=None)
+    manager.batch_created(batch)
+
+
 async def wait_status(store: SQLStore, batch_id: str, statuses: set[str]) -> BatchRecord:
     for _ in range(600):
         batch = await store.get_batch(batch_id)
@@ -90,7 +99,7 @@ async def test_unreadable_input_fails_the_batch_instead_of_hanging(
     await manager.start()
     try:
         batch = new_batch(file.id)
-        await manager.submit(batch)
+        await submit(store, manager, batch)
         failed = await wait_status(store, batch.id, {"failed", "in_progress"})
     finally:
         await manager.stop()
@@ -104,7 +113,7 @@ async def test_restart_resumes_validation(parts: tuple[SQLStore, LocalStorage, S
     store, storage, settings = parts
     file = await upload(store, storage, b"".join(request_line(i) for i in range(10)))
     batch = new_batch(file.id)
-    await store.create_batch(batch)  # as if the previous process died while validating
+    await store.create_batch(batch, admission=None)  # as if the last process died validating
     manager = BatchManager(store, storage, settings)
     await manager.start()
     try:
@@ -116,9 +125,15 @@ async def test_restart_resumes_validation(parts: tuple[SQLStore, LocalStorage, S
     assert done.status != "failed", done.errors
     assert done.in_progress_at is not None
     assert (done.total, done.model) == (10, MODEL)
+    # Validating the stored file wrote its request index beside it.
+    with storage.open_binary(index_key(file.id)) as fh:
+        entries = list(RequestIndex(fh).entries())
+    assert [(e.index, e.custom_id, e.model) for e in entries] == [
+        (i, f"r{i}", MODEL) for i in range(10)
+    ]
 
 
-@pytest.mark.parametrize("failing", ["get_file", "transition"])
+@pytest.mark.parametrize("failing", ["get_file", "apply"])
 async def test_store_failures_during_validation_are_retried(
     parts: tuple[SQLStore, LocalStorage, Settings],
     monkeypatch: pytest.MonkeyPatch,
@@ -145,7 +160,7 @@ async def test_store_failures_during_validation_are_retried(
     await manager.start()
     try:
         batch = new_batch(file.id)
-        await manager.submit(batch)
+        await submit(store, manager, batch)
         done = await wait_status(
             store, batch.id, {"in_progress", "finalizing", "completed", "failed"}
         )
@@ -165,9 +180,9 @@ async def test_cancel_during_validation_stops_the_validator(
     await manager.start()
     try:
         batch = new_batch(file.id)
-        await manager.submit(batch)
+        await submit(store, manager, batch)
         await asyncio.sleep(0.05)
-        cancelling = await manager.cancel(batch.id)
+        cancelling = await BatchService(store, settings, manager).cancel("default", batch.id)
         assert cancelling.status in {"cancelling", "cancelled"}
         started = time.monotonic()
         done = await wait_status(store, batch.id, {"cancelled"})
@@ -185,9 +200,15 @@ async def test_purge_removes_blobs_of_deleted_files(
     store, storage, settings = parts
     keep = await upload(store, storage, b"keep")
     gone = await upload(store, storage, b"gone")
+    for file in (keep, gone):  # the request index beside each
+        writer = storage.writer()
+        writer.write(b"index")
+        await writer.commit(index_key(file.id))
     await store.delete_file(gone.id, now=int(time.time()))
     manager = BatchManager(store, storage, settings)
     assert await manager.purge_files() == 1
     assert await storage.exists(keep.id)
+    assert await storage.exists(index_key(keep.id))
     assert not await storage.exists(gone.id)
+    assert not await storage.exists(index_key(gone.id))
     assert await manager.purge_files() == 0

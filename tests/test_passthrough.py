@@ -542,7 +542,9 @@ def local_client(providers: dict[str, Provider] | None) -> TestClient:
     app.include_router(passthrough.router)
     app.add_middleware(RequestContextMiddleware)
     none = cast(Any, None)  # the passthrough routes use only the settings and the providers
-    services = Services(Settings(embedded_models=False), none, none, none, providers or {})
+    services = Services(
+        Settings(embedded_models=False), none, none, none, providers or {}, none, none
+    )
     app.state.services = None if providers is None else services
     return TestClient(app, base_url="http://batchd.test")
 

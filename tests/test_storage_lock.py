@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batchd.errors import DataDirLocked
+from batchd.errors import DataDirLocked, StorageFull
 from batchd.lock import DataDirLock
 from batchd.storage import BlobTooLarge, LocalStorage
 
@@ -91,9 +92,7 @@ def test_lock_is_reentrant_per_object_only(tmp_path: Path) -> None:
     first.release()
 
 
-async def test_background_writer_matches_and_reports_disk_errors_at_commit(
-    tmp_path: Path,
-) -> None:
+async def test_background_writer_matches_and_reports_disk_errors(tmp_path: Path) -> None:
     storage = LocalStorage(tmp_path)
     await storage.open()
     chunks = [bytes([i]) * (1000 + i) for i in range(100)]
@@ -110,8 +109,14 @@ async def test_background_writer_matches_and_reports_disk_errors_at_commit(
         raise OSError(28, "No space left on device")
 
     failing._store = broken_store  # type: ignore[method-assign]
-    failing.write(b"x")  # queued: the error surfaces at commit
-    with pytest.raises(OSError, match="No space left"):
+    failing.write(b"x")  # queued: the writer thread meets the error
+    for _ in range(500):
+        if failing._error is not None:
+            break
+        await asyncio.sleep(0.01)
+    with pytest.raises(StorageFull, match="no space left"):
+        failing.write(b"y")  # the next write says so, instead of streaming on
+    with pytest.raises(StorageFull, match="No space left on device"):
         await failing.commit("file-never")
     assert not await storage.exists("file-never")
     assert list((tmp_path / "tmp").iterdir()) == []

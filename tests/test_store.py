@@ -1,8 +1,10 @@
-"""The SQL store on a real SQLite file: migrations, compare-and-set transitions, pagination."""
+"""The SQL store on a real SQLite file (and PostgreSQL when ``BATCHD_TEST_POSTGRES_URL`` is set):
+migrations, lifecycle changes with their events, pagination, leases."""
 
 from __future__ import annotations
 
-import os
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -10,34 +12,28 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from batchd.core import lifecycle
+from batchd.core.lifecycle import BatchEnding, BatchStatus, StatusChange
 from batchd.store import BatchRecord, FileRecord, SQLStore
-from batchd.store.tables import metadata
+from batchd.store.schema import metadata
+from tests.pg import fresh_database
 
 pytestmark = pytest.mark.anyio
 
 
-POSTGRES_URL = os.environ.get("BATCHD_TEST_POSTGRES_URL")
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
-    """The store on a fresh SQLite file, and on Postgres when ``BATCHD_TEST_POSTGRES_URL`` names
-    one (e.g. ``postgresql+asyncpg://user:pw@127.0.0.1/batchd_test``, with asyncpg installed)."""
-    if request.param == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
-    elif POSTGRES_URL is None:
-        pytest.skip("set BATCHD_TEST_POSTGRES_URL to run the store tests on Postgres")
-    else:
-        url = POSTGRES_URL
-        wipe = SQLStore(url)
-        async with wipe.engine.begin() as conn:
-            await conn.run_sync(metadata.drop_all)
-            await conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
-        await wipe.close()
-    s = SQLStore(url)
-    await s.open()
-    yield s
-    await s.close()
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SQLStore]:
+    """The store on a fresh SQLite file, and on a fresh PostgreSQL database when
+    ``BATCHD_TEST_POSTGRES_URL`` names a server (see ``tests/pg.py``)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
+        else:
+            url = await stack.enter_async_context(fresh_database())
+        s = SQLStore(url)
+        stack.push_async_callback(s.close)
+        await s.open()
+        yield s
 
 
 def _file(i: int, *, purpose: str = "batch", expires_at: int | None = None) -> FileRecord:
@@ -52,7 +48,7 @@ def _file(i: int, *, purpose: str = "batch", expires_at: int | None = None) -> F
     )
 
 
-def _batch(i: int, status: str = "validating") -> BatchRecord:
+def _batch(i: int, status: BatchStatus = "validating") -> BatchRecord:
     return BatchRecord(
         id=f"batch_{i:032x}",
         endpoint="/v1/chat/completions",
@@ -83,22 +79,52 @@ async def test_sqlite_open_is_idempotent_and_uses_wal(tmp_path: Path) -> None:
         assert mode == "wal"
 
 
-async def test_transition_is_compare_and_set(store: SQLStore) -> None:
-    await store.create_batch(_batch(1))
-    moved = await store.transition(_batch(1).id, ["validating"], status="in_progress", total=3)
+async def test_transition_is_compare_and_set_and_writes_its_event(store: SQLStore) -> None:
+    batch_id = _batch(1).id
+    await lifecycle.create(store, _batch(1), admission=None)
+    moved = await lifecycle.transition(
+        store, batch_id, "in_progress", expected={"validating"}, at=1005, total=3
+    )
     assert moved is not None
-    assert (moved.status, moved.total) == ("in_progress", 3)
-    # A second writer expecting the old status loses.
-    assert await store.transition(_batch(1).id, ["validating"], status="failed") is None
-    assert (await store.get_batch(_batch(1).id)).status == "in_progress"  # type: ignore[union-attr]
-    assert await store.transition("batch_missing", ["validating"], status="failed") is None
+    assert (moved.status, moved.total, moved.in_progress_at) == ("in_progress", 3, 1005)
+    # A second writer expecting the old status loses, and leaves no event.
+    lost = await lifecycle.transition(store, batch_id, "failed", expected={"validating"}, at=1006)
+    assert lost is None
+    assert (await store.get_batch(batch_id)).status == "in_progress"  # type: ignore[union-attr]
+    missing = await lifecycle.transition(
+        store, "batch_missing", "failed", expected={"validating"}, at=1007
+    )
+    assert missing is None
+    events = await store.events(batch_id=batch_id)
+    assert [(e.from_status, e.to_status, e.created_at) for e in events] == [
+        (None, "validating", 1000),
+        ("validating", "in_progress", 1005),
+    ]
+    assert events[0].seq < events[1].seq
+    assert {e.project for e in events} == {"default"}
+    colour: dict[str, object] = {"colour": "red"}
+    bad = StatusChange(batch_id, frozenset({"in_progress"}), None, 1, colour)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown batch fields"):
-        await store.transition(_batch(1).id, ["in_progress"], colour="red")
+        await store.apply(bad)
+
+
+async def test_an_ending_is_stored_typed_without_an_event(store: SQLStore) -> None:
+    batch_id = _batch(1).id
+    await lifecycle.create(store, _batch(1), admission=None)
+    await lifecycle.transition(store, batch_id, "in_progress", expected={"validating"}, at=1)
+    ending = BatchEnding("expired", "file-out", "file-err")
+    updated = await lifecycle.record_ending(
+        store, batch_id, status="in_progress", ending=ending, at=2
+    )
+    assert updated is not None
+    assert (updated.status, updated.ending) == ("in_progress", ending)
+    assert (await store.get_batch(batch_id)).ending == ending  # type: ignore[union-attr]
+    assert len(await store.events(batch_id=batch_id)) == 2  # created, in_progress
 
 
 async def test_batches_page_newest_first(store: SQLStore) -> None:
     for i in range(5):
-        await store.create_batch(_batch(i))
+        await store.create_batch(_batch(i), admission=None)
     page, more = await store.list_batches(after_seq=None, limit=2)
     assert [b.id for b in page] == [_batch(4).id, _batch(3).id]
     assert more
@@ -131,24 +157,29 @@ async def test_files_hide_deleted_and_expired(store: SQLStore) -> None:
 async def test_purge_skips_files_that_active_batches_read(store: SQLStore) -> None:
     await store.create_file(_file(1))
     await store.create_file(_file(2))
-    await store.create_batch(_batch(1, status="in_progress"))  # reads file 1
+    await store.create_batch(_batch(1, status="in_progress"), admission=None)  # reads file 1
     await store.delete_file(_file(1).id, now=2000)
     await store.delete_file(_file(2).id, now=2000)
-    active = ["validating", "in_progress", "finalizing", "cancelling"]
-    due = await store.files_to_purge(now=2000, active_statuses=active, limit=10)
+    due = await store.files_to_purge(now=2000, limit=10)
     assert [f.id for f in due] == [_file(2).id]
     await store.mark_purged(_file(2).id, now=2001)
-    await store.transition(_batch(1).id, ["in_progress"], status="cancelled")
-    due = await store.files_to_purge(now=2002, active_statuses=active, limit=10)
+    await lifecycle.transition(store, _batch(1).id, "expired", expected={"in_progress"}, at=1)
+    due = await store.files_to_purge(now=2002, limit=10)
     assert [f.id for f in due] == [_file(1).id]
 
 
 # -- leases ------------------------------------------------------------------------------------
 
 
-async def _runnable(store: SQLStore, i: int, status: str = "in_progress") -> BatchRecord:
-    await store.create_batch(_batch(i, status="validating"))
-    updated = await store.transition(_batch(i).id, ["validating"], status=status, in_progress_at=5)
+async def _runnable(store: SQLStore, i: int, status: BatchStatus = "in_progress") -> BatchRecord:
+    await lifecycle.create(store, _batch(i), admission=None)
+    updated = await lifecycle.transition(
+        store, _batch(i).id, "in_progress", expected={"validating"}, at=5
+    )
+    if status != "in_progress":
+        updated = await lifecycle.transition(
+            store, _batch(i).id, status, expected={"in_progress"}, at=6
+        )
     assert updated is not None
     return updated
 
@@ -156,26 +187,16 @@ async def _runnable(store: SQLStore, i: int, status: str = "in_progress") -> Bat
 async def test_a_batch_is_claimed_by_one_owner_until_its_lease_runs_out(store: SQLStore) -> None:
     await _runnable(store, 1)
     await _runnable(store, 2, status="finalizing")
-    await store.create_batch(_batch(3))  # validating: not runnable
-    statuses = ("in_progress", "finalizing", "cancelling")
+    await store.create_batch(_batch(3), admission=None)  # validating: not runnable
 
-    first = await store.claim_batches(
-        owner="a", statuses=statuses, now=100.0, lease_seconds=30, limit=10
-    )
+    first = await store.claim_batches(owner="a", now=100.0, lease_seconds=30, limit=10)
     assert [b.id for b in first] == [_batch(1).id, _batch(2).id]
-    assert (
-        await store.claim_batches(
-            owner="b", statuses=statuses, now=129.0, lease_seconds=30, limit=10
-        )
-        == []
-    )
+    assert await store.claim_batches(owner="b", now=129.0, lease_seconds=30, limit=10) == []
     # a renews one lease and lets the other run out
     renewed = await store.renew_lease(_batch(1).id, owner="a", now=120.0, lease_seconds=30)
     assert renewed is not None
     assert renewed.status == "in_progress"
-    taken = await store.claim_batches(
-        owner="b", statuses=statuses, now=131.0, lease_seconds=30, limit=10
-    )
+    taken = await store.claim_batches(owner="b", now=131.0, lease_seconds=30, limit=10)
     assert [b.id for b in taken] == [_batch(2).id]
     # a's lease on batch 2 is gone: renewing says so, and a's progress no longer lands
     assert await store.renew_lease(_batch(2).id, owner="a", now=132.0, lease_seconds=30) is None
@@ -189,40 +210,22 @@ async def test_a_batch_is_claimed_by_one_owner_until_its_lease_runs_out(store: S
 async def test_released_leases_can_be_claimed_again(store: SQLStore) -> None:
     await _runnable(store, 1)
     await _runnable(store, 2, status="cancelling")
-    statuses = ("in_progress", "cancelling")
-    claimed = await store.claim_batches(
-        owner="a", statuses=statuses, now=0.0, lease_seconds=30, limit=1
-    )
+    claimed = await store.claim_batches(owner="a", now=0.0, lease_seconds=30, limit=1)
     assert [b.id for b in claimed] == [_batch(1).id]  # limit, oldest first
     await store.release_lease(_batch(1).id, owner="b")  # not b's: no effect
-    assert (
-        await store.claim_batches(
-            owner="b", statuses=["in_progress"], now=1.0, lease_seconds=30, limit=5
-        )
-        == []
-    )
+    taken = await store.claim_batches(owner="b", now=1.0, lease_seconds=30, limit=5)
+    assert [b.id for b in taken] == [_batch(2).id]  # batch 1 is still a's
     await store.release_lease(_batch(1).id, owner="a")
-    again = await store.claim_batches(
-        owner="b", statuses=statuses, now=1.0, lease_seconds=30, limit=5
-    )
-    assert {b.id for b in again} == {_batch(1).id, _batch(2).id}
+    again = await store.claim_batches(owner="b", now=1.0, lease_seconds=30, limit=5)
+    assert [b.id for b in again] == [_batch(1).id]
     assert await store.release_all_leases() == 2
-    assert (
-        len(
-            await store.claim_batches(
-                owner="c", statuses=statuses, now=2.0, lease_seconds=30, limit=5
-            )
-        )
-        == 2
-    )
+    assert len(await store.claim_batches(owner="c", now=2.0, lease_seconds=30, limit=5)) == 2
 
 
 async def test_a_batch_cancelled_while_validating_is_not_claimed(store: SQLStore) -> None:
-    await store.create_batch(_batch(1))
-    assert await store.transition(_batch(1).id, ["validating"], status="cancelling") is not None
-    assert (
-        await store.claim_batches(
-            owner="a", statuses=["cancelling"], now=0.0, lease_seconds=30, limit=5
-        )
-        == []
+    await lifecycle.create(store, _batch(1), admission=None)
+    cancelling = await lifecycle.transition(
+        store, _batch(1).id, "cancelling", expected={"validating"}, at=1
     )
+    assert cancelling is not None
+    assert await store.claim_batches(owner="a", now=0.0, lease_seconds=30, limit=5) == []

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from openai import OpenAI
 
 from batchd.config import Settings
-from batchd.validation import BOM, LineSplitter, UploadValidator, validate_stream
+from batchd.validation import BOM, LineSplitter, LineTooLong, UploadValidator, validate_stream
 from tests.conftest import wait_for_status
 from tests.corpus_cases import (
     MAX_ERRORS,
@@ -28,9 +28,11 @@ MODELS = ("gpt-4o-mini", "text-embedding-3-small")
 PIECES = [b"a", b"{}", b"\n", b"\r", b"\r\n", BOM, b" ", b"x" * 9]
 
 
-def split(data: bytes, max_line_bytes: int, sizes: list[int]) -> list[object]:
+def split(
+    data: bytes, max_line_bytes: int, sizes: list[int]
+) -> list[tuple[int, int, bytes | LineTooLong]]:
     splitter = LineSplitter(max_line_bytes)
-    out: list[object] = []
+    out: list[tuple[int, int, bytes | LineTooLong]] = []
     i = 0
     for size in sizes:
         out += splitter.feed(data[i : i + size])
@@ -48,25 +50,33 @@ def split(data: bytes, max_line_bytes: int, sizes: list[int]) -> list[object]:
 def test_splitting_does_not_depend_on_chunk_boundaries(
     data: bytes, max_line_bytes: int, sizes: list[int]
 ) -> None:
-    assert split(data, max_line_bytes, sizes) == split(data, max_line_bytes, [])
+    lines = split(data, max_line_bytes, sizes)
+    assert lines == split(data, max_line_bytes, [])
+    for _lineno, offset, raw in lines:
+        if isinstance(raw, bytes):  # the offset is where the line's bytes are
+            assert data[offset : offset + len(raw)] == raw
 
 
 def test_split_against_a_plain_model() -> None:
     """Without over-long lines the splitter is ``split(b"\\n")`` minus a final empty piece, with
-    one "\\r" stripped from each terminated line and a BOM stripped from line 1."""
+    one "\\r" stripped from each terminated line and a BOM stripped from line 1, each line with
+    the offset of its first byte."""
     rng = random.Random(7)
     for _ in range(2000):
         data = b"".join(rng.choice(PIECES[:-1]) for _ in range(rng.randint(0, 30)))
         pieces = data.split(b"\n")
         expected = []
+        position = 0
         for n, piece in enumerate(pieces, 1):
             last = n == len(pieces)
             if last and not piece:
                 break
-            line = piece[len(BOM) :] if n == 1 and piece.startswith(BOM) else piece
+            bom = len(BOM) if n == 1 and piece.startswith(BOM) else 0
+            line = piece[bom:]
             if not last and line.endswith(b"\r"):
                 line = line[:-1]
-            expected.append((n, line))
+            expected.append((n, position + bom, line))
+            position += len(piece) + 1
         sizes = [rng.randint(1, 5) for _ in range(20)]
         assert split(data, 10_000, sizes) == expected, data
 

@@ -69,40 +69,40 @@ class RecordingReader(io.BytesIO):
 def test_iter_lines_strips_lf_and_crlf_and_keeps_physical_numbers() -> None:
     data = b"a\r\nb\n\n  \r\nc"
     assert list(iter_lines(io.BytesIO(data), 100)) == [
-        (1, b"a"),
-        (2, b"b"),
-        (3, b""),
-        (4, b"  "),
-        (5, b"c"),
+        (1, 0, b"a"),
+        (2, 3, b"b"),
+        (3, 5, b""),
+        (4, 6, b"  "),
+        (5, 10, b"c"),
     ]
 
 
 def test_iter_lines_strips_bom_on_line_one_only() -> None:
     data = BOM + b"a\n" + BOM + b"b\n"
-    assert list(iter_lines(io.BytesIO(data), 100)) == [(1, b"a"), (2, BOM + b"b")]
+    assert list(iter_lines(io.BytesIO(data), 100)) == [(1, 3, b"a"), (2, 5, BOM + b"b")]
 
 
 def test_iter_lines_bom_does_not_count_against_the_limit() -> None:
     # A first line of exactly the limit after its BOM is neither too long nor split in two.
     assert list(iter_lines(io.BytesIO(BOM + b"0123456789\nxy\n"), 10)) == [
-        (1, b"0123456789"),
-        (2, b"xy"),
+        (1, 3, b"0123456789"),
+        (2, 14, b"xy"),
     ]
     assert list(iter_lines(io.BytesIO(BOM + b"0123456789A\nxy\n"), 10)) == [
-        (1, LineTooLong(11)),
-        (2, b"xy"),
+        (1, 0, LineTooLong(11)),
+        (2, 15, b"xy"),
     ]
 
 
 @pytest.mark.parametrize("end", [b"\n", b"\r\n"])
 def test_iter_lines_limit_is_on_content_whatever_the_line_end(end: bytes) -> None:
     assert list(iter_lines(io.BytesIO(b"0123456789" + end + b"z"), 10)) == [
-        (1, b"0123456789"),
-        (2, b"z"),
+        (1, 0, b"0123456789"),
+        (2, 10 + len(end), b"z"),
     ]
     assert list(iter_lines(io.BytesIO(b"0123456789A" + end + b"z"), 10)) == [
-        (1, LineTooLong(11)),
-        (2, b"z"),
+        (1, 0, LineTooLong(11)),
+        (2, 11 + len(end), b"z"),
     ]
 
 
@@ -110,18 +110,21 @@ def test_iter_lines_limit_is_on_content_whatever_the_line_end(end: bytes) -> Non
 def test_long_line_is_skipped_in_bounded_reads(end: bytes) -> None:
     length = 5 * 1024 * 1024 + 7
     reader = RecordingReader(b"x" * length + end + b"next\n")
-    assert list(iter_lines(reader, 1000)) == [(1, LineTooLong(length)), (2, b"next")]
+    assert list(iter_lines(reader, 1000)) == [
+        (1, 0, LineTooLong(length)),
+        (2, length + len(end), b"next"),
+    ]
     assert max(reader.reads) <= 1024 * 1024  # never the whole 5 MB line at once
     assert len(reader.reads) >= 5
 
 
 def test_long_line_at_end_of_file_without_newline() -> None:
     assert list(iter_lines(io.BytesIO(b"ok\n" + b"y" * 3000), 1000)) == [
-        (1, b"ok"),
-        (2, LineTooLong(3000)),
+        (1, 0, b"ok"),
+        (2, 3, LineTooLong(3000)),
     ]
-    assert list(iter_lines(io.BytesIO(b"0123456789"), 10)) == [(1, b"0123456789")]
-    assert list(iter_lines(io.BytesIO(b"0123456789A"), 10)) == [(1, LineTooLong(11))]
+    assert list(iter_lines(io.BytesIO(b"0123456789"), 10)) == [(1, 0, b"0123456789")]
+    assert list(iter_lines(io.BytesIO(b"0123456789A"), 10)) == [(1, 0, LineTooLong(11))]
 
 
 def test_validator_reports_line_too_long_and_counts_it_as_a_request() -> None:

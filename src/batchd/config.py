@@ -285,9 +285,9 @@ class Settings(BaseSettings):
         finally:
             _config_file_values.reset(token)
         if not settings.models and settings.embedded_models:
-            from batchd.providers.embedded import embedded_routes
+            from batchd.embedded_models import installed_models
 
-            routes = embedded_routes()
+            routes = tuple(ModelRoute.model_validate(m.route()) for m in installed_models())
             if routes:
                 settings = settings.model_copy(update={"models": routes})
         return settings

@@ -1,20 +1,51 @@
 """The exception tree of batchd.
 
-Every error a client can cause is a :class:`BatchdError`; each subclass maps to one HTTP status and
-one OpenAI error envelope ``{"error": {"message", "type", "param", "code"}}``. The class
-docstring is the default message.
+Every error a client can cause is a :class:`BatchdError`; each :class:`APIError` maps to one HTTP
+status and one OpenAI error envelope ``{"error": {"message", "type", "param", "code"}}``. The
+class docstring is the default message. Every exception class of batchd is drawn here; one
+defined in another module names that module (relative to ``batchd``).
 
     BatchdError
     ├── APIError                      (HTTP errors; rendered by batchd.api.errors)
     │   ├── InvalidRequest            400 invalid_request_error
+    │   ├── Unauthorized              401 invalid_request_error
     │   ├── NotFound                  404 invalid_request_error
     │   ├── Conflict                  409 invalid_request_error
     │   ├── PayloadTooLarge           413 invalid_request_error
-    │   └── ServiceUnavailable        503 server_error
+    │   ├── RateLimited               429 requests (with Retry-After)
+    │   ├── BadGateway                502 server_error
+    │   ├── ServiceUnavailable        503 server_error
+    │   └── GatewayTimeout            504 server_error
     ├── ConfigError                   bad settings or config file (raised at startup)
     ├── DataDirLocked                 another process serves the same data directory
     ├── StoreError                    the metadata store failed (foreign exceptions translated)
-    └── JournalError                  a batch's result journal cannot be used (engine.journal)
+    ├── LimitReached                  a project limit, checked in the store with the write
+    │   ├── BatchLimitReached         max_active_batches or max_batches_per_hour
+    │   ├── TokenQuotaExceeded        the project's enqueued-token limit
+    │   └── StorageQuotaExceeded      max_stored_bytes
+    ├── StorageFault                  the data cannot be written now (the work waits)
+    │   ├── StorageFull               no space left
+    │   └── StorageReadOnly           read-only
+    ├── ProviderError                 a provider failed; handled in the provider or the API
+    │   ├── RequestError              a request llama.cpp cannot serve: its 400 error line
+    │   │                             (providers.llamacpp_params)
+    │   ├── LoadError                 llama.cpp cannot load the model (providers.llamacpp_decode)
+    │   └── ProviderStreamError       a stream broke after it started (providers.base)
+    ├── IllegalTransition             a status change the lifecycle forbids (core.lifecycle)
+    ├── RequestIndexError             a request index cannot be read (core.request_index)
+    ├── JournalError                  a batch's result journal cannot be used (engine.journal)
+    ├── RunError                      `batchd run` cannot start or go on (localrun)
+    └── TableError                    a table, template or results file of `batchd prepare` or
+                                      `batchd join` cannot be used (tabular.formats)
+
+Two are not BatchdErrors: signals caught where they are raised and turned into one of the above
+or into a request's result, never shown as they are:
+
+    Exception
+    ├── BlobTooLarge                  a blob writer's size limit: PayloadTooLarge or RunError
+    │                                 (storage.base)
+    └── _Invalid                      one embeddings request refused: its 400 result
+                                      (providers.sentence_transformers)
 """
 
 from __future__ import annotations
@@ -24,16 +55,26 @@ from typing import ClassVar
 __all__ = [
     "APIError",
     "BadGateway",
+    "BatchLimitReached",
     "BatchdError",
     "ConfigError",
     "Conflict",
     "DataDirLocked",
     "GatewayTimeout",
     "InvalidRequest",
+    "LimitReached",
     "NotFound",
     "PayloadTooLarge",
+    "ProviderError",
+    "RateLimited",
     "ServiceUnavailable",
+    "StorageFault",
+    "StorageFull",
+    "StorageQuotaExceeded",
+    "StorageReadOnly",
     "StoreError",
+    "TokenQuotaExceeded",
+    "Unauthorized",
 ]
 
 
@@ -55,6 +96,13 @@ class DataDirLocked(BatchdError):
 
 class StoreError(BatchdError):
     """The metadata store failed."""
+
+    fault: str | None = None
+    """The :attr:`StorageFault.reason` when the store's disk is the cause (full, read-only)."""
+
+
+class ProviderError(BatchdError):
+    """A provider could not do what was asked."""
 
 
 class APIError(BatchdError):
@@ -156,3 +204,64 @@ class ServiceUnavailable(APIError):
 
     status_code = 503
     error_type = "server_error"
+
+
+# -- limits checked in the store -------------------------------------------------------------
+
+
+class LimitReached(BatchdError):
+    """A project limit refused the operation (checked in the store, in the same transaction as
+    the write it guards, so that concurrent requests cannot all pass)."""
+
+
+class BatchLimitReached(LimitReached):
+    """The project may not create another batch now (``max_active_batches`` or
+    ``max_batches_per_hour``)."""
+
+    def __init__(
+        self, which: str, *, limit: int, active: int, created_since: int, oldest: int | None
+    ) -> None:
+        super().__init__(f"batch limit {which} = {limit} reached")
+        self.which = which
+        self.limit = limit
+        self.active = active
+        self.created_since = created_since
+        self.oldest = oldest
+
+
+class TokenQuotaExceeded(LimitReached):
+    """The batch's estimated tokens would take its project past its enqueued-token limit."""
+
+    def __init__(self, *, queued: int) -> None:
+        super().__init__(f"enqueued-token limit reached ({queued} tokens enqueued)")
+        self.queued = queued
+
+
+class StorageQuotaExceeded(LimitReached):
+    """The file would take its project past ``max_stored_bytes``."""
+
+    def __init__(self, *, used: int) -> None:
+        super().__init__(f"stored-bytes limit reached ({used} bytes stored)")
+        self.used = used
+
+
+# -- storage faults ----------------------------------------------------------------------------
+
+
+class StorageFault(BatchdError):
+    """The data directory (or bucket) cannot be written now: full, read-only, failing. The
+    work that hit it waits and resumes once the fault is gone; nothing half-written counts."""
+
+    reason: ClassVar[str] = "storage_unavailable"
+
+
+class StorageFull(StorageFault):
+    """No space is left where batchd keeps its data."""
+
+    reason = "storage_full"
+
+
+class StorageReadOnly(StorageFault):
+    """Where batchd keeps its data is read-only."""
+
+    reason = "storage_read_only"

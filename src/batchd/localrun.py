@@ -1,9 +1,10 @@
 """One batch file run to its end with the engine and no server (``batchd run``).
 
 A run keeps its state in a directory of its own (a batchd data directory: the SQLite store, the
-stored input, the journal): the input file is stored there and a batch is created on it exactly
-as ``POST /v1/files`` and ``POST /v1/batches`` would, so validation, routing, retries, the journal
-and the output format are the server's. Started again on the same state directory, a run finds
+stored input, the journal): the input file is stored there and a batch is created on it through
+the same service layer as ``POST /v1/files`` and ``POST /v1/batches`` (the file validated and
+indexed while it is stored), so validation, routing, retries, the journal and the output format
+are the server's. Started again on the same state directory, a run finds
 its batch by the input's SHA-256 (kept in the batch's metadata) and the engine resumes it: every
 request with a durable result in the journal is kept, the others are sent. The state directory
 holds one input at a time: another input there is refused rather than mixed in.
@@ -16,18 +17,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from batchd.errors import BatchdError
-from batchd.ids import new_batch_id, new_file_id
-from batchd.protocol import BATCH_ENDPOINTS, TERMINAL_STATUSES
+from batchd.atomicfile import AtomicFile
+from batchd.auth import DEFAULT_PROJECT
+from batchd.core.lifecycle import TERMINAL
+from batchd.errors import BatchdError, NotFound
+from batchd.protocol import BATCH_ENDPOINTS
 from batchd.runtime import Services
-from batchd.storage.base import BlobTooLarge
-from batchd.store.records import BatchRecord, FileRecord
-from batchd.tables import AtomicFile
+from batchd.service import NewBatch
+from batchd.storage import BlobTooLarge
+from batchd.store import BatchRecord
 from batchd.validation import normalize_url
 
 __all__ = ["LocalRun", "RunError", "file_sha256", "first_endpoint"]
@@ -88,27 +90,27 @@ class LocalRun:
     async def start(self) -> tuple[BatchRecord, bool]:
         """The batch of this input: found in the state directory (resumed by the engine, which
         claims unfinished batches when it starts), or created. Also whether it was resumed."""
-        sha = await asyncio.to_thread(file_sha256, self.input_path)
         found = await self._find()
-        if found is not None:
-            if (found.metadata or {}).get(SHA_KEY) != sha:
-                name = (found.metadata or {}).get(NAME_KEY, "another file")
-                raise RunError(
-                    f"the state directory holds the run of {name}, whose contents differ from "
-                    f"{self.input_path}: give this run its own --state-dir, or delete the state "
-                    "directory to start over"
-                )
-            return found, True
-        return await self._create(sha), False
+        if found is None:
+            return await self._create(), False
+        sha = await asyncio.to_thread(file_sha256, self.input_path)
+        if (found.metadata or {}).get(SHA_KEY) != sha:
+            name = (found.metadata or {}).get(NAME_KEY, "another file")
+            raise RunError(
+                f"the state directory holds the run of {name}, whose contents differ from "
+                f"{self.input_path}: give this run its own --state-dir, or delete the state "
+                "directory to start over"
+            )
+        return found, True
 
     async def _find(self) -> BatchRecord | None:
-        records, _ = await self.services.store.list_batches(after_seq=None, limit=10)
-        for record in records:
+        page = await self.services.batches.list(DEFAULT_PROJECT, after=None, limit=10)
+        for record in page.data:
             if record.metadata and SHA_KEY in record.metadata:
                 return record
         return None
 
-    async def _create(self, sha: str) -> BatchRecord:
+    async def _create(self) -> BatchRecord:
         svc = self.services
         endpoint = self.endpoint or await asyncio.to_thread(first_endpoint, self.input_path)
         if endpoint is None:
@@ -119,13 +121,12 @@ class LocalRun:
         if normalize_url(endpoint) not in BATCH_ENDPOINTS:
             supported = ", ".join(BATCH_ENDPOINTS)
             raise RunError(f"--endpoint {endpoint!r} is not a batch endpoint ({supported})")
-        file_id = new_file_id()
-        writer = svc.storage.writer(max_bytes=svc.settings.max_file_bytes("batch"))
+        ingest = svc.files.ingest("batch", None)
         try:
             async for chunk in _chunks(self.input_path):
-                await asyncio.to_thread(writer.write, chunk)
+                await asyncio.to_thread(ingest.write, chunk)
         except BaseException as exc:
-            await writer.abort()
+            await ingest.abort()
             if isinstance(exc, BlobTooLarge):
                 raise RunError(
                     f"{self.input_path} is larger than the batch file limit of {exc.limit:,} "
@@ -133,40 +134,26 @@ class LocalRun:
                     "config file"
                 ) from None
             raise
-        blob = await writer.commit(file_id)
-        now = svc.now()
-        await svc.store.create_file(
-            FileRecord(
-                id=file_id,
-                bytes=blob.size,
-                created_at=now,
-                expires_at=None,
-                filename=self.input_path.name,
-                purpose="batch",
-                sha256=blob.sha256,
-            )
+        file = await svc.files.create(
+            DEFAULT_PROJECT, ingest, filename=self.input_path.name, purpose="batch", keep=True
         )
-        record = BatchRecord(
-            id=new_batch_id(),
+        new = NewBatch(
+            input_file_id=file.id,
             endpoint=endpoint,
-            input_file_id=file_id,
-            completion_window="24h",
-            status="validating",
-            created_at=now,
-            expires_at=None,
-            metadata={SHA_KEY: sha, NAME_KEY: self.input_path.name[:500]},
+            metadata={SHA_KEY: file.sha256, NAME_KEY: self.input_path.name[:500]},
+            deadline=False,
         )
-        await svc.manager.submit(record)
-        return record
+        return await svc.batches.create(DEFAULT_PROJECT, new)
 
     async def watch(self, batch_id: str, interval: float = 0.5) -> AsyncIterator[BatchRecord]:
         """The batch every ``interval`` seconds, until (and including) its terminal state."""
         while True:
-            record = await self.services.store.get_batch(batch_id)
-            if record is None:  # pragma: no cover - nothing deletes batches
-                raise RunError(f"batch {batch_id} vanished from the state directory")
+            try:
+                record = await self.services.batches.get(DEFAULT_PROJECT, batch_id)
+            except NotFound:  # pragma: no cover - nothing deletes batches
+                raise RunError(f"batch {batch_id} vanished from the state directory") from None
             yield record
-            if record.status in TERMINAL_STATUSES:
+            if record.status in TERMINAL:
                 return
             await asyncio.sleep(interval)
 
@@ -179,19 +166,20 @@ class LocalRun:
             if file_id is None:
                 written.append(None)
                 continue
-            await asyncio.to_thread(self._copy_out, file_id, path)
+            await self._copy_out(file_id, path)
             written.append(path)
         return Outcome(batch, written[0], written[1])
 
-    def _copy_out(self, file_id: str, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        out = AtomicFile(path)
+    async def _copy_out(self, file_id: str, path: Path) -> None:
+        _record, chunks = await self.services.files.content(DEFAULT_PROJECT, file_id)
+        await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        out = await asyncio.to_thread(AtomicFile, path)
         try:
-            with self.services.storage.open_binary(file_id) as src:
-                shutil.copyfileobj(src, out.file, _CHUNK)
-            out.commit()
+            async for chunk in chunks:
+                await asyncio.to_thread(out.file.write, chunk)
+            await asyncio.to_thread(out.commit)
         except BaseException:
-            out.discard()
+            await asyncio.to_thread(out.discard)
             raise
 
 

@@ -10,9 +10,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from batchd.core.lifecycle import BatchStatus
+
 __all__ = [
     "BATCH_ENDPOINTS",
-    "TERMINAL_STATUSES",
     "UPLOAD_PURPOSES",
     "Batch",
     "BatchError",
@@ -34,18 +35,7 @@ __all__ = [
     "OutputTokensDetails",
 ]
 
-BatchStatus = Literal[
-    "validating",
-    "failed",
-    "in_progress",
-    "finalizing",
-    "completed",
-    "expired",
-    "cancelling",
-    "cancelled",
-]
-TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "expired", "cancelled"})
-
+# The one definition of the statuses (and their groups) is the lifecycle's.
 FilePurpose = Literal[
     "assistants",
     "assistants_output",
@@ -58,7 +48,7 @@ FilePurpose = Literal[
     "evals",
 ]
 # What a client may upload; the *_output purposes are written by batchd itself.
-UPLOAD_PURPOSES: tuple[str, ...] = (
+UPLOAD_PURPOSES: tuple[FilePurpose, ...] = (
     "assistants",
     "batch",
     "fine-tune",

@@ -13,6 +13,7 @@ from batchd.config import Settings
 from batchd.engine import BatchManager
 from batchd.lock import DataDirLock
 from batchd.providers import Provider
+from batchd.service import BatchService, FileService
 from batchd.storage import LocalStorage, Storage
 from batchd.store import SQLStore, Store
 
@@ -25,8 +26,11 @@ class Services:
     store: Store
     storage: Storage
     manager: BatchManager
+    """The engine: validation, the scheduler and its runners, purging."""
     providers: Mapping[str, Provider]
     """One started provider per ``[[models]]`` route, by model name."""
+    batches: BatchService
+    files: FileService
     auth: Authenticator | None = None
     """Who may call the API (``None``: everyone, as the default project)."""
 
@@ -57,8 +61,16 @@ async def open_services(
             manager = BatchManager(store, storage, settings, providers)
             await manager.start()
             try:
-                auth = Authenticator(settings, store)
-                yield Services(settings, store, storage, manager, providers, auth)
+                yield Services(
+                    settings,
+                    store,
+                    storage,
+                    manager,
+                    providers,
+                    batches=BatchService(store, settings, manager),
+                    files=FileService(store, storage, settings, manager),
+                    auth=Authenticator(settings, store),
+                )
             finally:
                 await manager.stop()
     finally:

@@ -20,6 +20,7 @@ import orjson
 import simdjson
 
 from batchd.config import Settings
+from batchd.core.request_index import RequestIndexWriter
 from batchd.protocol import BATCH_ENDPOINTS
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "UploadValidator",
     "ValidationResult",
     "Validator",
+    "index_stream",
     "iter_lines",
     "normalize_url",
     "validate_stream",
@@ -61,9 +63,12 @@ class LineSplitter:
     """Splits a byte stream fed in chunks of any size into lines (push-based).
 
     :meth:`feed` returns the lines a chunk completes, :meth:`close` the last one, each as
-    ``(line_number, raw_line)`` with its ``\\n`` or ``\\r\\n`` end and a leading BOM removed. A
-    line whose content is longer than ``max_line_bytes`` comes as :class:`LineTooLong`; its bytes
-    are counted, not kept, so memory stays bounded by the limit and the chunk size.
+    ``(line_number, offset, raw_line)``: ``raw_line`` without its ``\\n`` or ``\\r\\n`` end (and
+    without a leading BOM on line 1), ``offset`` where it starts in the stream, so that
+    ``stream[offset:offset + len(raw_line)] == raw_line`` (for a :class:`LineTooLong`, where its
+    line starts). A line whose content is longer than
+    ``max_line_bytes`` comes as :class:`LineTooLong`; its bytes are counted, not kept, so memory
+    stays bounded by the limit and the chunk size.
     """
 
     def __init__(self, max_line_bytes: int) -> None:
@@ -73,8 +78,12 @@ class LineSplitter:
         self._pending = 0
         self._skipped: int | None = None  # length so far of a too-long pending line
         self._last = b""  # the last byte skipped (a "\r" before the "\n" is not content)
+        self._fed = 0  # bytes fed so far
+        self._start = 0  # where the pending line starts
 
-    def feed(self, chunk: bytes) -> list[tuple[int, bytes | LineTooLong]]:
+    def feed(self, chunk: bytes) -> list[tuple[int, int, bytes | LineTooLong]]:
+        chunk_start = self._fed
+        self._fed += len(chunk)
         pieces = chunk.split(b"\n")
         if len(pieces) == 1:
             self._extend(chunk)
@@ -82,23 +91,29 @@ class LineSplitter:
         out = [self._complete(pieces[0])]
         # The lines wholly inside this chunk: nothing pending, never line 1 (no BOM).
         lineno, limit = self.lineno, self.max_line_bytes
+        position = chunk_start + len(pieces[0]) + 1
         for piece in pieces[1:-1]:
             lineno += 1
+            start = position
+            position += len(piece) + 1
             if piece.endswith(b"\r"):
                 piece = piece[:-1]
-            out.append((lineno, piece if len(piece) <= limit else LineTooLong(len(piece))))
+            out.append((lineno, start, piece if len(piece) <= limit else LineTooLong(len(piece))))
         self.lineno = lineno
+        self._start = position
         self._extend(pieces[-1])
         return out
 
-    def close(self) -> list[tuple[int, bytes | LineTooLong]]:
+    def close(self) -> list[tuple[int, int, bytes | LineTooLong]]:
         """The last line, when the stream does not end with a newline."""
         if self._skipped is not None:
             self.lineno += 1
-            out: list[tuple[int, bytes | LineTooLong]] = [(self.lineno, LineTooLong(self._skipped))]
+            out: list[tuple[int, int, bytes | LineTooLong]] = [
+                (self.lineno, self._start, LineTooLong(self._skipped))
+            ]
         elif self._pending:
             self.lineno += 1
-            out = [self._checked(self._strip_bom(b"".join(self._parts)))]
+            out = [self._checked(b"".join(self._parts))]
         else:
             out = []
         self._reset()
@@ -110,25 +125,24 @@ class LineSplitter:
         self._skipped = None
         self._last = b""
 
-    def _strip_bom(self, line: bytes) -> bytes:
-        return line[len(BOM) :] if self.lineno == 1 and line.startswith(BOM) else line
+    def _checked(self, line: bytes) -> tuple[int, int, bytes | LineTooLong]:
+        """The line (a BOM stripped from line 1); a too-long line's offset is where the line
+        starts, BOM included."""
+        bom = len(BOM) if self.lineno == 1 and line.startswith(BOM) else 0
+        if len(line) - bom > self.max_line_bytes:
+            return self.lineno, self._start, LineTooLong(len(line) - bom)
+        return self.lineno, self._start + bom, line[bom:] if bom else line
 
-    def _checked(self, line: bytes) -> tuple[int, bytes | LineTooLong]:
-        if len(line) > self.max_line_bytes:
-            return self.lineno, LineTooLong(len(line))
-        return self.lineno, line
-
-    def _complete(self, piece: bytes) -> tuple[int, bytes | LineTooLong]:
+    def _complete(self, piece: bytes) -> tuple[int, int, bytes | LineTooLong]:
         self.lineno += 1
         if self._skipped is not None:
             length = self._skipped + len(piece)
             if (piece[-1:] or self._last) == b"\r":
                 length -= 1
             self._reset()
-            return self.lineno, LineTooLong(length)
+            return self.lineno, self._start, LineTooLong(length)
         line = b"".join((*self._parts, piece)) if self._parts else piece
         self._reset()
-        line = self._strip_bom(line)
         if line.endswith(b"\r"):
             line = line[:-1]
         return self._checked(line)
@@ -154,8 +168,9 @@ class LineSplitter:
 
 def iter_lines(
     fh: BinaryIO, max_line_bytes: int, *, chunk_size: int = 1024 * 1024
-) -> Iterator[tuple[int, bytes | LineTooLong]]:
-    """The lines of a blocking binary reader, as :class:`LineSplitter` splits them."""
+) -> Iterator[tuple[int, int, bytes | LineTooLong]]:
+    """The lines of a blocking binary reader, as :class:`LineSplitter` splits them:
+    ``(line_number, offset, raw_line)``."""
     splitter = LineSplitter(max_line_bytes)
     while chunk := fh.read(chunk_size):
         yield from splitter.feed(chunk)
@@ -217,8 +232,11 @@ class Validator:
         max_requests: int,
         max_errors: int = 1000,
         max_line_bytes: int = 32 * 1024 * 1024,
+        index: RequestIndexWriter | None = None,
     ) -> None:
         self.endpoint = normalize_url(endpoint)
+        #: Gets every accepted request while the file has no error (see batchd.core.request_index).
+        self.index = index
         self.required_body = BATCH_ENDPOINTS.get(self.endpoint, ())
         self.models = models
         self.max_requests = max_requests
@@ -237,7 +255,8 @@ class Validator:
                 {"code": code, "message": message, "param": param, "line": line}
             )
 
-    def feed(self, lineno: int, raw: bytes | LineTooLong) -> None:
+    def feed(self, lineno: int, raw: bytes | LineTooLong, offset: int = 0) -> None:
+        """Check line ``lineno``, which starts at byte ``offset`` of the file."""
         if isinstance(raw, LineTooLong):
             self._lines += 1
             self.error(
@@ -248,10 +267,10 @@ class Validator:
                 param=None,
             )
             return
-        if self._accept(raw):
+        custom_id = self._accept(raw)
+        if custom_id is not None:
             self._lines += 1
-            self.result.total += 1
-            self.result.input_bytes += len(raw)
+            self._accepted(offset, raw, custom_id)
             return
         try:
             request = orjson.loads(raw)
@@ -278,14 +297,21 @@ class Validator:
         before = self.result.error_count
         self._check_request(lineno, request)
         if self.result.error_count == before:
-            self.result.total += 1
-            self.result.input_bytes += len(raw)
+            self._accepted(offset, raw, request["custom_id"])
 
-    def _accept(self, raw: bytes) -> bool:
+    def _accepted(self, offset: int, raw: bytes, custom_id: str) -> None:
+        result = self.result
+        result.total += 1
+        result.input_bytes += len(raw)
+        if self.index is not None and not result.error_count:
+            assert result.model is not None
+            self.index.add(offset, len(raw), custom_id, result.model)
+
+    def _accept(self, raw: bytes) -> str | None:
         """The fast path for the common case, a valid request: accept it (with the side effects
-        of the full checks) if it certainly passes them all; otherwise return ``False`` without
-        side effects, so that the full checks run on ``orjson.loads(raw)`` and report what is
-        wrong.
+        of the full checks) if it certainly passes them all, and return its ``custom_id``;
+        otherwise return ``None`` without side effects, so that the full checks run on
+        ``orjson.loads(raw)`` and report what is wrong.
 
         simdjson validates the whole line (UTF-8 included) but builds Python objects only for
         the fields read here, which makes it several times faster than a full parse. What it
@@ -293,14 +319,16 @@ class Validator:
         accepts and orjson does not (a leading byte-order mark) is kept off it.
         """
         if raw.startswith(BOM):
-            return False
+            return None
         try:
             request = self._parser.parse(raw)
         except (ValueError, RuntimeError):
-            return False
-        return isinstance(request, simdjson.Object) and self._accept_request(request)
+            return None
+        if not isinstance(request, simdjson.Object):
+            return None
+        return self._accept_request(request)
 
-    def _accept_request(self, request: simdjson.Object) -> bool:
+    def _accept_request(self, request: simdjson.Object) -> str | None:
         """Keep in step with :meth:`_check_request`, :meth:`_check_custom_id` and
         :meth:`_check_body`: never accept a request that they would reject.
 
@@ -321,32 +349,32 @@ class Validator:
                 and request["url"] == self.endpoint
                 and custom_id not in self._custom_ids
             ):
-                return False
+                return None
             # A key given twice: simdjson reads the first, orjson (full checks, runner) the last.
             body_keys = list(body.keys())  # faster than "stream" in body, which raises inside
             if _repeats_a_key(list(request.keys())) or _repeats_a_key(body_keys):
-                return False
+                return None
             if "stream" in body_keys and body["stream"] is True:
-                return False
+                return None
             model = body["model"]
             if not isinstance(model, str) or model not in self.models:
-                return False
+                return None
             if self.result.model is not None and model != self.result.model:
-                return False
+                return None
             for name in self.required_body:
                 if body[name] is None:
-                    return False
+                    return None
             if self._needs_messages:
                 messages = body["messages"]
                 if not isinstance(messages, simdjson.Array) or not len(messages):
-                    return False
+                    return None
         except KeyError:
-            return False
+            return None
         if len(self._custom_ids) <= self.max_requests:
             self._custom_ids.add(custom_id)
         if self.result.model is None:
             self.result.model = model
-        return True
+        return custom_id
 
     def _check_request(self, lineno: int, request: dict[str, Any]) -> None:
         missing = [key for key in _REQUIRED_KEYS if request.get(key) is None]
@@ -521,7 +549,13 @@ class UploadValidator:
     batch, which knows its endpoint)."""
 
     def __init__(
-        self, *, models: Collection[str], max_requests: int, max_errors: int, max_line_bytes: int
+        self,
+        *,
+        models: Collection[str],
+        max_requests: int,
+        max_errors: int,
+        max_line_bytes: int,
+        index: RequestIndexWriter | None = None,
     ) -> None:
         self._splitter = LineSplitter(max_line_bytes)
         self._new_validator = functools.partial(
@@ -530,25 +564,29 @@ class UploadValidator:
             max_requests=max_requests,
             max_errors=max_errors,
             max_line_bytes=max_line_bytes,
+            index=index,
         )
         self._validator: Validator | None = None
         self._abandoned = False
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> UploadValidator:
+    def for_settings(
+        cls, settings: Settings, index: RequestIndexWriter | None = None
+    ) -> UploadValidator:
         return cls(
             models=frozenset(route.name for route in settings.models),
             max_requests=settings.max_requests_per_batch,
             max_errors=settings.max_validation_errors,
             max_line_bytes=settings.max_request_bytes,
+            index=index,
         )
 
     def feed(self, chunk: bytes) -> None:
         if not self._abandoned:
-            for lineno, raw in self._splitter.feed(chunk):
-                self._line(lineno, raw)
+            for lineno, offset, raw in self._splitter.feed(chunk):
+                self._line(lineno, offset, raw)
 
-    def _line(self, lineno: int, raw: bytes | LineTooLong) -> None:
+    def _line(self, lineno: int, offset: int, raw: bytes | LineTooLong) -> None:
         if self._validator is None:
             if isinstance(raw, LineTooLong):
                 self._abandoned = True
@@ -565,12 +603,12 @@ class UploadValidator:
                 return
             self._validator = self._new_validator(endpoint=url)
         if not self._abandoned:
-            self._validator.feed(lineno, raw)
+            self._validator.feed(lineno, raw, offset)
 
     def finish(self) -> tuple[str, ValidationResult] | None:
         if not self._abandoned:
-            for lineno, raw in self._splitter.close():
-                self._line(lineno, raw)
+            for lineno, offset, raw in self._splitter.close():
+                self._line(lineno, offset, raw)
         if self._abandoned or self._validator is None:
             return None
         return self._validator.endpoint, self._validator.finish()
@@ -585,21 +623,40 @@ def validate_stream(
     max_errors: int = 1000,
     max_line_bytes: int = 32 * 1024 * 1024,
     should_stop: Callable[[], bool] | None = None,
+    index: RequestIndexWriter | None = None,
 ) -> ValidationResult:
-    """Validate a whole input file from a blocking binary reader (run it off the event loop)."""
+    """Validate a whole input file from a blocking binary reader (run it off the event loop);
+    the accepted requests go to ``index`` while the file has no error."""
     validator = Validator(
         endpoint=endpoint,
         models=models,
         max_requests=max_requests,
         max_errors=max_errors,
         max_line_bytes=max_line_bytes,
+        index=index,
     )
-    for lineno, raw in iter_lines(fh, max_line_bytes):
-        validator.feed(lineno, raw)
+    for lineno, offset, raw in iter_lines(fh, max_line_bytes):
+        validator.feed(lineno, raw, offset)
         if should_stop is not None and lineno % _CHECK_STOP_EVERY == 0 and should_stop():
             validator.result.stopped = True
             return validator.result
     return validator.finish()
+
+
+def index_stream(fh: BinaryIO, index: RequestIndexWriter, *, max_line_bytes: int) -> int:
+    """Index the requests of an input file that validation already accepted, without checking
+    them again (for a file validated before batchd kept request indexes); the number indexed.
+
+    Blocking: run it off the event loop.
+    """
+    for lineno, offset, raw in iter_lines(fh, max_line_bytes):
+        if isinstance(raw, LineTooLong):
+            raise ValueError(f"input line {lineno} is longer than {max_line_bytes} bytes")
+        if not raw.strip():
+            continue
+        request = orjson.loads(raw)
+        index.add(offset, len(raw), request["custom_id"], request["body"]["model"])
+    return index.finish()
 
 
 def _json_type(value: Any) -> str:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
 from batchd.api.responses import JSONResponse
-from batchd.errors import APIError, StoreError
+from batchd.errors import APIError, StorageFault, StoreError
+
+log = logging.getLogger("batchd.api")
 
 __all__ = ["envelope", "install_error_handlers"]
 
@@ -50,7 +54,48 @@ async def _validation_error(_request: Request, exc: Exception) -> Response:
     return JSONResponse(envelope(message, param=param, code="invalid_value"), status_code=400)
 
 
+_FAULTS = {
+    # reason: (status, code, what to do)
+    "storage_full": (
+        507,
+        "insufficient_storage",
+        "No space is left where batchd keeps its data. Nothing was stored; free space on the "
+        "server (or ask its operator to), then retry.",
+    ),
+    "storage_read_only": (
+        503,
+        "storage_read_only",
+        "Where batchd keeps its data is read-only. Nothing was stored; make it writable again "
+        "(or ask the server's operator to), then retry.",
+    ),
+    "storage_unavailable": (
+        503,
+        "storage_unavailable",
+        "batchd's storage failed. Nothing was stored; retry shortly.",
+    ),
+}
+_FAULT_RETRY_AFTER = "30"
+
+
+def _fault_response(reason: str, cause: str) -> Response:
+    status, code, message = _FAULTS.get(reason, _FAULTS["storage_unavailable"])
+    log.error("answering %d %s: %s", status, code, cause)
+    return JSONResponse(
+        envelope(f"{message} ({cause})", type="server_error", code=code),
+        status_code=status,
+        headers={"retry-after": _FAULT_RETRY_AFTER},
+    )
+
+
+async def _storage_fault(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StorageFault)
+    return _fault_response(exc.reason, exc.message)
+
+
 async def _store_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StoreError)
+    if exc.fault is not None:
+        return _fault_response(exc.fault, "the metadata store cannot write")
     return JSONResponse(
         envelope(
             "The metadata store is not available right now; retry shortly.",
@@ -67,3 +112,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StoreError, _store_error)
+    app.add_exception_handler(StorageFault, _storage_fault)

@@ -29,8 +29,11 @@ _WHY = {
     429: "Too many requests of this kind for now: wait for `Retry-After` seconds.",
     500: "The server could not serve the request (a file's content missing from its storage).",
     502: "The model's upstream could not be reached or gave no usable answer.",
-    503: "The server is starting or its metadata store is unavailable: retry shortly.",
+    503: "The server is starting, or its metadata store or storage is unavailable (read-only, "
+    "failing): retry after `Retry-After` seconds.",
     504: "The model's upstream did not answer in time.",
+    507: "No space is left where the server keeps its data (`insufficient_storage`): retry after "
+    "`Retry-After` seconds, once space is freed.",
 }
 
 #: Every ``/v1`` route: a key may be required, and the store may be unavailable.

@@ -7,10 +7,18 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
-from batchd.protocol import Batch, BatchErrors, BatchRequestCounts, BatchUsage, FileObject
+from batchd.protocol import (
+    Batch,
+    BatchErrors,
+    BatchRequestCounts,
+    BatchUsage,
+    FileObject,
+    ListPage,
+)
+from batchd.service import Page
 from batchd.store import BatchRecord, FileRecord
 
-__all__ = ["JSONResponse", "batch_object", "file_object"]
+__all__ = ["JSONResponse", "batch_object", "file_object", "list_page"]
 
 
 class JSONResponse(Response):
@@ -27,7 +35,7 @@ def file_object(record: FileRecord) -> dict[str, Any]:
         created_at=record.created_at,
         expires_at=record.expires_at,
         filename=record.filename,
-        purpose=record.purpose,  # type: ignore[arg-type]
+        purpose=record.purpose,
         status="processed",
         status_details=None,
     ).model_dump()
@@ -41,7 +49,7 @@ def batch_object(record: BatchRecord) -> dict[str, Any]:
         errors=BatchErrors.model_validate({"data": record.errors}) if record.errors else None,
         input_file_id=record.input_file_id,
         completion_window=record.completion_window,
-        status=record.status,  # type: ignore[arg-type]
+        status=record.status,
         output_file_id=record.output_file_id,
         error_file_id=record.error_file_id,
         created_at=record.created_at,
@@ -58,4 +66,15 @@ def batch_object(record: BatchRecord) -> dict[str, Any]:
         ),
         usage=BatchUsage.model_validate(record.usage) if record.usage else None,
         metadata=record.metadata,
+    ).model_dump()
+
+
+def list_page(data: list[dict[str, Any]], page: Page[Any]) -> dict[str, Any]:
+    """A list object of wire objects ``data`` (rendered from ``page``'s records, each with an
+    ``id``)."""
+    return ListPage(
+        data=data,
+        first_id=data[0]["id"] if data else None,
+        last_id=data[-1]["id"] if data else None,
+        has_more=page.has_more,
     ).model_dump()

@@ -4,6 +4,7 @@ storage (hashed and counted on the way), so an upload never sits in memory."""
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,9 +13,10 @@ from starlette.requests import Request
 
 from batchd.api.params import parse_integer
 from batchd.config import Settings
-from batchd.errors import APIError, InvalidRequest, PayloadTooLarge
-from batchd.storage import BlobTooLarge, BlobWriter, Storage
-from batchd.validation import UploadValidator
+from batchd.core.files import Ingest
+from batchd.errors import APIError, InvalidRequest, StorageFault
+from batchd.service.files import UploadCap, too_large
+from batchd.storage import BlobTooLarge
 
 __all__ = ["ParsedUpload", "parse_upload", "sanitize_filename"]
 
@@ -33,32 +35,19 @@ def sanitize_filename(raw: str) -> str:
     return name[:255]
 
 
-def too_large(limit: int, purpose: str | None) -> PayloadTooLarge:
-    what = f"files with purpose '{purpose}'" if purpose else "uploaded files"
-    size = f"{limit} bytes" if limit < 1024 * 1024 else f"{limit / (1024 * 1024):g} MiB"
-    return PayloadTooLarge(
-        f"The file is too large: {what} may be at most {size}. Split it into smaller files.",
-        param="file",
-        code="file_too_large",
-    )
-
-
 @dataclass
 class ParsedUpload:
     fields: dict[str, str] = field(default_factory=dict)
     filename: str | None = None
-    writer: BlobWriter | None = None
-    # Validates a batch file as it streams in, so that creating the batch need not read it again.
-    validator: UploadValidator | None = None
+    # The file's bytes, stored (and, for a batch file, validated and indexed) as they stream in.
+    ingest: Ingest | None = None
 
 
 class _Handler:
     """python-multipart callbacks: fields are collected (size-capped), the file part is streamed."""
 
-    def __init__(self, storage: Storage, settings: Settings, cap: UploadCap | None) -> None:
-        self.storage = storage
-        self.settings = settings
-        self.cap = cap
+    def __init__(self, new_ingest: Callable[[str | None], Ingest]) -> None:
+        self.new_ingest = new_ingest
         self.result = ParsedUpload()
         self._header_name = bytearray()
         self._header_value = bytearray()
@@ -101,7 +90,7 @@ class _Handler:
         name = options.get(b"name", b"").decode("utf-8", "replace")
         filename = options.get(b"filename")
         if name == "file":
-            if self.result.writer is not None:
+            if self.result.ingest is not None:
                 raise InvalidRequest(
                     "Only one file may be uploaded per request.", param="file", code="invalid_value"
                 )
@@ -109,13 +98,7 @@ class _Handler:
             self.result.filename = sanitize_filename(
                 filename.decode("utf-8", "replace") if filename is not None else "upload"
             )
-            purpose = self.result.fields.get("purpose")
-            limit = self.settings.max_file_bytes(purpose)
-            if self.cap is not None:
-                limit = min(limit, self.cap.limit)
-            self.result.writer = self.storage.writer(max_bytes=limit, background=True)
-            if purpose == "batch":
-                self.result.validator = UploadValidator.for_settings(self.settings)
+            self.result.ingest = self.new_ingest(self.result.fields.get("purpose"))
         else:
             if len(self.result.fields) >= _MAX_FIELDS:
                 raise InvalidRequest("Too many form fields.", code="invalid_value")
@@ -134,16 +117,14 @@ class _Handler:
                 )
 
     def flush(self) -> None:
-        """Write (and validate) the file bytes parsed so far. The writer hashes and writes in a
-        thread of its own, so that this work and the validation overlap."""
+        """Store (and validate) the file bytes parsed so far. The blob is hashed and written in
+        a thread of its own, so that this work and the validation overlap."""
         pieces, self._file_data = self._file_data, []
-        writer, validator = self.result.writer, self.result.validator
-        if writer is None:
+        ingest = self.result.ingest
+        if ingest is None:
             return
         for piece in pieces:
-            writer.write(piece)
-            if validator is not None:
-                validator.feed(piece)
+            ingest.write(piece)
 
     def on_part_end(self) -> None:
         if self._field is not None:
@@ -152,20 +133,15 @@ class _Handler:
         self._field = None
 
 
-@dataclass(frozen=True, slots=True)
-class UploadCap:
-    """A project's bound on the file of an upload, below the server's own: ``limit`` bytes;
-    ``error`` is raised past it (``None``: the usual "file too large")."""
-
-    limit: int
-    error: APIError | None = None
-
-
 async def parse_upload(
-    request: Request, storage: Storage, settings: Settings, cap: UploadCap | None = None
+    request: Request,
+    settings: Settings,
+    new_ingest: Callable[[str | None], Ingest],
+    cap: UploadCap | None = None,
 ) -> ParsedUpload:
-    """Parse a multipart upload. On error, the partial blob is discarded and the rest of the
-    body is drained so that the client reads a clean error response."""
+    """Parse a multipart upload; the file part goes to ``new_ingest(purpose)`` as it arrives.
+    On error, the partial blob is discarded and the rest of the body is drained so that the
+    client reads a clean error response."""
     content_type, options = parse_options_header(request.headers.get("content-type", ""))
     boundary = options.get(b"boundary")
     if content_type != b"multipart/form-data" or not boundary:
@@ -177,7 +153,7 @@ async def parse_upload(
     declared = parse_integer(request.headers.get("content-length", ""))
     if declared is not None and declared > limit + _MAX_FIELD_BYTES:
         raise too_large(limit, None)
-    handler = _Handler(storage, settings, cap)
+    handler = _Handler(new_ingest)
     parser = MultipartParser(boundary, handler.callbacks())
     stream = request.stream()
     try:
@@ -190,12 +166,12 @@ async def parse_upload(
             raise ValueError(
                 "it ends before its closing boundary (cut short?); send the upload again"
             )
-    except (APIError, BlobTooLarge, ValueError) as exc:
-        if handler.result.writer is not None:
-            await handler.result.writer.abort()
+    except (APIError, BlobTooLarge, StorageFault, ValueError) as exc:
+        if handler.result.ingest is not None:
+            await handler.result.ingest.abort()
         async for _ in stream:  # drain, so that the client reads the response
             pass
-        if isinstance(exc, APIError):
+        if isinstance(exc, APIError | StorageFault):
             raise
         if isinstance(exc, BlobTooLarge):
             if cap is not None and cap.error is not None and exc.limit == cap.limit:
@@ -203,7 +179,7 @@ async def parse_upload(
             raise too_large(exc.limit, handler.result.fields.get("purpose")) from None
         raise InvalidRequest(f"Malformed multipart body: {exc}", code="invalid_value") from None
     except BaseException:
-        if handler.result.writer is not None:
-            await handler.result.writer.abort()
+        if handler.result.ingest is not None:
+            await handler.result.ingest.abort()
         raise
     return handler.result

@@ -31,10 +31,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from batchd.cli.main import app, fail
+from batchd.atomicfile import AtomicFile
+from batchd.cli.common import fail
 from batchd.cli.progress import ProgressDisplay, Snapshot
-from batchd.protocol import TERMINAL_STATUSES
-from batchd.tables import AtomicFile
+from batchd.core.lifecycle import TERMINAL as TERMINAL_STATUSES
 
 if TYPE_CHECKING:  # the SDK is imported when a command runs: `batchd serve` starts without it
     import openai
@@ -188,7 +188,6 @@ def _parse_metadata(pairs: list[str]) -> dict[str, str]:
 # -- submit and wait ---------------------------------------------------------------------------
 
 
-@app.command()
 def submit(
     file: Annotated[
         Path,
@@ -310,7 +309,6 @@ def _report_end(batch: Batch) -> int:
     return 1
 
 
-@app.command()
 def wait(
     batch_id: BatchIdArgument,
     interval: IntervalOption = 2.0,
@@ -381,7 +379,6 @@ def _describe(batch: Batch) -> list[str]:
     return lines
 
 
-@app.command()
 def status(
     batch_id: BatchIdArgument,
     json_: JsonOption = False,
@@ -395,7 +392,6 @@ def status(
     typer.echo(batch.to_json() if json_ else "\n".join(_describe(batch)))
 
 
-@app.command()
 def cancel(
     batch_id: BatchIdArgument,
     base_url: BaseUrlOption = DEFAULT_BASE_URL,
@@ -408,7 +404,6 @@ def cancel(
     typer.echo(f"{batch.id} {batch.status}")
 
 
-@app.command()
 def ls(
     limit: Annotated[
         int, typer.Option(help="How many batches, newest first, e.g. --limit 50.", min=1)
@@ -463,7 +458,6 @@ def _save(client: OpenAI, file_id: str, path: Path) -> None:
         raise
 
 
-@app.command()
 def download(
     batch_id: BatchIdArgument,
     output_dir: Annotated[

@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from batchd.auth import key_digest
-from batchd.cli.main import ConfigOption, app, fail
+from batchd.cli.common import ConfigOption, fail
 from batchd.config import PROJECT_PATTERN, Settings
 from batchd.errors import BatchdError
 from batchd.store import ApiKeyRecord, SQLStore
@@ -29,7 +29,6 @@ keys = typer.Typer(
     help="Create, list and revoke API keys, e.g. `batchd keys create --project team-a`.",
     no_args_is_help=True,
 )
-app.add_typer(keys)
 
 DataDirOption = Annotated[
     Path | None,

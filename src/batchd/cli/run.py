@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from batchd.cli.main import ConfigOption, app, fail
+from batchd.cli.common import ConfigOption, fail
 from batchd.cli.progress import ProgressDisplay, Snapshot
 from batchd.config import Settings
 from batchd.errors import BatchdError, DataDirLocked
@@ -130,7 +130,6 @@ async def _execute(
     return 0 if batch.status == "completed" else 1
 
 
-@app.command()
 def run(
     input_path: Annotated[
         Path,

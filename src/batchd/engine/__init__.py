@@ -1,9 +1,11 @@
-"""The engine: everything that happens to a batch after ``POST /v1/batches``.
+"""The engine: everything that happens to a batch after it is created.
 
-For now: validation in the background, cancellation, recovery after a restart, and purging the
-blobs of deleted and expired files. Execution arrives with the provider layer.
+:class:`BatchManager` validates new batches in the background, reacts to cancels, resumes what a
+previous process left unfinished and purges the blobs of deleted and expired files; its
+:class:`~batchd.engine.scheduler.Scheduler` claims validated batches and runs each with a
+:class:`~batchd.engine.runner.BatchRunner` against the providers.
 """
 
-from batchd.engine.manager import ACTIVE_STATUSES, BatchManager
+from batchd.engine.manager import BatchManager
 
-__all__ = ["ACTIVE_STATUSES", "BatchManager"]
+__all__ = ["BatchManager"]

@@ -4,51 +4,18 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
-
-import orjson
 
 from batchd.engine.journal import CHUNK, JournalError, is_ok, out_of_range, records
 from batchd.engine.results import LineSink, ResultIndex
-from batchd.validation import LineTooLong, iter_lines
 
-__all__ = [
-    "CANCELLED",
-    "EXPIRED",
-    "LineSink",
-    "input_lines",
-    "input_requests",
-    "write_results",
-]
+__all__ = ["CANCELLED", "EXPIRED", "LineSink", "write_results"]
 
 CANCELLED = ("batch_cancelled", "The batch was cancelled before this request executed.")
 EXPIRED = (
     "batch_expired",
     "This request could not be executed before the completion window expired.",
 )
-
-
-def input_lines(fh: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, bytes]]:
-    """``(index, raw line)`` of every request of a validated input file, in order.
-
-    The index is the position among non-blank lines, as everywhere in the engine.
-    """
-    index = 0
-    for lineno, raw in iter_lines(fh, max_line_bytes):
-        if isinstance(raw, LineTooLong):
-            raise JournalError(f"input line {lineno} is longer than {max_line_bytes} bytes")
-        if not raw.strip():
-            continue
-        yield index, raw
-        index += 1
-
-
-def input_requests(fh: BinaryIO, max_line_bytes: int) -> Iterator[tuple[int, str]]:
-    """``(index, custom_id)`` of every request of a validated input file, in order."""
-    for index, raw in input_lines(fh, max_line_bytes):
-        yield index, orjson.loads(raw)["custom_id"]
 
 
 def write_results(

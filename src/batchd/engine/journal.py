@@ -62,8 +62,9 @@ import anyio.to_thread
 import orjson
 
 from batchd.engine.results import ResultIndex
-from batchd.errors import BatchdError
+from batchd.errors import BatchdError, StorageFault
 from batchd.ids import new_batch_request_id
+from batchd.storage.base import storage_fault
 from batchd.storage.local import fsync_dir
 
 __all__ = [
@@ -76,6 +77,7 @@ __all__ = [
     "Usage",
     "is_ok",
     "out_of_range",
+    "probe_writable",
     "records",
     "usage_tokens",
 ]
@@ -95,6 +97,36 @@ def _sync_fd(fd: int) -> None:
 
 class JournalError(BatchdError):
     """The result journal cannot be used."""
+
+    @property
+    def fault(self) -> StorageFault | None:
+        """The storage fault behind this error (a full or read-only disk: the journal can be
+        opened again once it is gone), or ``None`` when the cause is not the disk."""
+        cause = self.__cause__
+        if isinstance(cause, OSError):
+            return storage_fault(cause, "writing the result journal")
+        return None
+
+
+_PROBE_BYTES = 256 * 1024
+
+
+def probe_writable(directory: Path) -> None:
+    """Write, sync and remove a small file in ``directory``; raises the
+    :class:`~batchd.errors.StorageFault` that says why it cannot (full, read-only)."""
+    path = directory / f".probe-{os.getpid()}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(bytes(_PROBE_BYTES))
+            while view:
+                view = view[os.write(fd, view) :]
+            _sync_fd(fd)
+        finally:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise storage_fault(exc, "writing the result journal") from exc
 
 
 # -- entries ---------------------------------------------------------------------------------

@@ -1,9 +1,13 @@
-"""The batch lifecycle: validation, cancellation, recovery and file purging.
+"""The engine's background work on batches: validation, reactions to a cancel, recovery, and
+file purging.
 
 All state lives in the store; the manager keeps only the tasks it runs, so a restart (or a crash)
 resumes from the store: ``validating`` batches are validated again, batches cancelled while
 validating finish cancelling, and the :class:`~batchd.engine.scheduler.Scheduler` claims and
-runs (or resumes) everything that passed validation.
+runs (or resumes) everything that passed validation. The service layer tells it of new and
+cancelled batches and deleted files (it is the service's
+:class:`~batchd.service.EngineHooks`); every status change goes through
+:mod:`batchd.core.lifecycle`.
 """
 
 from __future__ import annotations
@@ -19,21 +23,21 @@ from typing import Any
 import anyio.to_thread
 
 from batchd.config import Settings
+from batchd.core import lifecycle
+from batchd.core.files import purge_blobs
+from batchd.core.request_index import RequestIndexWriter, index_key
 from batchd.engine.scheduler import Scheduler
-from batchd.errors import Conflict, NotFound, StoreError
+from batchd.engine.throttle import Throttle
+from batchd.errors import StorageFault, StoreError, TokenQuotaExceeded
 from batchd.providers.base import Provider
-from batchd.storage import BlobInfo, Storage
-from batchd.store import BatchRecord, FileRecord, Store
+from batchd.storage import Storage
+from batchd.store import BatchRecord, Store
 from batchd.validation import ValidationResult, validate_stream, validation_key
 
-__all__ = ["ACTIVE_STATUSES", "BatchManager"]
+__all__ = ["BatchManager"]
 
 log = logging.getLogger("batchd.engine")
 
-ACTIVE_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
-# Batches whose estimated tokens count against their project's enqueued-token limit.
-_ENQUEUED_STATUSES = ("in_progress", "finalizing", "cancelling")
-_CANCELLABLE = ("validating", "in_progress", "finalizing")
 # Seconds before validation runs again after a store failure: doubled each time, up to the max.
 _STORE_RETRY_FIRST, _STORE_RETRY_MAX = 0.5, 30.0
 
@@ -51,9 +55,7 @@ class BatchManager:
         clock: Callable[[], float] = time.time,
         purge_interval: float = 60.0,
     ) -> None:
-        self.scheduler = Scheduler(
-            store, storage, settings, providers or {}, self.publish, clock=clock
-        )
+        self.scheduler = Scheduler(store, storage, settings, providers or {}, clock=clock)
         self.store = store
         self.storage = storage
         self.settings = settings
@@ -64,10 +66,7 @@ class BatchManager:
         self._shutdown = threading.Event()
         self._purge_wakeup = asyncio.Event()
         self._validation_slots = asyncio.Semaphore(2)
-        self._quota_lock = asyncio.Lock()  # enqueued-token checks and reservations, one at a time
-        #: Batch creations, one at a time: a project's batch limits are checked and the new batch
-        #: stored under it, so that requests at the same moment cannot all pass the check.
-        self.admission = asyncio.Lock()
+        self._faults = Throttle(log)  # storage and store faults: once a minute, not every retry
 
     def now(self) -> int:
         return int(self.clock())
@@ -111,52 +110,45 @@ class BatchManager:
         except Exception:
             log.exception("background task %s failed", name)
 
-    # -- batches ----------------------------------------------------------------------------
+    # -- what the service tells the engine ----------------------------------------------------
 
-    async def submit(self, batch: BatchRecord) -> None:
-        """Store a new ``validating`` batch and validate it in the background."""
-        await self.store.create_batch(batch)
-        log.info("batch %s: created (validating %s)", batch.id, batch.input_file_id)
+    def batch_created(self, batch: BatchRecord) -> None:
+        """Validate a new ``validating`` batch in the background."""
         self._spawn(self._validate(batch.id), f"validate-{batch.id}")
 
-    async def cancel(self, batch_id: str) -> BatchRecord:
-        """Move a batch to ``cancelling`` (or leave it ``cancelling``/``cancelled``)."""
-        now = self.now()
-        updated = await self.store.transition(
-            batch_id, _CANCELLABLE, status="cancelling", cancelling_at=now
-        )
-        if updated is not None:
-            log.info("batch %s: cancelling", batch_id)
-            flag = self._stop_flags.get(batch_id)
-            if flag is not None:
-                flag.set()  # the validator stops; _validate then finishes the cancel
-            elif updated.in_progress_at is not None:
-                self.scheduler.cancel(batch_id)  # its runner ends it
-            else:
-                self._spawn(self._finish_cancel(batch_id), f"cancel-{batch_id}")
-            return updated
-        batch = await self.store.get_batch(batch_id)
-        if batch is None:
-            raise NotFound(f"No batch found with id '{batch_id}'.")
-        if batch.status in ("cancelling", "cancelled"):
-            return batch
-        raise Conflict(f"Cannot cancel a batch with status '{batch.status}'.")
+    def batch_cancelled(self, batch: BatchRecord) -> None:
+        """A batch moved to ``cancelling``: stop its validation, or tell its runner, or end it."""
+        flag = self._stop_flags.get(batch.id)
+        if flag is not None:
+            flag.set()  # the validator stops; _validate then finishes the cancel
+        elif batch.in_progress_at is not None:
+            self.scheduler.cancel(batch.id)  # its runner ends it
+        else:
+            self._spawn(self._finish_cancel(batch.id), f"cancel-{batch.id}")
+
+    def files_deleted(self) -> None:
+        """Ask the purger to run now."""
+        self._purge_wakeup.set()
+
+    # -- validation -------------------------------------------------------------------------
 
     async def _validate(self, batch_id: str) -> None:
         """Validate a batch and move it on. A failure of the metadata store (a database briefly
-        unavailable) is retried with backoff until it passes or the server stops, so that no
-        batch stays ``validating`` until the next restart; each step may run again."""
+        unavailable) or of the storage (a full disk, for the request index) is retried with
+        backoff until it passes or the server stops, so that no batch stays ``validating``
+        until the next restart; each step may run again."""
         delay = _STORE_RETRY_FIRST
         while True:
             try:
                 await self._validate_once(batch_id)
                 return
-            except StoreError as exc:
-                log.warning(
-                    "batch %s: the metadata store failed during validation (%s); retrying in %g s",
+            except (StoreError, StorageFault) as exc:
+                self._faults.warning(
+                    f"validate {batch_id}",
+                    "batch %s: validation waits: %s (retrying every %g s at most)",
                     batch_id,
                     exc,
-                    delay,
+                    _STORE_RETRY_MAX,
                 )
             await asyncio.sleep(delay)
             delay = min(delay * 2, _STORE_RETRY_MAX)
@@ -170,87 +162,76 @@ class BatchManager:
                 return
             try:
                 result = await self._run_validation(batch)
-            except StoreError:
+            except (StoreError, StorageFault):
                 raise  # not the input's fault: retried
             except Exception as exc:
                 log.exception("batch %s: validation crashed", batch_id)
-                result = ValidationResult(error_count=1)
-                result.errors.append(
-                    {
-                        "code": "server_error",
-                        "message": f"batchd could not validate the input file "
-                        f"({type(exc).__name__}). Create the batch again; if it fails again, "
-                        "report it with the batch id.",
-                        "param": None,
-                        "line": None,
-                    }
+                result = _failure(
+                    "server_error",
+                    f"batchd could not validate the input file ({type(exc).__name__}). Create "
+                    "the batch again; if it fails again, report it with the batch id.",
                 )
         if result.stopped and self._shutdown.is_set():
             return  # resumed by the next process
-        async with self._quota_lock:  # the check and the reservation, together
-            if result.ok:
-                result = await self._check_token_quota(batch, result)
-            updated = await self._end_validation(batch_id, result)
+        updated = await self._end_validation(batch, result)
         if updated is None:  # cancelled while validating: no request was accepted
             await self._finish_cancel(batch_id)
 
-    async def _check_token_quota(
+    async def _end_validation(
         self, batch: BatchRecord, result: ValidationResult
-    ) -> ValidationResult:
-        """``result``, or a ``token_limit_exceeded`` failure when the batch's estimated tokens
-        would take its project past its enqueued-token limit for the model."""
-        assert result.model is not None
-        limit = self.settings.limits_for(batch.project).enqueued_token_limit(result.model)
-        if limit is None:
-            return result
-        queued = await self.store.enqueued_tokens(
-            batch.project, result.model, statuses=_ENQUEUED_STATUSES
-        )
-        if queued + result.estimated_tokens <= limit:
-            return result
-        refused = ValidationResult(error_count=1)
-        refused.errors.append(
-            {
-                "code": "token_limit_exceeded",
-                "message": f"Enqueued token limit reached for {result.model} in project "
-                f"'{batch.project}'. Limit: {limit:,} enqueued tokens; in progress: {queued:,}; "
-                f"this batch: about {result.estimated_tokens:,}. Please try again once some "
-                "in_progress batches have been completed.",
-                "param": None,
-                "line": None,
-            }
-        )
-        return refused
-
-    async def _end_validation(self, batch_id: str, result: ValidationResult) -> BatchRecord | None:
-        """Move the batch on from ``validating``; ``None`` when it is no longer validating."""
-        now = self.now()
+    ) -> BatchRecord | None:
+        """Move the batch on from ``validating`` (to ``in_progress``, its estimated tokens
+        reserved against the project's enqueued-token limit in the same transaction, or to
+        ``failed``); ``None`` when it is no longer validating."""
         if result.stopped:
             return None
         if result.ok:
-            updated = await self.store.transition(
-                batch_id,
-                ["validating"],
-                status="in_progress",
-                in_progress_at=now,
-                model=result.model,
-                total=result.total,
-                enqueued_tokens=result.estimated_tokens,
-            )
-            if updated is not None:
-                log.info(
-                    "batch %s: in_progress (%d requests for %s)",
-                    batch_id,
-                    result.total,
-                    result.model,
+            assert result.model is not None
+            limit = self.settings.limits_for(batch.project).enqueued_token_limit(result.model)
+            quota = None
+            if limit is not None:
+                quota = lifecycle.TokenQuota(result.model, limit, result.estimated_tokens)
+            try:
+                updated = await lifecycle.transition(
+                    self.store,
+                    batch.id,
+                    "in_progress",
+                    expected={"validating"},
+                    at=self.now(),
+                    quota=quota,
+                    model=result.model,
+                    total=result.total,
+                    enqueued_tokens=result.estimated_tokens,
                 )
-                self.scheduler.wake()
-        else:
-            updated = await self.store.transition(
-                batch_id, ["validating"], status="failed", failed_at=now, errors=result.errors
-            )
-            if updated is not None:
-                log.info("batch %s: failed validation (%d errors)", batch_id, result.error_count)
+            except TokenQuotaExceeded as exc:
+                assert limit is not None
+                result = _failure(
+                    "token_limit_exceeded",
+                    f"Enqueued token limit reached for {result.model} in project "
+                    f"'{batch.project}'. Limit: {limit:,} enqueued tokens; in progress: "
+                    f"{exc.queued:,}; this batch: about {result.estimated_tokens:,}. Please try "
+                    "again once some in_progress batches have been completed.",
+                )
+            else:
+                if updated is not None:
+                    log.info(
+                        "batch %s: in_progress (%d requests for %s)",
+                        batch.id,
+                        result.total,
+                        result.model,
+                    )
+                    self.scheduler.wake()
+                return updated
+        updated = await lifecycle.transition(
+            self.store,
+            batch.id,
+            "failed",
+            expected={"validating"},
+            at=self.now(),
+            errors=result.errors,
+        )
+        if updated is not None:
+            log.info("batch %s: failed validation (%d errors)", batch.id, result.error_count)
         return updated
 
     async def _run_validation(self, batch: BatchRecord) -> ValidationResult:
@@ -263,11 +244,7 @@ class BatchManager:
                 else f"File {file.id} has purpose '{file.purpose}'; a batch needs a file "
                 "uploaded with purpose 'batch'."
             )
-            result = ValidationResult(error_count=1)
-            result.errors.append(
-                {"code": "invalid_request", "message": reason, "param": "file_id", "line": None}
-            )
-            return result
+            return _failure("invalid_request", reason, param="file_id")
         cached = await self.store.get_file_validation(file.id)
         if cached is not None and cached["key"] == validation_key(self.settings, batch.endpoint):
             log.info("batch %s: input validated while it was uploaded", batch.id)
@@ -275,20 +252,31 @@ class BatchManager:
         flag = self._stop_flags.setdefault(batch.id, threading.Event())
         if self._shutdown.is_set():
             flag.set()
-        settings = self.settings
+        settings, storage = self.settings, self.storage
         models = frozenset(route.name for route in settings.models)
 
         def run() -> ValidationResult:
-            with self.storage.open_binary(file.id) as fh:
-                return validate_stream(
-                    fh,
-                    endpoint=batch.endpoint,
-                    models=models,
-                    max_requests=settings.max_requests_per_batch,
-                    max_errors=settings.max_validation_errors,
-                    max_line_bytes=settings.max_request_bytes,
-                    should_stop=flag.is_set,
-                )
+            """Validate the stored file and write its request index beside it."""
+            index_blob = storage.writer()
+            try:
+                index = RequestIndexWriter(index_blob)
+                with storage.open_binary(file.id) as fh:
+                    result = validate_stream(
+                        fh,
+                        endpoint=batch.endpoint,
+                        models=models,
+                        max_requests=settings.max_requests_per_batch,
+                        max_errors=settings.max_validation_errors,
+                        max_line_bytes=settings.max_request_bytes,
+                        should_stop=flag.is_set,
+                        index=index,
+                    )
+                if result.ok:
+                    index.finish()
+                    index_blob.commit_sync(index_key(file.id))
+                return result
+            finally:
+                index_blob.abort_sync()  # nothing once committed
 
         try:
             return await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
@@ -297,56 +285,43 @@ class BatchManager:
 
     async def _finish_cancel(self, batch_id: str) -> None:
         """End a batch cancelled before validation accepted it: no request ran, no files."""
-        updated = await self.store.transition(
-            batch_id, ["cancelling"], status="cancelled", cancelled_at=self.now()
+        updated = await lifecycle.transition(
+            self.store, batch_id, "cancelled", expected={"cancelling"}, at=self.now()
         )
         if updated is not None:
             log.info("batch %s: cancelled", batch_id)
 
-    async def publish(self, blob: BlobInfo, filename: str, batch: BatchRecord) -> FileRecord:
-        """Record a blob written by the engine as a ``batch_output`` file of ``batch``'s
-        project."""
-        now = self.now()
-        seconds = batch.output_expires_after or self.settings.output_file_expiry_seconds
-        record = FileRecord(
-            id=blob.key,
-            bytes=blob.size,
-            created_at=now,
-            expires_at=now + seconds if seconds else None,
-            filename=filename,
-            purpose="batch_output",
-            sha256=blob.sha256,
-            project=batch.project,
-        )
-        await self.store.create_file(record)
-        return record
-
     # -- files ------------------------------------------------------------------------------
-
-    def purge_soon(self) -> None:
-        """Ask the purger to run now (after a delete)."""
-        self._purge_wakeup.set()
 
     async def purge_files(self) -> int:
         """Remove the blobs of deleted and expired files that no active batch still reads."""
         purged = 0
         while True:
             now = self.now()
-            batch = await self.store.files_to_purge(
-                now=now, active_statuses=ACTIVE_STATUSES, limit=100
-            )
-            for file in batch:
-                await self.storage.delete(file.id)
+            due = await self.store.files_to_purge(now=now, limit=100)
+            for file in due:
+                await purge_blobs(self.storage, file.id)
                 await self.store.mark_purged(file.id, now=now)
                 purged += 1
-            if len(batch) < 100:
+            if len(due) < 100:
                 return purged
 
     async def _purge_loop(self) -> None:
         while True:
-            purged = await self.purge_files()
+            try:
+                purged = await self.purge_files()
+            except (StoreError, StorageFault) as exc:
+                self._faults.warning("purge", "purging deleted files waits: %s", exc)
+                purged = 0
             if purged:
                 log.info("purged %d deleted or expired files", purged)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._purge_wakeup.wait(), self.purge_interval)
             self._purge_wakeup.clear()
+
+
+def _failure(code: str, message: str, *, param: str | None = None) -> ValidationResult:
+    """A validation result that fails the batch with one error about the whole file."""
+    result = ValidationResult(error_count=1)
+    result.errors.append({"code": code, "message": message, "param": param, "line": None})
+    return result

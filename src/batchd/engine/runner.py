@@ -1,4 +1,4 @@
-"""Running one claimed batch: dispatch, retries, the journal, and how the batch ends.
+r"""Running one claimed batch: dispatch, retries, the journal, and how the batch ends.
 
 A :class:`BatchRunner` takes a batch the scheduler claimed and brings it as far as it can:
 
@@ -15,46 +15,55 @@ A :class:`BatchRunner` takes a batch the scheduler claimed and brings it as far 
 ``finalizing`` / ``cancelling`` / ``in_progress`` with a recorded ending
     A crash interrupted the end: finish it again from the journal.
 
-Ending a batch: record the intent and the file ids to publish in the store (so a crash halfway
-repeats the same ending with the same ids), write one ``batch_cancelled``/``batch_expired`` entry
-for every request without a result, close the journal, write the output and error files in input
-order (:func:`~batchd.engine.finalize.write_results`), publish them, move the batch to its
-terminal status with the counts and usage, and delete the journal.
+Ending a batch: record the intent and the file ids to publish in the store (a
+:class:`~batchd.core.lifecycle.BatchEnding`, so a crash halfway repeats the same ending with the
+same ids), write one ``batch_cancelled``/``batch_expired`` entry for every request without a
+result (their ``custom_id``\ s from the request index), close the journal, write the output and
+error files in input order (:func:`~batchd.engine.finalize.write_results`), publish them
+(:func:`~batchd.core.files.publish_output`), move the batch to its terminal status with the
+counts and usage, and delete the journal. Every status change goes through
+:mod:`batchd.core.lifecycle`.
+
+A fault of the disk (full, read-only) or of the store stops the run without ending the batch: its
+``request_counts`` stop, the log says why once a minute, and the scheduler runs it again a few
+seconds later, from its journal, once a probe write to the journal's directory succeeds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import anyio.to_thread
-import orjson
 
 from batchd.config import Settings
-from batchd.engine.finalize import CANCELLED, EXPIRED, input_lines, input_requests, write_results
-from batchd.engine.journal import Journal, JournalEntry, Usage
+from batchd.core import lifecycle
+from batchd.core.files import publish_output
+from batchd.core.lifecycle import BatchEnding, Outcome
+from batchd.engine.finalize import CANCELLED, EXPIRED, write_results
+from batchd.engine.inputs import Feed, InputReader, request_ids
+from batchd.engine.journal import Journal, JournalEntry, JournalError, Usage, probe_writable
 from batchd.engine.limits import Limiters, ModelLimiter
 from batchd.engine.retry import RetryStrategy
+from batchd.engine.throttle import Throttle
+from batchd.errors import StorageFault, StoreError
 from batchd.ids import new_file_id, new_request_id
 from batchd.providers.base import Provider, ProviderRequest, ProviderResult
-from batchd.storage import BlobInfo, Storage
-from batchd.store import BatchRecord, FileRecord, Store
+from batchd.storage import BlobInfo, Storage, storage_fault
+from batchd.store import BatchRecord, Store
 
 __all__ = ["BatchRunner", "Engine", "entry_of"]
 
 log = logging.getLogger("batchd.engine")
 
 Ending = Literal["completed", "cancelled", "expired", "stopped"]
-Publish = Callable[[BlobInfo, str, BatchRecord], Awaitable[FileRecord]]
 
-_READ_CHUNK = 512  # requests read from the input file per worker-thread call
 # The journal's group commit waits up to this long for more results before its write and fsync.
 # Workers do not wait for it (they send their next request meanwhile), so it only trades the
 # number of fsyncs against how many answers a crash can lose.
@@ -75,7 +84,8 @@ class Engine:
     owner: str
     """This engine's lease-owner name."""
     journal_dir: Path
-    publish: Publish
+    faults: Throttle
+    """Disk and store faults of the runs, logged once a minute per batch."""
     clock: Callable[[], float] = time.time
 
     def journal_path(self, batch_id: str) -> Path:
@@ -101,62 +111,6 @@ def entry_of(request: ProviderRequest, result: ProviderResult) -> JournalEntry:
         result.error_code or "server_error",
         result.error_message or "The request failed without a response.",
     )
-
-
-class _InputReader:
-    """The not-yet-done requests of an input file, in chunks (blocking: use in a thread)."""
-
-    def __init__(self, fh: BinaryIO, journal: Journal, max_line_bytes: int) -> None:
-        self._fh = fh
-        self._lines = (
-            (index, raw)
-            for index, raw in input_lines(fh, max_line_bytes)
-            if not journal.is_done(index)
-        )
-
-    def read(self, count: int) -> list[tuple[int, str, dict[str, Any]]]:
-        chunk: list[tuple[int, str, dict[str, Any]]] = []
-        for index, raw in self._lines:
-            line = orjson.loads(raw)
-            chunk.append((index, line["custom_id"], line["body"]))
-            if len(chunk) >= count:
-                break
-        return chunk
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-class _Feed:
-    """Request groups for the workers, read from the input in chunks when the queue runs dry."""
-
-    def __init__(self, reader: _InputReader, endpoint: str, group_size: int) -> None:
-        self._reader = reader
-        self._endpoint = endpoint
-        self._group_size = group_size
-        self._queue: collections.deque[list[ProviderRequest]] = collections.deque()
-        self._refill = asyncio.Lock()
-        self._exhausted = False
-
-    async def next(self) -> list[ProviderRequest] | None:
-        """The next group, or ``None`` when the input has no more requests to send."""
-        while not self._queue:
-            if self._exhausted:
-                return None
-            async with self._refill:
-                if self._queue or self._exhausted:
-                    continue
-                chunk = await anyio.to_thread.run_sync(self._reader.read, _READ_CHUNK)
-                self._exhausted = not chunk
-                size, endpoint = self._group_size, self._endpoint
-                for start in range(0, len(chunk), size):
-                    self._queue.append(
-                        [
-                            ProviderRequest(index, custom_id, endpoint, body)
-                            for index, custom_id, body in chunk[start : start + size]
-                        ]
-                    )
-        return self._queue.popleft()
 
 
 class BatchRunner:
@@ -186,29 +140,67 @@ class BatchRunner:
     # -- the run --------------------------------------------------------------------------------
 
     async def run(self) -> Ending:
-        """Run the batch as far as it goes; returns how it ended."""
+        """Run the batch as far as it goes; returns how it ended. A fault of the disk or the
+        store raises (:class:`~batchd.errors.StorageFault`, :class:`~batchd.errors.StoreError`)
+        after it is logged, without ending the batch: the scheduler runs it again later."""
+        subject = f"batch {self.batch.id}"
+        faults = self.engine.faults
+        try:
+            if subject in faults:
+                await anyio.to_thread.run_sync(probe_writable, self.engine.journal_dir)
+                faults.clear(subject)
+                log.info("batch %s: the storage works again; resuming", self.batch.id)
+            return await self._run()
+        except JournalError as exc:
+            fault = exc.fault
+            if fault is None:
+                raise
+            self._report(fault)
+            raise fault from exc
+        except (StorageFault, StoreError) as exc:
+            self._report(exc)
+            raise
+
+    def _report(self, fault: StorageFault | StoreError) -> None:
+        done = self.batch.completed + self.batch.failed
+        self.engine.faults.warning(
+            f"batch {self.batch.id}",
+            "batch %s: paused: %s. It resumes by itself once that is fixed; every result so far "
+            "is kept (%d of %d at the last count).",
+            self.batch.id,
+            fault,
+            done,
+            self.batch.total,
+        )
+
+    async def _run(self) -> Ending:
         batch = self.batch
         path = self.engine.journal_path(batch.id)
-        journal = await Journal.open(path, batch.total, max_delay=_JOURNAL_DELAY)
         try:
-            ending: Ending
+            journal = await Journal.open(path, batch.total, max_delay=_JOURNAL_DELAY)
+        except OSError as exc:
+            raise storage_fault(exc, "opening the result journal") from exc
+        try:
+            outcome: Outcome | None
             if batch.status == "finalizing":
-                ending = "completed"
+                outcome = "completed"
             elif batch.status == "cancelling":
-                ending = "cancelled"
-            elif batch.extra.get("ending") in ("expired", "completed"):
-                ending = batch.extra["ending"]
+                outcome = "cancelled"
+            elif batch.ending is not None:
+                outcome = batch.ending.outcome
             elif batch.status == "in_progress":
-                ending = await self._execute(journal)
+                outcome = await self._execute(journal)
             else:
+                outcome = None
+            if outcome is None:
                 return "stopped"
-            if ending == "stopped":
-                return ending
-            return await self._end(journal, ending)
+            return await self._end(journal, outcome)
         finally:
             await journal.close()
 
-    async def _execute(self, journal: Journal) -> Ending:
+    async def _execute(self, journal: Journal) -> Outcome | None:
+        """Send the requests until all have results, or a cancel, the deadline or a stop;
+        how the batch ends (``None``: stopped, not ended)."""
         batch = self.batch
         if journal.finished:
             return "completed"
@@ -231,17 +223,17 @@ class BatchRunner:
             await asyncio.wait([dispatcher, *waiters], return_when=asyncio.FIRST_COMPLETED)
             if dispatcher.done():
                 dispatcher.result()  # a failure of the dispatcher itself propagates
-                ending: Ending = "completed"
+                return "completed"
+            outcome: Outcome | None
+            if self._cancel.is_set():
+                outcome = "cancelled"
+            elif self._stop.is_set():
+                outcome = None
             else:
-                if self._cancel.is_set():
-                    ending = "cancelled"
-                elif self._stop.is_set():
-                    ending = "stopped"
-                else:
-                    ending = "expired"
-                grace = self.engine.settings.cancel_grace_seconds
-                await self._drain(dispatcher, _SHUTDOWN_GRACE if ending == "stopped" else grace)
-            return ending
+                outcome = "expired"
+            grace = self.engine.settings.cancel_grace_seconds
+            await self._drain(dispatcher, _SHUTDOWN_GRACE if outcome is None else grace)
+            return outcome
         finally:
             for task in (progress, *waiters):
                 task.cancel()
@@ -273,14 +265,18 @@ class BatchRunner:
         assert batch.model is not None
         provider = engine.providers.get(batch.model)
         limiter = engine.limiters.get(batch.model)
-        storage, max_line = engine.storage, engine.settings.max_request_bytes
-        fh = await anyio.to_thread.run_sync(storage.open_binary, batch.input_file_id)
-        reader = _InputReader(fh, journal, max_line)
+        if provider is None or limiter is None:
+            await self._unroutable(journal)
+            return
+        reader = await anyio.to_thread.run_sync(
+            InputReader,
+            engine.storage,
+            batch.input_file_id,
+            journal,
+            engine.settings.max_request_bytes,
+        )
         try:
-            if provider is None or limiter is None:
-                await self._unroutable(journal, fh)
-                return
-            feed = _Feed(reader, batch.endpoint, max(1, limiter.limits.group_size))
+            feed = Feed(reader, batch.endpoint, max(1, limiter.limits.group_size))
             try:
                 async with asyncio.TaskGroup() as workers:
                     for _ in range(limiter.limits.max_concurrency):
@@ -291,7 +287,7 @@ class BatchRunner:
             await anyio.to_thread.run_sync(reader.close)
 
     async def _work(
-        self, journal: Journal, provider: Provider, limiter: ModelLimiter, feed: _Feed
+        self, journal: Journal, provider: Provider, limiter: ModelLimiter, feed: Feed
     ) -> None:
         """Take groups and send them, one at a time. A group holds a model slot while it is sent
         (retries included); its results are then queued to the journal and the worker goes on
@@ -327,13 +323,20 @@ class BatchRunner:
             *(journal.submit(entry_of(r, f)) for r, f in zip(group, finals, strict=True))
         )
 
-    async def _unroutable(self, journal: Journal, fh: BinaryIO) -> None:
+    async def _unroutable(self, journal: Journal) -> None:
         message = (
             f"The model '{self.batch.model}' is no longer in batchd's routing table; add it to "
             "[[models]] in the config file and create the batch again."
         )
-        max_line = self.engine.settings.max_request_bytes
-        await journal.append_unexecuted(input_requests(fh, max_line), ("model_not_found", message))
+        await journal.append_unexecuted(self._request_ids(), ("model_not_found", message))
+
+    def _request_ids(self) -> Iterator[tuple[int, str]]:
+        """``(index, custom_id)`` of every request, from the request index (read by the
+        journal's writer thread)."""
+        batch, engine = self.batch, self.engine
+        return request_ids(
+            engine.storage, batch.input_file_id, batch.total, engine.settings.max_request_bytes
+        )
 
     async def _run_group(
         self, provider: Provider, limiter: ModelLimiter, group: Sequence[ProviderRequest]
@@ -420,8 +423,17 @@ class BatchRunner:
             await asyncio.sleep(settings.progress_interval_seconds)
             counts = journal.counts
             if counts.done != recorded:
-                await self._record_progress(journal)
-                recorded = counts.done
+                try:
+                    await self._record_progress(journal)
+                except StoreError as exc:  # the counts reach the store at the next try
+                    self.engine.faults.warning(
+                        f"progress {self.batch.id}",
+                        "batch %s: live counts wait for the store: %s",
+                        self.batch.id,
+                        exc,
+                    )
+                else:
+                    recorded = counts.done
             now = time.monotonic()
             if now - logged_at >= settings.progress_log_seconds:
                 rate = (counts.done - logged_done) / (now - logged_at)
@@ -441,90 +453,92 @@ class BatchRunner:
 
     # -- ending ---------------------------------------------------------------------------------
 
-    async def _end(self, journal: Journal, ending: Ending) -> Ending:
+    async def _end(self, journal: Journal, ending: Outcome) -> Ending:
         """Record the intent, fill in unexecuted requests, write and publish files, finish."""
         batch = await self._record_ending(ending)
-        if batch is None:
+        if batch is None or batch.ending is None:
             return "stopped"  # the batch changed under us (e.g. cancelled meanwhile): re-claimed
-        ending = "cancelled" if batch.status == "cancelling" else batch.extra["ending"]
-        reason = {"cancelled": CANCELLED, "expired": EXPIRED}.get(ending)
+        outcome: Outcome = "cancelled" if batch.status == "cancelling" else batch.ending.outcome
+        reason = {"cancelled": CANCELLED, "expired": EXPIRED}.get(outcome)
         if reason is not None and not journal.finished:
-            storage, max_line = self.engine.storage, self.engine.settings.max_request_bytes
-            fh = await anyio.to_thread.run_sync(storage.open_binary, batch.input_file_id)
-            try:
-                filled = await journal.append_unexecuted(input_requests(fh, max_line), reason)
-            finally:
-                await anyio.to_thread.run_sync(fh.close)
+            filled = await journal.append_unexecuted(self._request_ids(), reason)
             log.info("batch %s: %d requests recorded as %s", batch.id, filled, reason[0])
         await journal.close()
-        output_id, error_id = batch.extra["files"]
         output, errors = await anyio.to_thread.run_sync(
-            self._write_files, journal, batch.total, output_id, error_id
+            self._write_files, journal, batch.total, batch.ending
         )
         output_file = await self._publish(output, f"{batch.id}_output.jsonl")
         error_file = await self._publish(errors, f"{batch.id}_error.jsonl")
-        now = int(self.engine.clock())
         counts = journal.counts
-        changes: dict[str, Any] = {
-            "status": ending,
-            f"{ending}_at": now,
-            "output_file_id": output_file,
-            "error_file_id": error_file,
-            "completed": counts.completed,
-            "failed": counts.failed,
-            "usage": journal.usage.to_json(),
-        }
-        updated = await self.engine.store.transition(batch.id, [batch.status], **changes)
+        updated = await lifecycle.transition(
+            self.engine.store,
+            batch.id,
+            outcome,
+            expected={batch.status},
+            at=int(self.engine.clock()),
+            output_file_id=output_file,
+            error_file_id=error_file,
+            completed=counts.completed,
+            failed=counts.failed,
+            usage=journal.usage.to_json(),
+        )
         if updated is None:
             return "stopped"
         await anyio.to_thread.run_sync(_unlink, journal.path)
         log.info(
-            "batch %s: %s (%d ok, %d failed)", batch.id, ending, counts.completed, counts.failed
+            "batch %s: %s (%d ok, %d failed)", batch.id, outcome, counts.completed, counts.failed
         )
-        return ending
+        return outcome
 
-    async def _record_ending(self, ending: Ending) -> BatchRecord | None:
+    async def _record_ending(self, outcome: Outcome) -> BatchRecord | None:
         """Store the ending and the ids of the files to publish, once; the batch after that."""
         store = self.engine.store
         batch = await store.get_batch(self.batch.id)
         if batch is None:
             return None
-        if "ending" in batch.extra and batch.status in ("in_progress", "finalizing", "cancelling"):
+        if batch.ending is not None and batch.status in lifecycle.RUNNABLE:
             return batch
         if batch.status == "cancelling":
-            ending = "cancelled"
-        extra = {**batch.extra, "ending": ending, "files": [new_file_id(), new_file_id()]}
-        if ending == "completed":
-            now = int(self.engine.clock())
-            updated = await store.transition(
-                batch.id, ["in_progress"], status="finalizing", finalizing_at=now, extra=extra
+            outcome = "cancelled"
+        ending = BatchEnding(outcome, new_file_id(), new_file_id())
+        now = int(self.engine.clock())
+        if outcome == "completed":
+            updated = await lifecycle.transition(
+                store, batch.id, "finalizing", expected={"in_progress"}, at=now, ending=ending
             )
             if updated is not None:
                 log.info("batch %s: finalizing (writing the output and error files)", batch.id)
             return updated
-        return await store.transition(batch.id, [batch.status], extra=extra)
+        return await lifecycle.record_ending(
+            store, batch.id, status=batch.status, ending=ending, at=now
+        )
 
     def _write_files(
-        self, journal: Journal, total: int, output_id: str, error_id: str
+        self, journal: Journal, total: int, ending: BatchEnding
     ) -> tuple[BlobInfo | None, BlobInfo | None]:
         storage = self.engine.storage
-        output, errors = storage.writer(), storage.writer()
-        try:
+        with contextlib.ExitStack() as writers:  # each aborted at the end: nothing once committed
+            output = storage.writer()
+            writers.callback(output.abort_sync)
+            errors = storage.writer()
+            writers.callback(errors.abort_sync)
             written, failed = write_results(journal.path, total, output, errors, journal.results)
-            output_blob = output.commit_sync(output_id) if written else None
-            error_blob = errors.commit_sync(error_id) if failed else None
-        finally:
-            for writer in (output, errors):
-                with contextlib.suppress(Exception):
-                    writer.abort_sync()
+            output_blob = output.commit_sync(ending.output_file_id) if written else None
+            error_blob = errors.commit_sync(ending.error_file_id) if failed else None
         return output_blob, error_blob
 
     async def _publish(self, blob: BlobInfo | None, filename: str) -> str | None:
         if blob is None:
             return None
-        existing = await self.engine.store.get_file(blob.key, now=int(self.engine.clock()))
-        if existing is None:
-            await self.engine.publish(blob, filename, self.batch)
+        settings = self.engine.settings
+        await publish_output(
+            self.engine.store,
+            blob,
+            self.batch,
+            filename=filename,
+            now=int(self.engine.clock()),
+            default_expiry=settings.output_file_expiry_seconds,
+        )
         return blob.key
 
 

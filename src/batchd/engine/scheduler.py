@@ -27,21 +27,23 @@ from collections.abc import Callable, Mapping
 import anyio.to_thread
 
 from batchd.config import Settings
+from batchd.core.lifecycle import TERMINAL
 from batchd.engine.limits import Limiters
 from batchd.engine.retry import RetryStrategy
-from batchd.engine.runner import BatchRunner, Engine, Publish
+from batchd.engine.runner import BatchRunner, Engine
+from batchd.engine.throttle import Throttle
+from batchd.errors import StorageFault, StoreError
 from batchd.providers.base import Provider
 from batchd.storage import Storage
 from batchd.store import Store
 
-__all__ = ["RUNNABLE_STATUSES", "Scheduler"]
+__all__ = ["Scheduler"]
 
 log = logging.getLogger("batchd.engine")
 
-RUNNABLE_STATUSES = ("in_progress", "finalizing", "cancelling")
-_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
 _POLL_SECONDS = 1.0
 _FAILED_RUN_COOLDOWN = 30.0
+_FAULT_RETRY = 5.0  # seconds before a batch stopped by a store or storage fault runs again
 
 
 def _owner_name() -> str:
@@ -57,7 +59,6 @@ class Scheduler:
         storage: Storage,
         settings: Settings,
         providers: Mapping[str, Provider],
-        publish: Publish,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -75,7 +76,7 @@ class Scheduler:
             ),
             owner=_owner_name(),
             journal_dir=settings.data_dir / "journals",
-            publish=publish,
+            faults=Throttle(log),
             clock=clock,
         )
         self._runners: dict[str, tuple[BatchRunner, asyncio.Task[None]]] = {}
@@ -128,11 +129,17 @@ class Scheduler:
             self.wake()
 
     async def _loop(self) -> None:
+        faults = self.engine.faults
         while not self._stopping:
             try:
                 await self._claim()
+            except StoreError as exc:
+                faults.warning("claim", "claiming batches waits for the store: %s", exc)
             except Exception:
                 log.exception("claiming batches failed; retrying")
+            else:
+                if faults.clear("claim"):
+                    log.info("claiming batches works again")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), _POLL_SECONDS)
             self._wakeup.clear()
@@ -144,7 +151,6 @@ class Scheduler:
         now = self.engine.clock()
         claimed = await self.store.claim_batches(
             owner=self.engine.owner,
-            statuses=RUNNABLE_STATUSES,
             now=now,
             lease_seconds=self.settings.lease_seconds,
             limit=free + len(self._cooldown),
@@ -165,11 +171,15 @@ class Scheduler:
         batch_id = runner.batch_id
         renewer = asyncio.create_task(self._renew(runner), name=f"lease-{batch_id}")
         try:
-            if runner.batch.status == "in_progress" and "ending" not in runner.batch.extra:
+            if runner.batch.status == "in_progress" and runner.batch.ending is None:
                 log.info("batch %s: running (%d requests)", batch_id, runner.batch.total)
             await runner.run()
         except asyncio.CancelledError:
             raise
+        except (StoreError, StorageFault) as exc:
+            # Logged by the runner (once a minute); it resumes from its journal once it clears.
+            log.debug("batch %s: stopped by %r; running it again in %gs", batch_id, exc, 5.0)
+            self._cooldown[batch_id] = time.monotonic() + _FAULT_RETRY
         except Exception:
             log.exception("batch %s: the run failed; retrying in %gs", batch_id, 30.0)
             self._cooldown[batch_id] = time.monotonic() + _FAILED_RUN_COOLDOWN
@@ -193,6 +203,14 @@ class Scheduler:
                     now=self.engine.clock(),
                     lease_seconds=self.settings.lease_seconds,
                 )
+            except StoreError as exc:
+                self.engine.faults.warning(
+                    f"renew {runner.batch_id}",
+                    "batch %s: renewing the lease waits for the store: %s",
+                    runner.batch_id,
+                    exc,
+                )
+                continue
             except Exception:
                 log.exception("batch %s: renewing the lease failed", runner.batch_id)
                 continue
@@ -210,5 +228,5 @@ class Scheduler:
         )
         for path in paths:
             batch = await self.store.get_batch(path.stem)
-            if batch is None or batch.status in _TERMINAL:
+            if batch is None or batch.status in TERMINAL:
                 await anyio.to_thread.run_sync(functools.partial(path.unlink, missing_ok=True))

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import ErrorDetails
 
 from batchd.config import ModelRoute
-from batchd.errors import ConfigError
+from batchd.errors import ConfigError, ProviderError
 
 __all__ = [
     "DispatchLimits",
@@ -135,7 +135,7 @@ class DispatchLimits:
     them applies), or ``None`` for no bound beyond each model's own."""
 
 
-class ProviderStreamError(Exception):
+class ProviderStreamError(ProviderError):
     """A stream broke after it started (reset, timeout): the client already has the status line,
     so this can only end the stream, not become an HTTP error."""
 

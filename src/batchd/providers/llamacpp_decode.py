@@ -35,6 +35,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from batchd.errors import ProviderError
 from batchd.providers.llamacpp_params import (
     COMPLETIONS,
     FinishReason,
@@ -61,7 +62,7 @@ _CHAR_RULE = re.compile(r'^char ::= \[\^"\\\\\]', re.MULTILINE)
 _STRICT_CHAR_RULE = r'char ::= [^"\\\\\\x7F\\x00-\\x1F]'
 
 
-class LoadError(Exception):
+class LoadError(ProviderError):
     """llama.cpp could not load the model or create its context."""
 
 

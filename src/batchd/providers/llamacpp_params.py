@@ -47,6 +47,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from batchd.errors import ProviderError
+
 __all__ = [
     "CHAT",
     "COMPLETIONS",
@@ -119,7 +121,7 @@ _CHAT_KEYS = (
 _COMPLETION_KEYS = _IGNORED | _SAMPLING | set(_UNSUPPORTED_COMPLETIONS) | {"prompt", "max_tokens"}
 
 
-class RequestError(Exception):
+class RequestError(ProviderError):
     """A request batchd cannot serve as asked: an HTTP 400 in OpenAI's error shape."""
 
     def __init__(

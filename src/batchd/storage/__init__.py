@@ -5,7 +5,7 @@ and counted on the way, flushed to disk, then renamed into place, so a crash nev
 blob under a real key.
 """
 
-from batchd.storage.base import BlobInfo, BlobTooLarge, BlobWriter, Storage
+from batchd.storage.base import BlobInfo, BlobTooLarge, BlobWriter, Storage, storage_fault
 from batchd.storage.local import LocalStorage
 
-__all__ = ["BlobInfo", "BlobTooLarge", "BlobWriter", "LocalStorage", "Storage"]
+__all__ = ["BlobInfo", "BlobTooLarge", "BlobWriter", "LocalStorage", "Storage", "storage_fault"]

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-__all__ = ["BlobInfo", "BlobTooLarge", "BlobWriter", "Storage"]
+from batchd.errors import StorageFault, StorageFull, StorageReadOnly
+
+__all__ = ["BlobInfo", "BlobTooLarge", "BlobWriter", "Storage", "storage_fault"]
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_READ_ONLY = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def storage_fault(exc: OSError, what: str) -> StorageFault:
+    """``exc`` (raised while ``what``, e.g. "writing the result journal") as the
+    :class:`~batchd.errors.StorageFault` that names its cause: full, read-only, or failing."""
+    cause = exc.strerror or str(exc)
+    if exc.errno in _FULL:
+        return StorageFull(f"{what} failed: no space left ({cause})")
+    if exc.errno in _READ_ONLY:
+        return StorageReadOnly(f"{what} failed: the storage is read-only ({cause})")
+    return StorageFault(f"{what} failed: {cause}")
 
 
 class BlobTooLarge(Exception):
@@ -31,10 +48,12 @@ class BlobWriter(Protocol):
     def size(self) -> int: ...
 
     def write(self, data: bytes) -> None:
-        """Append ``data``; raises :class:`BlobTooLarge` past the limit."""
+        """Append ``data``; raises :class:`BlobTooLarge` past the limit, and a
+        :class:`~batchd.errors.StorageFault` once the disk refused a write."""
 
     async def commit(self, key: str) -> BlobInfo:
-        """Make the blob durable under ``key``."""
+        """Make the blob durable under ``key`` (:class:`~batchd.errors.StorageFault` if the
+        disk refuses it; the partial blob is then gone)."""
         ...
 
     def commit_sync(self, key: str) -> BlobInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -14,7 +15,7 @@ from typing import BinaryIO
 import anyio
 import anyio.to_thread
 
-from batchd.storage.base import BlobInfo, BlobTooLarge
+from batchd.storage.base import BlobInfo, BlobTooLarge, storage_fault
 
 __all__ = ["LocalStorage", "LocalWriter", "fsync_dir"]
 
@@ -44,7 +45,10 @@ class LocalWriter:
         self._storage = storage
         self._max = max_bytes
         self._tmp = storage.tmp_dir / f"{os.getpid()}-{os.urandom(8).hex()}.part"
-        self._fh: BinaryIO | None = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        try:
+            self._fh: BinaryIO | None = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        except OSError as exc:
+            raise storage_fault(exc, "storing a file") from exc
         self._hash = hashlib.sha256()
         self._size = 0
         self._queue: queue.Queue[bytes | None] | None = None
@@ -62,13 +66,22 @@ class LocalWriter:
     def write(self, data: bytes) -> None:
         if self._fh is None:
             raise RuntimeError("write after commit or abort")
+        if self._error is not None:  # the writer thread failed: say so now, not at commit
+            raise self._fault(self._error)
         self._size += len(data)
         if self._max is not None and self._size > self._max:
             raise BlobTooLarge(self._max)
         if self._queue is not None:
             self._queue.put(data)
         else:
-            self._store(data)
+            try:
+                self._store(data)
+            except OSError as exc:
+                raise self._fault(exc) from exc
+
+    @staticmethod
+    def _fault(exc: BaseException) -> BaseException:
+        return storage_fault(exc, "storing a file") if isinstance(exc, OSError) else exc
 
     def _store(self, data: bytes) -> None:
         assert self._fh is not None
@@ -96,15 +109,19 @@ class LocalWriter:
         self._stop()
         if self._error is not None:
             self.abort_sync()
-            raise self._error
+            raise self._fault(self._error) from self._error
         fh, self._fh = self._fh, None
         try:
-            fh.flush()
-            os.fsync(fh.fileno())
-        finally:
-            fh.close()
-        os.replace(self._tmp, self._storage.path(key))
-        fsync_dir(self._storage.blob_dir)
+            try:
+                fh.flush()
+                os.fsync(fh.fileno())
+            finally:
+                fh.close()
+            os.replace(self._tmp, self._storage.path(key))
+            fsync_dir(self._storage.blob_dir)
+        except OSError as exc:
+            self._tmp.unlink(missing_ok=True)
+            raise storage_fault(exc, "storing a file") from exc
         return BlobInfo(key=key, size=self._size, sha256=self._hash.hexdigest())
 
     async def commit(self, key: str) -> BlobInfo:
@@ -113,8 +130,9 @@ class LocalWriter:
     def abort_sync(self) -> None:
         self._stop()
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            with contextlib.suppress(OSError):  # a full disk fails the flush of close()
+                fh.close()
         self._tmp.unlink(missing_ok=True)
 
     async def abort(self) -> None:

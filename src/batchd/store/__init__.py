@@ -1,10 +1,20 @@
-"""The metadata store: files and batches, behind a small async interface.
+"""The metadata store: files, batches and their lifecycle events, behind a small async interface.
 
-:class:`SQLStore` serves SQLite (the default, in WAL mode) and any other SQLAlchemy async URL with
-portable SQL; the schema is managed by the Alembic migrations in ``migrations/``.
+:class:`Store` (in ``base.py``) is the interface; :class:`SQLStore` serves SQLite (the default, in
+WAL mode) and any other SQLAlchemy async URL with portable SQL; the schema (``schema.py``) is
+managed by the Alembic migrations in ``migrations/``.
 """
 
+from batchd.store.base import BatchAdmission, Order, Store
 from batchd.store.records import ApiKeyRecord, BatchRecord, FileRecord
-from batchd.store.sql import SQLStore, Store
+from batchd.store.sql import SQLStore
 
-__all__ = ["ApiKeyRecord", "BatchRecord", "FileRecord", "SQLStore", "Store"]
+__all__ = [
+    "ApiKeyRecord",
+    "BatchAdmission",
+    "BatchRecord",
+    "FileRecord",
+    "Order",
+    "SQLStore",
+    "Store",
+]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from batchd.core.lifecycle import BatchEnding, BatchStatus
+from batchd.protocol import FilePurpose
 
 __all__ = ["ApiKeyRecord", "BatchRecord", "FileRecord"]
 
@@ -14,10 +17,10 @@ class FileRecord:
     bytes: int
     created_at: int
     filename: str
-    purpose: str
+    purpose: FilePurpose
     sha256: str
     expires_at: int | None = None
-    status: str = "processed"
+    status: Literal["processed"] = "processed"
     deleted_at: int | None = None
     purged_at: int | None = None
     project: str = "default"
@@ -29,7 +32,7 @@ class BatchRecord:
     endpoint: str
     input_file_id: str
     completion_window: str
-    status: str
+    status: BatchStatus
     created_at: int
     expires_at: int | None = None
     model: str | None = None
@@ -49,9 +52,10 @@ class BatchRecord:
     usage: dict[str, Any] | None = None
     metadata: dict[str, str] | None = None
     output_expires_after: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     project: str = "default"
     enqueued_tokens: int = 0
+    ending: BatchEnding | None = None
+    """How the running batch ends, once decided (see :mod:`batchd.core.lifecycle`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,117 +1,74 @@
-"""SQLAlchemy (async) implementation of the store."""
+"""SQLAlchemy (async) implementation of the store.
+
+Portable SQL (SQLite and Postgres). Every method is one transaction. A write that must see the
+rows it depends on unchanged takes a lock first: the batch's row for a lifecycle change, the
+project's row (table ``projects``) for admission. On Postgres that is a row lock
+(``SELECT … FOR UPDATE``); on SQLite the first write of a transaction takes the database's write
+lock, so a lock is a write that changes nothing, issued before any read of the transaction.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from batchd.errors import StoreError
+from batchd.core.lifecycle import (
+    ACTIVE,
+    ENQUEUED,
+    RUNNABLE,
+    BatchEnding,
+    BatchEvent,
+    BatchStatus,
+    StatusChange,
+    TokenQuota,
+    parse_status,
+)
+from batchd.errors import (
+    BatchLimitReached,
+    StorageQuotaExceeded,
+    StoreError,
+    TokenQuotaExceeded,
+)
 from batchd.store import migrate
+from batchd.store.base import BatchAdmission, Order
 from batchd.store.records import ApiKeyRecord, BatchRecord, FileRecord
-from batchd.store.tables import api_keys, batches, files
+from batchd.store.schema import api_keys, batch_events, batches, files, projects
 
-__all__ = ["Order", "SQLStore", "Store"]
-
-Order = Literal["asc", "desc"]
+__all__ = ["SQLStore"]
 
 _FILE_FIELDS = [f.name for f in dataclasses.fields(FileRecord)]
-_BATCH_FIELDS = [f.name for f in dataclasses.fields(BatchRecord)]
+_BATCH_FIELDS = [f.name for f in dataclasses.fields(BatchRecord) if f.name != "ending"]
 _FILE_COLUMNS = [files.c[name] for name in _FILE_FIELDS]  # not the (large) validation column
+_BATCH_COLUMNS = [
+    *(batches.c[name] for name in _BATCH_FIELDS),
+    batches.c.ending,
+    batches.c.ending_output_file_id,
+    batches.c.ending_error_file_id,
+]
 _KEY_COLUMNS = [api_keys.c[f.name] for f in dataclasses.fields(ApiKeyRecord)]
-
+_EVENT_COLUMNS = [batch_events.c[f.name] for f in dataclasses.fields(BatchEvent)]
 
 _Statement = TypeVar("_Statement", sa.Select[Any], sa.Update)
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class BatchActivity:
-    active: int
-    created_since: int
-    oldest_created_at: int | None
+# What SQLite says when its disk is full or its file read-only (the store is then as stuck as
+# the blobs beside it: see batchd.errors.StorageFault).
+_SQLITE_FAULTS = {
+    "database or disk is full": "storage_full",
+    "disk I/O error": "storage_unavailable",
+    "readonly database": "storage_read_only",
+}
 
 
 def _in_project(stmt: _Statement, table: sa.Table, project: str | None) -> _Statement:
     """``stmt`` limited to the rows of ``project`` (every project when ``None``: the engine)."""
     return stmt if project is None else stmt.where(table.c.project == project)
-
-
-class Store(Protocol):
-    """What the API and the engine need from a metadata store."""
-
-    async def open(self) -> None: ...
-    async def close(self) -> None: ...
-    async def ping(self) -> None: ...
-
-    async def create_file(
-        self, record: FileRecord, *, validation: dict[str, Any] | None = None
-    ) -> None: ...
-    async def get_file_validation(self, file_id: str) -> dict[str, Any] | None: ...
-    async def get_file(
-        self, file_id: str, *, now: int, project: str | None = None
-    ) -> FileRecord | None: ...
-    async def file_cursor(self, file_id: str, *, project: str | None = None) -> int | None: ...
-    async def list_files(
-        self,
-        *,
-        now: int,
-        purpose: str | None,
-        after_seq: int | None,
-        limit: int,
-        order: Order,
-        project: str | None = None,
-    ) -> tuple[list[FileRecord], bool]: ...
-    async def delete_file(
-        self, file_id: str, *, now: int, project: str | None = None
-    ) -> FileRecord | None: ...
-    async def files_to_purge(
-        self, *, now: int, active_statuses: Iterable[str], limit: int
-    ) -> list[FileRecord]: ...
-    async def mark_purged(self, file_id: str, *, now: int) -> None: ...
-
-    async def create_batch(self, record: BatchRecord) -> None: ...
-    async def get_batch(
-        self, batch_id: str, *, project: str | None = None
-    ) -> BatchRecord | None: ...
-    async def batch_cursor(self, batch_id: str, *, project: str | None = None) -> int | None: ...
-    async def list_batches(
-        self, *, after_seq: int | None, limit: int, project: str | None = None
-    ) -> tuple[list[BatchRecord], bool]: ...
-    async def batches_with_status(self, statuses: Iterable[str]) -> list[BatchRecord]: ...
-    async def transition(
-        self, batch_id: str, from_statuses: Iterable[str], **changes: Any
-    ) -> BatchRecord | None: ...
-
-    async def claim_batches(
-        self, *, owner: str, statuses: Iterable[str], now: float, lease_seconds: float, limit: int
-    ) -> list[BatchRecord]: ...
-    async def renew_lease(
-        self, batch_id: str, *, owner: str, now: float, lease_seconds: float
-    ) -> BatchRecord | None: ...
-    async def release_lease(self, batch_id: str, *, owner: str) -> None: ...
-    async def release_all_leases(self) -> int: ...
-    async def record_progress(
-        self, batch_id: str, *, owner: str, completed: int, failed: int, usage: dict[str, Any]
-    ) -> None: ...
-
-    async def stored_bytes(self, project: str, *, now: int) -> int: ...
-    async def batch_activity(
-        self, project: str, *, since: int, active_statuses: Iterable[str]
-    ) -> BatchActivity: ...
-    async def enqueued_tokens(
-        self, project: str, model: str, *, statuses: Iterable[str]
-    ) -> int: ...
-
-    async def create_api_key(self, record: ApiKeyRecord) -> None: ...
-    async def find_api_key(self, sha256: str) -> ApiKeyRecord | None: ...
-    async def list_api_keys(self) -> list[ApiKeyRecord]: ...
-    async def revoke_api_key(self, sha256: str, *, now: int) -> bool: ...
-    async def has_api_keys(self) -> bool: ...
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -123,13 +80,43 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _store_error(exc: SQLAlchemyError, what: str | None = None) -> StoreError:
+    """A foreign exception as a :class:`StoreError` that says when the disk is the cause."""
+    text = str(exc)
+    error = StoreError(f"{what}: {text}" if what else text)
+    for marker, reason in _SQLITE_FAULTS.items():
+        if marker in text:
+            error.fault = reason
+    return error
+
+
+def _ending_values(ending: BatchEnding | None) -> dict[str, str | None]:
+    if ending is None:
+        return {"ending": None, "ending_output_file_id": None, "ending_error_file_id": None}
+    return {
+        "ending": ending.outcome,
+        "ending_output_file_id": ending.output_file_id,
+        "ending_error_file_id": ending.error_file_id,
+    }
+
+
+def _ending_of(m: sa.RowMapping) -> BatchEnding | None:
+    outcome = m["ending"]
+    if outcome is None:
+        return None
+    if outcome not in ("completed", "cancelled", "expired"):
+        raise StoreError(f"batch {m['id']} has an unknown ending {outcome!r}")
+    return BatchEnding(outcome, m["ending_output_file_id"], m["ending_error_file_id"])
+
+
 class SQLStore:
     """The store over an SQLAlchemy async engine. Build with a URL, then ``await open()``."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self._engine: AsyncEngine = create_async_engine(url)
-        if self._engine.dialect.name == "sqlite":
+        self._sqlite = self._engine.dialect.name == "sqlite"
+        if self._sqlite:
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
 
     @property
@@ -142,7 +129,7 @@ class SQLStore:
             async with self._engine.begin() as conn:
                 await conn.run_sync(migrate.upgrade_to_head)
         except SQLAlchemyError as exc:
-            raise StoreError(f"cannot open the metadata store at {self.url}: {exc}") from exc
+            raise _store_error(exc, f"cannot open the metadata store at {self.url}") from exc
 
     async def close(self) -> None:
         await self._engine.dispose()
@@ -157,14 +144,15 @@ class SQLStore:
             async with self._engine.connect() as conn:
                 return (await conn.execute(stmt)).all()
         except SQLAlchemyError as exc:
-            raise StoreError(str(exc)) from exc
+            raise _store_error(exc) from exc
 
-    async def _execute(self, stmt: sa.Executable) -> None:
+    async def _execute(self, stmt: sa.Executable) -> int:
+        """Run one write in its own transaction; the number of rows it matched."""
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(stmt)
+                return int((await conn.execute(stmt)).rowcount)
         except SQLAlchemyError as exc:
-            raise StoreError(str(exc)) from exc
+            raise _store_error(exc) from exc
 
     @staticmethod
     def _file(row: sa.Row[Any]) -> FileRecord:
@@ -175,20 +163,58 @@ class SQLStore:
     def _batch(row: sa.Row[Any]) -> BatchRecord:
         m = row._mapping
         values = {name: m[name] for name in _BATCH_FIELDS}
-        values["extra"] = values["extra"] or {}
-        return BatchRecord(**values)
+        values["status"] = parse_status(values["status"])
+        return BatchRecord(**values, ending=_ending_of(m))
 
     @staticmethod
     def _page(rows: Sequence[sa.Row[Any]], limit: int) -> tuple[Sequence[sa.Row[Any]], bool]:
         return rows[:limit], len(rows) > limit
 
+    async def _lock_project(self, conn: AsyncConnection, project: str, now: int) -> None:
+        """Hold the project's row until the transaction ends (creating it the first time)."""
+        insert = (sqlite.insert if self._sqlite else postgresql.insert)(projects)
+        await conn.execute(
+            insert.values(name=project, created_at=now).on_conflict_do_nothing(
+                index_elements=["name"]
+            )
+        )
+        if not self._sqlite:  # SQLite: the insert above took the database's write lock
+            await conn.execute(
+                sa.select(projects.c.name).where(projects.c.name == project).with_for_update()
+            )
+
+    async def _lock_batch(self, conn: AsyncConnection, batch_id: str) -> tuple[str, str] | None:
+        """The batch's status and project, its row held until the transaction ends."""
+        select = sa.select(batches.c.status, batches.c.project).where(batches.c.id == batch_id)
+        if self._sqlite:
+            await conn.execute(
+                sa.update(batches).where(batches.c.id == batch_id).values(status=batches.c.status)
+            )
+        else:
+            select = select.with_for_update()
+        row = (await conn.execute(select)).one_or_none()
+        return None if row is None else (row[0], row[1])
+
     # -- files ------------------------------------------------------------------------------
 
     async def create_file(
-        self, record: FileRecord, *, validation: dict[str, Any] | None = None
+        self,
+        record: FileRecord,
+        *,
+        validation: dict[str, Any] | None = None,
+        max_stored_bytes: int | None = None,
     ) -> None:
         values = dataclasses.asdict(record)
-        await self._execute(sa.insert(files).values(**values, validation=validation))
+        try:
+            async with self._engine.begin() as conn:
+                await self._lock_project(conn, record.project, record.created_at)
+                if max_stored_bytes is not None:
+                    used = await self._stored_bytes(conn, record.project, record.created_at)
+                    if used + record.bytes > max_stored_bytes:
+                        raise StorageQuotaExceeded(used=used)
+                await conn.execute(sa.insert(files).values(**values, validation=validation))
+        except SQLAlchemyError as exc:
+            raise _store_error(exc) from exc
 
     async def get_file_validation(self, file_id: str) -> dict[str, Any] | None:
         rows = await self._fetch(sa.select(files.c.validation).where(files.c.id == file_id))
@@ -254,15 +280,14 @@ class SQLStore:
                     await conn.execute(sa.select(*_FILE_COLUMNS).where(files.c.id == file_id))
                 ).one()
         except SQLAlchemyError as exc:
-            raise StoreError(str(exc)) from exc
+            raise _store_error(exc) from exc
         return self._file(row)
 
-    async def files_to_purge(
-        self, *, now: int, active_statuses: Iterable[str], limit: int
-    ) -> list[FileRecord]:
-        """Deleted or expired files whose blob is still stored and that no active batch reads."""
+    async def files_to_purge(self, *, now: int, limit: int) -> list[FileRecord]:
+        """Deleted or expired files whose blobs are still stored, oldest first, except the
+        inputs of active batches (a batch keeps reading its input until it ends)."""
         in_use = sa.exists().where(
-            batches.c.input_file_id == files.c.id, batches.c.status.in_(list(active_statuses))
+            batches.c.input_file_id == files.c.id, batches.c.status.in_(sorted(ACTIVE))
         )
         rows = await self._fetch(
             sa.select(*_FILE_COLUMNS)
@@ -282,13 +307,88 @@ class SQLStore:
     async def mark_purged(self, file_id: str, *, now: int) -> None:
         await self._execute(sa.update(files).where(files.c.id == file_id).values(purged_at=now))
 
+    async def stored_bytes(self, project: str, *, now: int) -> int:
+        """Bytes of the project's live files."""
+        try:
+            async with self._engine.connect() as conn:
+                return await self._stored_bytes(conn, project, now)
+        except SQLAlchemyError as exc:
+            raise _store_error(exc) from exc
+
+    async def _stored_bytes(self, conn: AsyncConnection, project: str, now: int) -> int:
+        total = await conn.scalar(
+            sa.select(sa.func.coalesce(sa.func.sum(files.c.bytes), 0)).where(
+                files.c.project == project, self._live_files(now)
+            )
+        )
+        return int(total or 0)
+
     # -- batches ----------------------------------------------------------------------------
 
-    async def create_batch(self, record: BatchRecord) -> None:
-        await self._execute(sa.insert(batches).values(**dataclasses.asdict(record)))
+    async def create_batch(self, record: BatchRecord, *, admission: BatchAdmission | None) -> None:
+        values = {name: getattr(record, name) for name in _BATCH_FIELDS}
+        try:
+            async with self._engine.begin() as conn:
+                await self._lock_project(conn, record.project, record.created_at)
+                if admission is not None and not admission.unlimited:
+                    await self._admit(conn, record.project, admission)
+                await conn.execute(
+                    sa.insert(batches).values(**values, **_ending_values(record.ending))
+                )
+                await self._event(
+                    conn, record.id, record.project, (None, record.status), record.created_at
+                )
+        except SQLAlchemyError as exc:
+            raise _store_error(exc) from exc
+
+    async def _admit(self, conn: AsyncConnection, project: str, admission: BatchAdmission) -> None:
+        """Raise :class:`BatchLimitReached` if the project may not create a batch now."""
+        in_project = batches.c.project == project
+        active = int(
+            await conn.scalar(
+                sa.select(sa.func.count()).where(in_project, batches.c.status.in_(sorted(ACTIVE)))
+            )
+            or 0
+        )
+        recent = (
+            await conn.execute(
+                sa.select(sa.func.count(), sa.func.min(batches.c.created_at)).where(
+                    in_project, batches.c.created_at >= admission.since
+                )
+            )
+        ).one()
+        created, oldest = int(recent[0]), None if recent[1] is None else int(recent[1])
+        for which, limit, count in (
+            ("max_active_batches", admission.max_active, active),
+            ("max_batches_per_hour", admission.max_per_hour, created),
+        ):
+            if limit is not None and count >= limit:
+                raise BatchLimitReached(
+                    which, limit=limit, active=active, created_since=created, oldest=oldest
+                )
+
+    @staticmethod
+    async def _event(
+        conn: AsyncConnection,
+        batch_id: str,
+        project: str,
+        change: tuple[BatchStatus | None, BatchStatus],
+        at: int,
+    ) -> None:
+        """The outbox row of a status change (``change``: from, to), in the change's
+        transaction."""
+        await conn.execute(
+            sa.insert(batch_events).values(
+                batch_id=batch_id,
+                project=project,
+                from_status=change[0],
+                to_status=change[1],
+                created_at=at,
+            )
+        )
 
     async def get_batch(self, batch_id: str, *, project: str | None = None) -> BatchRecord | None:
-        stmt = sa.select(batches).where(batches.c.id == batch_id)
+        stmt = sa.select(*_BATCH_COLUMNS).where(batches.c.id == batch_id)
         rows = await self._fetch(_in_project(stmt, batches, project))
         return self._batch(rows[0]) if rows else None
 
@@ -300,37 +400,110 @@ class SQLStore:
     async def list_batches(
         self, *, after_seq: int | None, limit: int, project: str | None = None
     ) -> tuple[list[BatchRecord], bool]:
-        stmt = _in_project(sa.select(batches), batches, project).order_by(batches.c.seq.desc())
+        stmt = _in_project(sa.select(*_BATCH_COLUMNS), batches, project)
+        stmt = stmt.order_by(batches.c.seq.desc())
         if after_seq is not None:
             stmt = stmt.where(batches.c.seq < after_seq)
         rows, has_more = self._page(await self._fetch(stmt.limit(limit + 1)), limit)
         return [self._batch(r) for r in rows], has_more
 
-    async def batches_with_status(self, statuses: Iterable[str]) -> list[BatchRecord]:
+    async def batches_with_status(self, statuses: Iterable[BatchStatus]) -> list[BatchRecord]:
         rows = await self._fetch(
-            sa.select(batches).where(batches.c.status.in_(list(statuses))).order_by(batches.c.seq)
+            sa.select(*_BATCH_COLUMNS)
+            .where(batches.c.status.in_(sorted(statuses)))
+            .order_by(batches.c.seq)
         )
         return [self._batch(r) for r in rows]
 
-    async def transition(
-        self, batch_id: str, from_statuses: Iterable[str], **changes: Any
-    ) -> BatchRecord | None:
-        """Apply ``changes`` only if the batch is in one of ``from_statuses`` (compare-and-set).
-
-        Returns the updated batch, or ``None`` when the batch is missing or in another status.
-        """
-        unknown = set(changes) - set(_BATCH_FIELDS)
+    async def apply(self, change: StatusChange) -> BatchRecord | None:
+        """Apply a lifecycle change: compare-and-set on the status, the event beside it."""
+        update = dict(change.update)
+        values: dict[str, Any] = {k: v for k, v in update.items() if k != "ending"}
+        if "ending" in update:
+            values.update(_ending_values(change.update.get("ending")))
+        if change.to is not None:
+            values["status"] = change.to
+            values[f"{change.to}_at"] = change.at
+        unknown = set(values) - set(batches.c.keys())
         if unknown:
             raise ValueError(f"unknown batch fields: {sorted(unknown)}")
-        return await self._update_batch(
-            batch_id, batches.c.status.in_(list(from_statuses)), changes
+        try:
+            async with self._engine.begin() as conn:
+                current = await self._lock_batch(conn, change.batch_id)
+                if current is None or current[0] not in change.expected:
+                    return None
+                status, project = parse_status(current[0]), current[1]
+                if change.quota is not None:
+                    await self._reserve(conn, project, change.quota, change.at)
+                await conn.execute(
+                    sa.update(batches).where(batches.c.id == change.batch_id).values(**values)
+                )
+                if change.to is not None:
+                    await self._event(
+                        conn, change.batch_id, project, (status, change.to), change.at
+                    )
+                row = (
+                    await conn.execute(
+                        sa.select(*_BATCH_COLUMNS).where(batches.c.id == change.batch_id)
+                    )
+                ).one()
+        except SQLAlchemyError as exc:
+            raise _store_error(exc) from exc
+        return self._batch(row)
+
+    async def _reserve(
+        self, conn: AsyncConnection, project: str, quota: TokenQuota, now: int
+    ) -> None:
+        """Raise :class:`TokenQuotaExceeded` if ``quota.tokens`` more would take the project's
+        enqueued tokens of the model past the limit (the caller then sets them on the batch)."""
+        await self._lock_project(conn, project, now)
+        queued = int(
+            await conn.scalar(
+                sa.select(sa.func.coalesce(sa.func.sum(batches.c.enqueued_tokens), 0)).where(
+                    batches.c.project == project,
+                    batches.c.model == quota.model,
+                    batches.c.status.in_(sorted(ENQUEUED)),
+                )
+            )
+            or 0
+        )
+        if queued + quota.tokens > quota.limit:
+            raise TokenQuotaExceeded(queued=queued)
+
+    async def events(
+        self, *, after_seq: int = 0, limit: int = 1000, batch_id: str | None = None
+    ) -> list[BatchEvent]:
+        stmt = sa.select(*_EVENT_COLUMNS).where(batch_events.c.seq > after_seq)
+        if batch_id is not None:
+            stmt = stmt.where(batch_events.c.batch_id == batch_id)
+        rows = await self._fetch(stmt.order_by(batch_events.c.seq).limit(limit))
+        return [
+            BatchEvent(
+                seq=int(row.seq),
+                batch_id=row.batch_id,
+                project=row.project,
+                from_status=None if row.from_status is None else parse_status(row.from_status),
+                to_status=parse_status(row.to_status),
+                created_at=int(row.created_at),
+            )
+            for row in rows
+        ]
+
+    # -- leases -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _claimable(now: float) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            batches.c.status.in_(sorted(RUNNABLE)),
+            batches.c.in_progress_at.is_not(None),
+            sa.or_(batches.c.lease_owner.is_(None), batches.c.lease_expires_at < now),
         )
 
-    async def _update_batch(
+    async def _set_lease(
         self, batch_id: str, condition: sa.ColumnElement[bool], values: dict[str, Any]
     ) -> BatchRecord | None:
-        """Set ``values`` on the batch if ``condition`` holds (compare-and-set); the batch
-        after the update, or ``None`` when it is missing or the condition failed."""
+        """Set lease ``values`` if ``condition`` holds (compare-and-set); the batch after it,
+        or ``None`` when it is missing or the condition failed."""
         try:
             async with self._engine.begin() as conn:
                 result = await conn.execute(
@@ -338,42 +511,30 @@ class SQLStore:
                 )
                 if result.rowcount != 1:
                     return None
-                row = (await conn.execute(sa.select(batches).where(batches.c.id == batch_id))).one()
+                row = (
+                    await conn.execute(sa.select(*_BATCH_COLUMNS).where(batches.c.id == batch_id))
+                ).one()
         except SQLAlchemyError as exc:
-            raise StoreError(str(exc)) from exc
+            raise _store_error(exc) from exc
         return self._batch(row)
 
-    # -- leases -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _claimable(statuses: Iterable[str], now: float) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            batches.c.status.in_(list(statuses)),
-            batches.c.in_progress_at.is_not(None),
-            sa.or_(batches.c.lease_owner.is_(None), batches.c.lease_expires_at < now),
-        )
-
     async def claim_batches(
-        self, *, owner: str, statuses: Iterable[str], now: float, lease_seconds: float, limit: int
+        self, *, owner: str, now: float, lease_seconds: float, limit: int
     ) -> list[BatchRecord]:
-        """Claim up to ``limit`` batches in ``statuses`` that nobody holds (or whose lease ran
-        out), oldest first. Only batches that ran validation (``in_progress_at`` set) qualify.
+        """Claim up to ``limit`` runnable batches that nobody holds (or whose lease ran out),
+        oldest first. Only batches that ran validation (``in_progress_at`` set) qualify.
 
         Each claim is a compare-and-set on the lease, so two engines sharing the store never
         both claim a batch (portable: no ``SKIP LOCKED`` needed).
         """
-        statuses = list(statuses)
         candidates = await self._fetch(
-            sa.select(batches.c.id)
-            .where(self._claimable(statuses, now))
-            .order_by(batches.c.seq)
-            .limit(limit)
+            sa.select(batches.c.id).where(self._claimable(now)).order_by(batches.c.seq).limit(limit)
         )
         claimed: list[BatchRecord] = []
         for (batch_id,) in candidates:
-            batch = await self._update_batch(
+            batch = await self._set_lease(
                 batch_id,
-                self._claimable(statuses, now),
+                self._claimable(now),
                 {"lease_owner": owner, "lease_expires_at": now + lease_seconds},
             )
             if batch is not None:
@@ -384,7 +545,7 @@ class SQLStore:
         self, batch_id: str, *, owner: str, now: float, lease_seconds: float
     ) -> BatchRecord | None:
         """Extend ``owner``'s lease; the batch as it is now, or ``None`` if the lease was lost."""
-        return await self._update_batch(
+        return await self._set_lease(
             batch_id, batches.c.lease_owner == owner, {"lease_expires_at": now + lease_seconds}
         )
 
@@ -397,16 +558,11 @@ class SQLStore:
 
     async def release_all_leases(self) -> int:
         """Drop every lease: for a store that only this process can use (its SQLite file)."""
-        try:
-            async with self._engine.begin() as conn:
-                result = await conn.execute(
-                    sa.update(batches)
-                    .where(batches.c.lease_owner.is_not(None))
-                    .values(lease_owner=None, lease_expires_at=None)
-                )
-        except SQLAlchemyError as exc:
-            raise StoreError(str(exc)) from exc
-        return int(result.rowcount)
+        return await self._execute(
+            sa.update(batches)
+            .where(batches.c.lease_owner.is_not(None))
+            .values(lease_owner=None, lease_expires_at=None)
+        )
 
     async def record_progress(
         self, batch_id: str, *, owner: str, completed: int, failed: int, usage: dict[str, Any]
@@ -417,52 +573,6 @@ class SQLStore:
             .where(batches.c.id == batch_id, batches.c.lease_owner == owner)
             .values(completed=completed, failed=failed, usage=usage)
         )
-
-    # -- project usage ----------------------------------------------------------------------
-
-    async def stored_bytes(self, project: str, *, now: int) -> int:
-        """Bytes of the project's live files."""
-        rows = await self._fetch(
-            sa.select(sa.func.coalesce(sa.func.sum(files.c.bytes), 0)).where(
-                files.c.project == project, self._live_files(now)
-            )
-        )
-        return int(rows[0][0])
-
-    async def batch_activity(
-        self, project: str, *, since: int, active_statuses: Iterable[str]
-    ) -> BatchActivity:
-        """The project's batches with one of ``active_statuses``, and those created at or after
-        ``since`` (with the oldest of them)."""
-        in_project = batches.c.project == project
-        active = await self._fetch(
-            sa.select(sa.func.count()).where(
-                in_project, batches.c.status.in_(list(active_statuses))
-            )
-        )
-        recent = await self._fetch(
-            sa.select(sa.func.count(), sa.func.min(batches.c.created_at)).where(
-                in_project, batches.c.created_at >= since
-            )
-        )
-        row: Sequence[Any] = recent[0]
-        count, oldest = row[0], row[1]
-        return BatchActivity(
-            active=int(active[0][0]),
-            created_since=int(count),
-            oldest_created_at=None if oldest is None else int(oldest),
-        )
-
-    async def enqueued_tokens(self, project: str, model: str, *, statuses: Iterable[str]) -> int:
-        """Estimated tokens of the project's batches for ``model`` with one of ``statuses``."""
-        rows = await self._fetch(
-            sa.select(sa.func.coalesce(sa.func.sum(batches.c.enqueued_tokens), 0)).where(
-                batches.c.project == project,
-                batches.c.model == model,
-                batches.c.status.in_(list(statuses)),
-            )
-        )
-        return int(rows[0][0])
 
     # -- API keys ---------------------------------------------------------------------------
 
@@ -480,16 +590,12 @@ class SQLStore:
 
     async def revoke_api_key(self, sha256: str, *, now: int) -> bool:
         """Revoke a live key; whether there was one."""
-        try:
-            async with self._engine.begin() as conn:
-                result = await conn.execute(
-                    sa.update(api_keys)
-                    .where(api_keys.c.sha256 == sha256, api_keys.c.revoked_at.is_(None))
-                    .values(revoked_at=now)
-                )
-        except SQLAlchemyError as exc:
-            raise StoreError(str(exc)) from exc
-        return bool(result.rowcount == 1)
+        revoked = await self._execute(
+            sa.update(api_keys)
+            .where(api_keys.c.sha256 == sha256, api_keys.c.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        return revoked == 1
 
     async def has_api_keys(self) -> bool:
         """Whether any key was ever created (a revoked one still means auth is on)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from batchd.store.tables import metadata
+from batchd.store.schema import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:  # pragma: no cover - batchd always passes a connection

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from batchd.tables import TableError
+from batchd.tabular.formats import TableError
 
 __all__ = [
     "Result",

@@ -3,8 +3,8 @@
 :class:`Template` fills ``{column}`` placeholders inside the string values of a parsed JSON
 value, so the result is always valid JSON whatever the cells hold (the JSON encoder escapes
 quotes, backslashes and newlines); ``{{`` and ``}}`` are literal braces. Every placeholder is
-replaced by the cell as text (:func:`~batchd.tables.cell_text`), also for JSONL and Parquet cells
-that are numbers or lists: the structure of the template never depends on the data.
+replaced by the cell as text (:func:`~batchd.tabular.formats.cell_text`), also for JSONL and
+Parquet cells that are numbers or lists: the structure of the template never depends on the data.
 
 :class:`RowIds` computes the ``custom_id`` of a row, the same way for both commands, so the
 results of a batch find their rows again. :class:`RequestTemplate` makes the batch line of a row.
@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from batchd.protocol import BATCH_ENDPOINTS
-from batchd.tables import Table, TableError, cell_text
+from batchd.tabular.formats import Table, TableError, cell_text
 from batchd.validation import normalize_url
 
 __all__ = ["DEFAULT_URL", "RequestTemplate", "RowIds", "Template", "check_columns"]

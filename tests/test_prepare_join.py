@@ -16,8 +16,7 @@ import pytest
 import typer.main
 from typer.testing import CliRunner, Result
 
-import batchd.cli.tables  # noqa: F401  (registers prepare and join on the app)
-from batchd.cli.main import app
+from batchd.cli import app
 
 IMDB = Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb_top_1000.csv"
 
@@ -715,7 +714,7 @@ def test_help_explains_every_option_with_an_example(name: str) -> None:
 
 def test_as_a_user_runs_it(tmp_path: Path) -> None:
     table = write_csv(tmp_path / "t.csv", [{"a": "1"}])
-    main = "import batchd.cli.tables; from batchd.cli.main import main; main()"
+    main = "from batchd.cli import main; main()"
 
     def batchd(*args: object) -> subprocess.CompletedProcess[str]:
         argv = [sys.executable, "-c", main, *map(str, args)]

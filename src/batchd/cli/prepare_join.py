@@ -6,9 +6,9 @@ the batch back to the table::
         --json-fields categories,summary -o joined.csv
 
 Both commands read the table one row at a time and compute the ``custom_id`` of each row the
-same way (:class:`~batchd.templates.RowIds`), so the id options given to ``prepare`` pair every
-result with its row in ``join``. ``prepare`` keeps the ids it wrote in memory to refuse
-duplicates; ``join`` keeps the results (:mod:`batchd.batch_results`) in memory, keyed by
+same way (:class:`~batchd.tabular.templates.RowIds`), so the id options given to ``prepare`` pair
+every result with its row in ``join``. ``prepare`` keeps the ids it wrote in memory to refuse
+duplicates; ``join`` keeps the results (:mod:`batchd.tabular.results`) in memory, keyed by
 ``custom_id``.
 """
 
@@ -23,10 +23,9 @@ from typing import Annotated, Any
 import orjson
 import typer
 
-from batchd.batch_results import ResultColumns, Results, read_results, result_columns
-from batchd.cli.main import app, fail
-from batchd.tables import (
-    AtomicFile,
+from batchd.atomicfile import AtomicFile
+from batchd.cli.common import fail
+from batchd.tabular.formats import (
     Table,
     TableError,
     cell_text,
@@ -34,7 +33,8 @@ from batchd.tables import (
     open_writer,
     table_format,
 )
-from batchd.templates import RequestTemplate, RowIds, check_columns
+from batchd.tabular.results import ResultColumns, Results, read_results, result_columns
+from batchd.tabular.templates import RequestTemplate, RowIds, check_columns
 
 __all__ = ["join", "prepare"]
 
@@ -116,7 +116,6 @@ def _user_errors() -> Iterator[None]:
 # --------------------------------------------------------------------------- prepare
 
 
-@app.command()
 def prepare(
     table: Annotated[
         Path,
@@ -373,7 +372,6 @@ def _report_prepared(table: Path, rows: int, skipped: int, files: _BatchFiles) -
 # --------------------------------------------------------------------------- join
 
 
-@app.command()
 def join(
     results: Annotated[
         list[Path],

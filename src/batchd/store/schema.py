@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["api_keys", "batches", "files", "metadata"]
+__all__ = ["api_keys", "batch_events", "batches", "files", "metadata", "projects"]
 
 metadata = sa.MetaData()
 
@@ -65,7 +65,11 @@ batches = sa.Table(
     sa.Column("usage", sa.JSON(), nullable=True),
     sa.Column("metadata", sa.JSON(), nullable=True),
     sa.Column("output_expires_after", sa.BigInteger(), nullable=True),
-    sa.Column("extra", sa.JSON(), nullable=True),
+    # How a running batch ends and the ids of the files it publishes, stored before any of it is
+    # written (see batchd.core.lifecycle.BatchEnding): NULL until the ending is decided.
+    sa.Column("ending", sa.String(16), nullable=True),
+    sa.Column("ending_output_file_id", sa.String(64), nullable=True),
+    sa.Column("ending_error_file_id", sa.String(64), nullable=True),
     # The engine running the batch (see SQLStore.claim_batches); not part of BatchRecord.
     sa.Column("lease_owner", sa.String(128), nullable=True),
     sa.Column("lease_expires_at", sa.Float(), nullable=True),
@@ -88,4 +92,29 @@ api_keys = sa.Table(
     sa.Column("name", sa.String(128), nullable=True),
     sa.Column("created_at", sa.BigInteger(), nullable=False),
     sa.Column("revoked_at", sa.BigInteger(), nullable=True),
+)
+
+# The outbox of the batch lifecycle: one row per status change, written in the transaction that
+# makes the change (see batchd.core.lifecycle). ``seq`` orders the events; ``from_status`` is NULL
+# for a batch's creation.
+batch_events = sa.Table(
+    "batch_events",
+    metadata,
+    sa.Column("seq", _Seq, primary_key=True, autoincrement=True),
+    sa.Column("batch_id", sa.String(64), nullable=False),
+    sa.Column("project", sa.String(128), nullable=False),
+    sa.Column("from_status", sa.String(16), nullable=True),
+    sa.Column("to_status", sa.String(16), nullable=False),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Index("ix_batch_events_batch_id", "batch_id"),
+)
+
+# One row per project that ever created a file or a batch: admission locks its row, so that a
+# project's limits are checked and the new row written as one step, whatever the number of
+# processes (Postgres: a row lock; SQLite: the database's write lock).
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
 )

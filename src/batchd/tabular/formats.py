@@ -4,7 +4,8 @@ A table is CSV (or TSV), JSONL (one object per line) or Parquet, read one row at
 JSONL line by line, Parquet by record batches (``pyarrow``, the ``parquet`` extra, imported only
 when a Parquet file is used). A row is a ``dict`` from column name to cell; CSV cells are strings,
 JSONL and Parquet cells keep their types, and :func:`cell_text` turns any of them into text.
-:class:`TableWriter` writes rows to any of these formats, atomically (:class:`AtomicFile`).
+:class:`TableWriter` writes rows to any of these formats, atomically
+(:class:`~batchd.atomicfile.AtomicFile`).
 
 Every error a user can cause is a :class:`TableError` whose message says what to change.
 """
@@ -16,8 +17,6 @@ import contextlib
 import csv
 import importlib
 import io
-import os
-import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -28,11 +27,11 @@ from typing import IO, Any
 
 import orjson
 
+from batchd.atomicfile import AtomicFile
 from batchd.errors import BatchdError
 
 __all__ = [
     "FORMATS",
-    "AtomicFile",
     "Table",
     "TableError",
     "TableWriter",
@@ -251,43 +250,9 @@ def _parquet_rows(parquet: Any) -> Iterator[dict[str, Any]]:
 # --------------------------------------------------------------------------- writing
 
 
-class AtomicFile:
-    """A file written under a temporary name next to ``path`` and renamed over it by
-    :meth:`commit`, so a failed or interrupted command never leaves a half-written file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        if not path.parent.is_dir():
-            raise TableError(f"cannot write {path}: the directory {path.parent} does not exist")
-        while True:  # mkstemp would make it 0600; this honours the umask, as open() does
-            self.temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-            try:
-                fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                continue
-            break
-        self.file: IO[bytes] = os.fdopen(fd, "wb")
-
-    def close(self) -> None:
-        """Flush, fsync and close the temporary file (:meth:`commit` then renames it)."""
-        if not self.file.closed:
-            self.file.flush()
-            os.fsync(self.file.fileno())
-            self.file.close()
-
-    def commit(self) -> None:
-        """Close the file and move it into place."""
-        self.close()
-        os.replace(self.temp, self.path)
-
-    def discard(self) -> None:
-        """Remove the temporary file (after an error)."""
-        self.file.close()
-        self.temp.unlink(missing_ok=True)
-
-
 class TableWriter:
-    """Writes rows to a CSV, TSV, JSONL or Parquet file, atomically (see :class:`AtomicFile`).
+    """Writes rows to a CSV, TSV, JSONL or Parquet file, atomically (see
+    :class:`~batchd.atomicfile.AtomicFile`).
 
     CSV and Parquet cells that are not strings or numbers are written as :func:`cell_text`;
     JSONL keeps every value as it is. Only ``columns`` are written, in that order, except to

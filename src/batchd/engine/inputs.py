@@ -1,0 +1,176 @@
+"""The requests of a running batch, read from its input file by the request index.
+
+The index (:mod:`batchd.core.request_index`) says where each request's line lies and its
+``custom_id``: the runner reads only the lines of requests without a durable result (a resumed
+batch skips the rest without reading them), several neighbouring lines with one read, and parses
+each once for its body; cancel and expiry take the ``custom_id``\\ s of the unexecuted requests
+from the index alone. An input file without an index (validated by an earlier batchd, or whose
+index was lost) is indexed once, on first use. Blocking code: run it in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import anyio.to_thread
+import orjson
+
+from batchd.core.request_index import (
+    RequestEntry,
+    RequestIndex,
+    RequestIndexError,
+    RequestIndexWriter,
+    index_key,
+)
+from batchd.engine.journal import Journal
+from batchd.providers.base import ProviderRequest
+from batchd.storage import Storage
+from batchd.validation import index_stream
+
+__all__ = ["Feed", "InputReader", "open_index", "request_ids"]
+
+log = logging.getLogger("batchd.engine")
+
+_READ_CHUNK = 512  # requests read from the input file per worker-thread call
+_SPAN = 4 << 20  # the most bytes one read covers
+_GAP = 64 << 10  # done requests between two pending ones read through rather than skipped
+
+
+def _build_index(storage: Storage, file_id: str, max_line_bytes: int) -> None:
+    writer = storage.writer()
+    try:
+        with storage.open_binary(file_id) as fh:
+            total = index_stream(fh, RequestIndexWriter(writer), max_line_bytes=max_line_bytes)
+        writer.commit_sync(index_key(file_id))
+    finally:
+        writer.abort_sync()  # nothing once committed
+    log.info("input file %s: request index built (%d requests)", file_id, total)
+
+
+def open_index(storage: Storage, file_id: str, total: int, max_line_bytes: int) -> RequestIndex:
+    """The request index of input file ``file_id`` (of ``total`` requests), built first when it
+    is missing or does not match the file."""
+    for attempt in range(2):
+        try:
+            fh = storage.open_binary(index_key(file_id))
+        except FileNotFoundError:
+            fh = None
+        if fh is not None:
+            try:
+                index = RequestIndex(fh)
+            except RequestIndexError as exc:
+                fh.close()
+                log.warning("input file %s: %s; indexing it again", file_id, exc)
+            else:
+                if index.total == total:
+                    return index
+                index.close()
+                log.warning(
+                    "input file %s: its request index has %d requests, the batch %d; indexing "
+                    "it again",
+                    file_id,
+                    index.total,
+                    total,
+                )
+        if attempt == 0:
+            _build_index(storage, file_id, max_line_bytes)
+    raise RequestIndexError(f"input file {file_id} does not have the {total} requests of its batch")
+
+
+class InputReader:
+    """The requests of a batch without a durable result, in request order, ``count`` at a time
+    (:meth:`read`), with their bodies parsed."""
+
+    def __init__(self, storage: Storage, file_id: str, journal: Journal, max_line_bytes: int):
+        self._index = open_index(storage, file_id, journal.total, max_line_bytes)
+        try:
+            self._fh: BinaryIO = storage.open_binary(file_id)
+        except BaseException:
+            self._index.close()
+            raise
+        self._pending = (
+            entry for entry in self._index.entries() if not journal.is_done(entry.index)
+        )
+
+    def read(self, count: int) -> list[tuple[int, str, dict[str, Any]]]:
+        """The next ``count`` requests (fewer at the end): ``(index, custom_id, body)``."""
+        entries: list[RequestEntry] = []
+        for entry in self._pending:
+            entries.append(entry)
+            if len(entries) >= count:
+                break
+        requests: list[tuple[int, str, dict[str, Any]]] = []
+        start = 0
+        while start < len(entries):
+            first = entries[start]
+            stop, end = start + 1, first.offset + first.length
+            while stop < len(entries):
+                after = entries[stop]
+                if after.offset - end > _GAP or after.offset + after.length - first.offset > _SPAN:
+                    break
+                end = after.offset + after.length
+                stop += 1
+            self._fh.seek(first.offset)
+            span = memoryview(self._fh.read(end - first.offset))
+            for entry in entries[start:stop]:
+                at = entry.offset - first.offset
+                line = span[at : at + entry.length]
+                if len(line) != entry.length:
+                    raise RequestIndexError(f"the input file is shorter than request {entry.index}")
+                requests.append((entry.index, entry.custom_id, orjson.loads(line)["body"]))
+            start = stop
+        return requests
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._fh.close()
+        self._index.close()
+
+
+def request_ids(
+    storage: Storage, file_id: str, total: int, max_line_bytes: int
+) -> Iterator[tuple[int, str]]:
+    """``(index, custom_id)`` of every request of the input file, from its index alone."""
+    index = open_index(storage, file_id, total, max_line_bytes)
+    try:
+        for entry in index.entries():
+            yield entry.index, entry.custom_id
+    finally:
+        index.close()
+
+
+class Feed:
+    """Request groups for the workers, read from the input in chunks when the queue runs dry."""
+
+    def __init__(self, reader: InputReader, endpoint: str, group_size: int) -> None:
+        self._reader = reader
+        self._endpoint = endpoint
+        self._group_size = group_size
+        self._queue: collections.deque[list[ProviderRequest]] = collections.deque()
+        self._refill = asyncio.Lock()
+        self._exhausted = False
+
+    async def next(self) -> list[ProviderRequest] | None:
+        """The next group, or ``None`` when the input has no more requests to send."""
+        while not self._queue:
+            if self._exhausted:
+                return None
+            async with self._refill:
+                if self._queue or self._exhausted:
+                    continue
+                chunk = await anyio.to_thread.run_sync(self._reader.read, _READ_CHUNK)
+                self._exhausted = not chunk
+                size, endpoint = self._group_size, self._endpoint
+                for start in range(0, len(chunk), size):
+                    self._queue.append(
+                        [
+                            ProviderRequest(index, custom_id, endpoint, body)
+                            for index, custom_id, body in chunk[start : start + size]
+                        ]
+                    )
+        return self._queue.popleft()
