@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
+from tests.pg import fresh_database
 from tests.serverproc import BatchdServer, models_at, write_config
 from tests.upstream.process import UpstreamProcess
 
@@ -72,3 +73,14 @@ def wait_for_status(
         if time.monotonic() > deadline:
             raise AssertionError(f"batch {batch_id} still {batch.status} after {timeout}s")
         time.sleep(0.05)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A store URL: a fresh SQLite file, and a fresh PostgreSQL database when
+    ``BATCHD_TEST_POSTGRES_URL`` names a server (skipped otherwise; see ``tests/pg.py``)."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
+    else:
+        async with fresh_database() as url:
+            yield url

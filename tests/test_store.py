@@ -3,7 +3,6 @@ migrations, lifecycle changes with their events, pagination, leases."""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,24 +15,18 @@ from batchd.core import lifecycle
 from batchd.core.lifecycle import BatchEnding, BatchStatus, StatusChange
 from batchd.store import BatchRecord, FileRecord, SQLStore
 from batchd.store.schema import metadata
-from tests.pg import fresh_database
 
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SQLStore]:
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[SQLStore]:
     """The store on a fresh SQLite file, and on a fresh PostgreSQL database when
     ``BATCHD_TEST_POSTGRES_URL`` names a server (see ``tests/pg.py``)."""
-    async with contextlib.AsyncExitStack() as stack:
-        if request.param == "sqlite":
-            url = f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}"
-        else:
-            url = await stack.enter_async_context(fresh_database())
-        s = SQLStore(url)
-        stack.push_async_callback(s.close)
-        await s.open()
-        yield s
+    s = SQLStore(db_url)
+    await s.open()
+    yield s
+    await s.close()
 
 
 def _file(i: int, *, purpose: str = "batch", expires_at: int | None = None) -> FileRecord:

@@ -49,6 +49,7 @@ __all__ = [
     "StatusChange",
     "TokenQuota",
     "create",
+    "parse_outcome",
     "parse_status",
     "record_ending",
     "transition",
@@ -93,6 +94,7 @@ _BY_NAME: dict[str, BatchStatus] = {status: status for status in STATUSES}
 
 Outcome = Literal["completed", "cancelled", "expired"]
 """How a batch that ran ends (``failed`` is for batches that validation refused)."""
+_OUTCOMES: dict[str, Outcome] = {outcome: outcome for outcome in get_args(Outcome)}
 
 
 def parse_status(value: str) -> BatchStatus:
@@ -102,6 +104,14 @@ def parse_status(value: str) -> BatchStatus:
         return _BY_NAME[value]
     except KeyError:
         raise ValueError(f"not a batch status: {value!r}") from None
+
+
+def parse_outcome(value: str) -> Outcome:
+    """``value`` as an :data:`Outcome`; :class:`ValueError` for anything else."""
+    try:
+        return _OUTCOMES[value]
+    except KeyError:
+        raise ValueError(f"not a batch outcome: {value!r}") from None
 
 
 class IllegalTransition(BatchdError):

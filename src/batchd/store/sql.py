@@ -9,8 +9,9 @@ lock, so a lock is a write that changes nothing, issued before any read of the t
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -28,6 +29,7 @@ from batchd.core.lifecycle import (
     BatchStatus,
     StatusChange,
     TokenQuota,
+    parse_outcome,
     parse_status,
 )
 from batchd.errors import (
@@ -56,6 +58,7 @@ _KEY_COLUMNS = [api_keys.c[f.name] for f in dataclasses.fields(ApiKeyRecord)]
 _EVENT_COLUMNS = [batch_events.c[f.name] for f in dataclasses.fields(BatchEvent)]
 
 _Statement = TypeVar("_Statement", sa.Select[Any], sa.Update)
+T = TypeVar("T")
 
 # What SQLite says when its disk is full or its file read-only (the store is then as stuck as
 # the blobs beside it: see batchd.errors.StorageFault).
@@ -90,6 +93,12 @@ def _store_error(exc: SQLAlchemyError, what: str | None = None) -> StoreError:
     return error
 
 
+def _settle(task: asyncio.Task[Any]) -> None:
+    """Retrieve a write task's outcome (its caller may have stopped waiting)."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _ending_values(ending: BatchEnding | None) -> dict[str, str | None]:
     if ending is None:
         return {"ending": None, "ending_output_file_id": None, "ending_error_file_id": None}
@@ -104,9 +113,9 @@ def _ending_of(m: sa.RowMapping) -> BatchEnding | None:
     outcome = m["ending"]
     if outcome is None:
         return None
-    if outcome not in ("completed", "cancelled", "expired"):
-        raise StoreError(f"batch {m['id']} has an unknown ending {outcome!r}")
-    return BatchEnding(outcome, m["ending_output_file_id"], m["ending_error_file_id"])
+    return BatchEnding(
+        parse_outcome(outcome), m["ending_output_file_id"], m["ending_error_file_id"]
+    )
 
 
 class SQLStore:
@@ -116,6 +125,7 @@ class SQLStore:
         self.url = url
         self._engine: AsyncEngine = create_async_engine(url)
         self._sqlite = self._engine.dialect.name == "sqlite"
+        self._writes: set[asyncio.Task[Any]] = set()
         if self._sqlite:
             event.listen(self._engine.sync_engine, "connect", _sqlite_pragmas)
 
@@ -132,6 +142,8 @@ class SQLStore:
             raise _store_error(exc, f"cannot open the metadata store at {self.url}") from exc
 
     async def close(self) -> None:
+        """Wait for the transactions under way (their callers may be gone), then close."""
+        await asyncio.gather(*self._writes, return_exceptions=True)
         await self._engine.dispose()
 
     async def ping(self) -> None:
@@ -146,13 +158,32 @@ class SQLStore:
         except SQLAlchemyError as exc:
             raise _store_error(exc) from exc
 
+    async def _transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``work`` in a transaction that ends (commit, or rollback on error) whatever
+        happens to the caller: it runs in a task of its own, shielded from the caller's
+        cancellation. A transaction cut short by a cancel would leave its connection, and on
+        SQLite the database's write lock, held until the garbage collector closes it."""
+
+        async def run() -> T:
+            try:
+                async with self._engine.begin() as conn:
+                    return await work(conn)
+            except SQLAlchemyError as exc:
+                raise _store_error(exc) from exc
+
+        task = asyncio.ensure_future(run())
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        task.add_done_callback(_settle)
+        return await asyncio.shield(task)
+
     async def _execute(self, stmt: sa.Executable) -> int:
         """Run one write in its own transaction; the number of rows it matched."""
-        try:
-            async with self._engine.begin() as conn:
-                return int((await conn.execute(stmt)).rowcount)
-        except SQLAlchemyError as exc:
-            raise _store_error(exc) from exc
+
+        async def work(conn: AsyncConnection) -> int:
+            return int((await conn.execute(stmt)).rowcount)
+
+        return await self._transaction(work)
 
     @staticmethod
     def _file(row: sa.Row[Any]) -> FileRecord:
@@ -205,16 +236,16 @@ class SQLStore:
         max_stored_bytes: int | None = None,
     ) -> None:
         values = dataclasses.asdict(record)
-        try:
-            async with self._engine.begin() as conn:
-                await self._lock_project(conn, record.project, record.created_at)
-                if max_stored_bytes is not None:
-                    used = await self._stored_bytes(conn, record.project, record.created_at)
-                    if used + record.bytes > max_stored_bytes:
-                        raise StorageQuotaExceeded(used=used)
-                await conn.execute(sa.insert(files).values(**values, validation=validation))
-        except SQLAlchemyError as exc:
-            raise _store_error(exc) from exc
+
+        async def work(conn: AsyncConnection) -> None:
+            await self._lock_project(conn, record.project, record.created_at)
+            if max_stored_bytes is not None:
+                used = await self._stored_bytes(conn, record.project, record.created_at)
+                if used + record.bytes > max_stored_bytes:
+                    raise StorageQuotaExceeded(used=used)
+            await conn.execute(sa.insert(files).values(**values, validation=validation))
+
+        await self._transaction(work)
 
     async def get_file_validation(self, file_id: str) -> dict[str, Any] | None:
         rows = await self._fetch(sa.select(files.c.validation).where(files.c.id == file_id))
@@ -268,20 +299,16 @@ class SQLStore:
     ) -> FileRecord | None:
         """Mark a live file deleted; returns it, or ``None`` if there was no live file (in
         ``project``, when given)."""
-        try:
-            async with self._engine.begin() as conn:
-                update = sa.update(files).where(files.c.id == file_id, self._live_files(now))
-                result = await conn.execute(
-                    _in_project(update, files, project).values(deleted_at=now)
-                )
-                if result.rowcount != 1:
-                    return None
-                row = (
-                    await conn.execute(sa.select(*_FILE_COLUMNS).where(files.c.id == file_id))
-                ).one()
-        except SQLAlchemyError as exc:
-            raise _store_error(exc) from exc
-        return self._file(row)
+
+        async def work(conn: AsyncConnection) -> FileRecord | None:
+            update = sa.update(files).where(files.c.id == file_id, self._live_files(now))
+            result = await conn.execute(_in_project(update, files, project).values(deleted_at=now))
+            if result.rowcount != 1:
+                return None
+            row = (await conn.execute(sa.select(*_FILE_COLUMNS).where(files.c.id == file_id))).one()
+            return self._file(row)
+
+        return await self._transaction(work)
 
     async def files_to_purge(self, *, now: int, limit: int) -> list[FileRecord]:
         """Deleted or expired files whose blobs are still stored, oldest first, except the
@@ -327,19 +354,17 @@ class SQLStore:
 
     async def create_batch(self, record: BatchRecord, *, admission: BatchAdmission | None) -> None:
         values = {name: getattr(record, name) for name in _BATCH_FIELDS}
-        try:
-            async with self._engine.begin() as conn:
-                await self._lock_project(conn, record.project, record.created_at)
-                if admission is not None and not admission.unlimited:
-                    await self._admit(conn, record.project, admission)
-                await conn.execute(
-                    sa.insert(batches).values(**values, **_ending_values(record.ending))
-                )
-                await self._event(
-                    conn, record.id, record.project, (None, record.status), record.created_at
-                )
-        except SQLAlchemyError as exc:
-            raise _store_error(exc) from exc
+
+        async def work(conn: AsyncConnection) -> None:
+            await self._lock_project(conn, record.project, record.created_at)
+            if admission is not None and not admission.unlimited:
+                await self._admit(conn, record.project, admission)
+            await conn.execute(sa.insert(batches).values(**values, **_ending_values(record.ending)))
+            await self._event(
+                conn, record.id, record.project, (None, record.status), record.created_at
+            )
+
+        await self._transaction(work)
 
     async def _admit(self, conn: AsyncConnection, project: str, admission: BatchAdmission) -> None:
         """Raise :class:`BatchLimitReached` if the project may not create a batch now."""
@@ -427,29 +452,27 @@ class SQLStore:
         unknown = set(values) - set(batches.c.keys())
         if unknown:
             raise ValueError(f"unknown batch fields: {sorted(unknown)}")
-        try:
-            async with self._engine.begin() as conn:
-                current = await self._lock_batch(conn, change.batch_id)
-                if current is None or current[0] not in change.expected:
-                    return None
-                status, project = parse_status(current[0]), current[1]
-                if change.quota is not None:
-                    await self._reserve(conn, project, change.quota, change.at)
+
+        async def work(conn: AsyncConnection) -> BatchRecord | None:
+            current = await self._lock_batch(conn, change.batch_id)
+            if current is None or current[0] not in change.expected:
+                return None
+            status, project = parse_status(current[0]), current[1]
+            if change.quota is not None:
+                await self._reserve(conn, project, change.quota, change.at)
+            await conn.execute(
+                sa.update(batches).where(batches.c.id == change.batch_id).values(**values)
+            )
+            if change.to is not None:
+                await self._event(conn, change.batch_id, project, (status, change.to), change.at)
+            row = (
                 await conn.execute(
-                    sa.update(batches).where(batches.c.id == change.batch_id).values(**values)
+                    sa.select(*_BATCH_COLUMNS).where(batches.c.id == change.batch_id)
                 )
-                if change.to is not None:
-                    await self._event(
-                        conn, change.batch_id, project, (status, change.to), change.at
-                    )
-                row = (
-                    await conn.execute(
-                        sa.select(*_BATCH_COLUMNS).where(batches.c.id == change.batch_id)
-                    )
-                ).one()
-        except SQLAlchemyError as exc:
-            raise _store_error(exc) from exc
-        return self._batch(row)
+            ).one()
+            return self._batch(row)
+
+        return await self._transaction(work)
 
     async def _reserve(
         self, conn: AsyncConnection, project: str, quota: TokenQuota, now: int
@@ -504,19 +527,19 @@ class SQLStore:
     ) -> BatchRecord | None:
         """Set lease ``values`` if ``condition`` holds (compare-and-set); the batch after it,
         or ``None`` when it is missing or the condition failed."""
-        try:
-            async with self._engine.begin() as conn:
-                result = await conn.execute(
-                    sa.update(batches).where(batches.c.id == batch_id, condition).values(**values)
-                )
-                if result.rowcount != 1:
-                    return None
-                row = (
-                    await conn.execute(sa.select(*_BATCH_COLUMNS).where(batches.c.id == batch_id))
-                ).one()
-        except SQLAlchemyError as exc:
-            raise _store_error(exc) from exc
-        return self._batch(row)
+
+        async def work(conn: AsyncConnection) -> BatchRecord | None:
+            result = await conn.execute(
+                sa.update(batches).where(batches.c.id == batch_id, condition).values(**values)
+            )
+            if result.rowcount != 1:
+                return None
+            row = (
+                await conn.execute(sa.select(*_BATCH_COLUMNS).where(batches.c.id == batch_id))
+            ).one()
+            return self._batch(row)
+
+        return await self._transaction(work)
 
     async def claim_batches(
         self, *, owner: str, now: float, lease_seconds: float, limit: int
