@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -22,6 +23,7 @@ from batchd.engine import BatchManager
 from batchd.engine.journal import Journal, JournalEntry
 from batchd.engine.limits import Limiters, TokenBucket, UpstreamGate, estimate_tokens
 from batchd.engine.runner import entry_of
+from batchd.engine.throttle import Throttle
 from batchd.ids import new_file_id
 from batchd.providers.base import DispatchLimits, Provider, ProviderRequest, ProviderResult
 from batchd.service import BatchService
@@ -556,3 +558,29 @@ async def test_the_upstream_bound_caps_requests_in_flight_below_the_models(
         assert unbounded.peak == 6  # the model's own bound, reached without the upstream one
     finally:
         await manager.stop()
+
+
+def test_a_lasting_fault_is_logged_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    throttle = Throttle(logging.getLogger("batchd.test"), 60.0, clock=clock)
+    caplog.set_level("WARNING", logger="batchd.test")
+    assert throttle.warning("batch a", "paused: %s", "disk full")
+    for _ in range(59):  # a retry every second for a minute: held back
+        clock.now += 1
+        assert not throttle.warning("batch a", "paused: %s", "disk full")
+    assert throttle.warning("batch b", "paused: %s", "disk full")  # another subject: its own
+    clock.now += 1
+    assert throttle.warning("batch a", "paused: %s", "disk full")
+    assert [r.getMessage() for r in caplog.records] == [
+        "paused: disk full",
+        "paused: disk full",
+        "paused: disk full (59 more since the last report)",
+    ]
+    assert "batch a" in throttle
+    assert throttle.recovered("batch a")
+    assert not throttle.recovered("batch a")  # news once
+    assert not throttle.warning("batch a", "paused again")  # within the minute: still quiet
+    assert throttle.clear("batch a")
+    assert "batch a" not in throttle
+    assert throttle.warning("batch a", "a new fault")  # after a clean run: at once
+    assert not throttle.recovered("batch c")  # never faulted

@@ -69,6 +69,7 @@ from batchd.storage.local import fsync_dir
 
 __all__ = [
     "CHUNK",
+    "PROBE_BYTES",
     "Counts",
     "Journal",
     "JournalEntry",
@@ -98,17 +99,21 @@ def _sync_fd(fd: int) -> None:
 class JournalError(BatchdError):
     """The result journal cannot be used."""
 
+    def __init__(self, message: str | None = None, *, os_error: OSError | None = None) -> None:
+        super().__init__(message)
+        self.os_error = os_error
+        """The system's error behind it, when the disk refused a write."""
+
     @property
     def fault(self) -> StorageFault | None:
         """The storage fault behind this error (a full or read-only disk: the journal can be
         opened again once it is gone), or ``None`` when the cause is not the disk."""
-        cause = self.__cause__
-        if isinstance(cause, OSError):
-            return storage_fault(cause, "writing the result journal")
-        return None
+        if self.os_error is None:
+            return None
+        return storage_fault(self.os_error, "writing the result journal")
 
 
-_PROBE_BYTES = 256 * 1024
+PROBE_BYTES = 256 * 1024  # written and removed to tell that a storage fault is gone
 
 
 def probe_writable(directory: Path) -> None:
@@ -118,7 +123,7 @@ def probe_writable(directory: Path) -> None:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            view = memoryview(bytes(_PROBE_BYTES))
+            view = memoryview(bytes(PROBE_BYTES))
             while view:
                 view = view[os.write(fd, view) :]
             _sync_fd(fd)
@@ -570,7 +575,7 @@ class Journal:
 
     def _check_usable(self) -> None:
         if self._error is not None:
-            raise JournalError(self._error.message) from self._error.__cause__
+            raise self._failure() from self._error.__cause__
         if self._closing:
             raise JournalError(f"the journal {self.path} is closed")
 
@@ -779,14 +784,15 @@ class Journal:
 
     def _failure(self) -> JournalError:
         assert self._error is not None
-        error = JournalError(self._error.message)
+        error = JournalError(self._error.message, os_error=self._error.os_error)
         error.__cause__ = self._error.__cause__
         return error
 
     def _fail(self, exc: BaseException, group: Iterable[_Append | _Fill], what: str) -> None:
         """Stop the journal: fail ``group`` and everything queued."""
         if self._error is None:
-            self._error = JournalError(f"{what}: {exc!r}")
+            os_error = exc if isinstance(exc, OSError) else None
+            self._error = JournalError(f"{what}: {exc!r}", os_error=os_error)
             self._error.__cause__ = exc
             log.error("%s", self._error.message)
         waiting: list[_Append | _Fill] = [*group, *self._queue]

@@ -48,7 +48,14 @@ from batchd.core.files import publish_output
 from batchd.core.lifecycle import BatchEnding, Outcome
 from batchd.engine.finalize import CANCELLED, EXPIRED, write_results
 from batchd.engine.inputs import Feed, InputReader, request_ids
-from batchd.engine.journal import Journal, JournalEntry, JournalError, Usage, probe_writable
+from batchd.engine.journal import (
+    PROBE_BYTES,
+    Journal,
+    JournalEntry,
+    JournalError,
+    Usage,
+    probe_writable,
+)
 from batchd.engine.limits import Limiters, ModelLimiter
 from batchd.engine.retry import RetryStrategy
 from batchd.engine.throttle import Throttle
@@ -124,6 +131,7 @@ class BatchRunner:
         self._draining = False
         self._busy = 0  # request groups in flight
         self._deadline: float | None = None  # on the monotonic clock
+        self._journal: Journal | None = None  # the journal of the current run, once open
 
     @property
     def batch_id(self) -> str:
@@ -146,11 +154,13 @@ class BatchRunner:
         subject = f"batch {self.batch.id}"
         faults = self.engine.faults
         try:
-            if subject in faults:
-                await anyio.to_thread.run_sync(probe_writable, self.engine.journal_dir)
-                faults.clear(subject)
-                log.info("batch %s: the storage works again; resuming", self.batch.id)
-            return await self._run()
+            if subject in faults:  # paused by a fault: go on only if a write works again
+                await anyio.to_thread.run_sync(self._probe)
+                if faults.recovered(subject):
+                    log.info("batch %s: the storage works again; resuming", self.batch.id)
+            ending = await self._run()
+            faults.clear(subject)
+            return ending
         except JournalError as exc:
             fault = exc.fault
             if fault is None:
@@ -161,8 +171,19 @@ class BatchRunner:
             self._report(exc)
             raise
 
+    def _probe(self) -> None:
+        """Raise the :class:`~batchd.errors.StorageFault` that still holds, if one does: a small
+        write where the journal lives, and one to the blob storage (thrown away)."""
+        probe_writable(self.engine.journal_dir)
+        writer = self.engine.storage.writer()
+        try:
+            writer.write(bytes(PROBE_BYTES))
+        finally:
+            writer.abort_sync()
+
     def _report(self, fault: StorageFault | StoreError) -> None:
-        done = self.batch.completed + self.batch.failed
+        counts = self._journal.counts if self._journal is not None else None
+        done = counts.done if counts is not None else self.batch.completed + self.batch.failed
         self.engine.faults.warning(
             f"batch {self.batch.id}",
             "batch %s: paused: %s. It resumes by itself once that is fixed; every result so far "
@@ -180,6 +201,7 @@ class BatchRunner:
             journal = await Journal.open(path, batch.total, max_delay=_JOURNAL_DELAY)
         except OSError as exc:
             raise storage_fault(exc, "opening the result journal") from exc
+        self._journal = journal
         try:
             outcome: Outcome | None
             if batch.status == "finalizing":

@@ -85,7 +85,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 def _store_error(exc: SQLAlchemyError, what: str | None = None) -> StoreError:
     """A foreign exception as a :class:`StoreError` that says when the disk is the cause."""
-    text = str(exc)
+    text = str(getattr(exc, "orig", None) or exc)  # the driver's words, without SQL or links
     error = StoreError(f"{what}: {text}" if what else text)
     for marker, reason in _SQLITE_FAULTS.items():
         if marker in text:
