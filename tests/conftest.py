@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
+from batchd.store import SQLStore
 from tests.pg import fresh_database
 from tests.serverproc import BatchdServer, models_at, write_config
 from tests.upstream.process import UpstreamProcess
@@ -84,3 +85,12 @@ async def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
     else:
         async with fresh_database() as url:
             yield url
+
+
+@pytest.fixture
+async def store(db_url: str) -> AsyncIterator[SQLStore]:
+    """The store on ``db_url``, migrated (each test its own database)."""
+    s = SQLStore(db_url)
+    await s.open()
+    yield s
+    await s.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -30,14 +29,6 @@ pytestmark = pytest.mark.anyio
 ALLOWED = [(a, b) for a, targets in TRANSITIONS.items() for b in sorted(targets)]
 REFUSED = [(a, b) for a, b in itertools.product(STATUSES, STATUSES) if b not in TRANSITIONS[a]]
 _numbers = itertools.count()
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[SQLStore]:
-    s = SQLStore(db_url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 def _record(status: BatchStatus = "validating", project: str = "p") -> BatchRecord:

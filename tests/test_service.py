@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -52,14 +51,6 @@ class RecordingEngine:
 
     def files_deleted(self) -> None:
         self.deleted += 1
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[SQLStore]:
-    s = SQLStore(db_url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 def service(store: SQLStore, **limits: Any) -> tuple[BatchService, RecordingEngine]:

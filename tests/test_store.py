@@ -3,7 +3,6 @@ migrations, lifecycle changes with their events, pagination, leases."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -17,16 +16,6 @@ from batchd.store import BatchRecord, FileRecord, SQLStore
 from batchd.store.schema import metadata
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture
-async def store(db_url: str) -> AsyncIterator[SQLStore]:
-    """The store on a fresh SQLite file, and on a fresh PostgreSQL database when
-    ``BATCHD_TEST_POSTGRES_URL`` names a server (see ``tests/pg.py``)."""
-    s = SQLStore(db_url)
-    await s.open()
-    yield s
-    await s.close()
 
 
 def _file(i: int, *, purpose: str = "batch", expires_at: int | None = None) -> FileRecord:

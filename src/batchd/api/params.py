@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 import orjson
@@ -18,7 +18,6 @@ __all__ = [
     "MIN_EXPIRY",
     "check_expiry_seconds",
     "parse_choice",
-    "parse_cursor",
     "parse_integer",
     "parse_limit",
     "read_json_object",
@@ -51,24 +50,6 @@ def check_expiry_seconds(value: int, *, param: str) -> int:
             code="invalid_value",
         )
     return value
-
-
-async def parse_cursor(
-    after: str | None,
-    *,
-    kind: str,
-    well_formed: Callable[[str], bool],
-    lookup: Callable[[str], Awaitable[int | None]],
-) -> int | None:
-    """The store sequence number of the ``after`` cursor object, or a 400 naming the bad id."""
-    if after is None:
-        return None
-    seq = await lookup(after) if well_formed(after) else None
-    if seq is None:
-        raise InvalidRequest(
-            f"Invalid 'after': no {kind} with id {after!r}.", param="after", code="invalid_value"
-        )
-    return seq
 
 
 def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:

@@ -132,16 +132,7 @@ async def add_file(
     ``max_stored_bytes`` included, checked in the same transaction) the blob is deleted, so no
     stored bytes outlive a file that was never listed."""
     blob = ingested.blob
-    record = FileRecord(
-        id=blob.key,
-        bytes=blob.size,
-        created_at=now,
-        expires_at=now + expires_after if expires_after else None,
-        filename=filename,
-        purpose=purpose,
-        sha256=blob.sha256,
-        project=project,
-    )
+    record = _record(blob, filename, purpose, project, now, expires_after)
     try:
         await store.create_file(
             record, validation=ingested.validation, max_stored_bytes=max_stored_bytes
@@ -168,18 +159,29 @@ async def publish_output(
     if existing is not None:
         return existing
     seconds = batch.output_expires_after or default_expiry
-    record = FileRecord(
+    record = _record(blob, filename, "batch_output", batch.project, now, seconds)
+    await store.create_file(record)
+    return record
+
+
+def _record(
+    blob: BlobInfo,
+    filename: str,
+    purpose: FilePurpose,
+    project: str,
+    now: int,
+    expires_after: int | None,
+) -> FileRecord:
+    return FileRecord(
         id=blob.key,
         bytes=blob.size,
         created_at=now,
-        expires_at=now + seconds if seconds else None,
+        expires_at=now + expires_after if expires_after else None,
         filename=filename,
-        purpose="batch_output",
+        purpose=purpose,
         sha256=blob.sha256,
-        project=batch.project,
+        project=project,
     )
-    await store.create_file(record)
-    return record
 
 
 async def purge_blobs(storage: Storage, file_id: str) -> None:

@@ -3,7 +3,8 @@ the command line do with files and batches, with the project's limits admitted a
 store. Dialects parse their wire format, call a service and render its answer; the engine is told
 of new and cancelled batches through :class:`EngineHooks` and never imports this package."""
 
-from batchd.service.batches import BatchService, EngineHooks, NewBatch, Page
+from batchd.service.batches import BatchService, EngineHooks, NewBatch
 from batchd.service.files import FileService, UploadCap
+from batchd.service.pages import Page
 
 __all__ = ["BatchService", "EngineHooks", "FileService", "NewBatch", "Page", "UploadCap"]

@@ -6,13 +6,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol
 
 from batchd.config import Settings
 from batchd.core import lifecycle
 from batchd.errors import BatchLimitReached, Conflict, InvalidRequest, NotFound, RateLimited
 from batchd.ids import is_batch_id, new_batch_id
 from batchd.protocol import BATCH_ENDPOINTS
+from batchd.service.pages import Page, resolve_cursor
 from batchd.store import BatchAdmission, BatchRecord, Store
 from batchd.validation import normalize_url
 
@@ -24,23 +25,12 @@ __all__ = [
     "BatchService",
     "EngineHooks",
     "NewBatch",
-    "Page",
 ]
 
 log = logging.getLogger("batchd")
 
 COMPLETION_WINDOWS = ("24h",)
 MAX_METADATA_PAIRS, MAX_METADATA_KEY, MAX_METADATA_VALUE = 16, 64, 512
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Page(Generic[T]):
-    """One page of a list, newest or oldest first as asked; ``has_more`` when more follow."""
-
-    data: list[T]
-    has_more: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,20 +185,12 @@ class BatchService:
 
     async def list(self, project: str, *, after: str | None, limit: int) -> Page[BatchRecord]:
         """The project's batches, newest first, after the batch ``after`` (a cursor)."""
-        after_seq = None
-        if after is not None:
-            found = (
-                await self.store.batch_cursor(after, project=project)
-                if is_batch_id(after)
-                else None
-            )
-            if found is None:
-                raise InvalidRequest(
-                    f"Invalid 'after': no batch with id {after!r}.",
-                    param="after",
-                    code="invalid_value",
-                )
-            after_seq = found
+        after_seq = await resolve_cursor(
+            after,
+            kind="batch",
+            well_formed=is_batch_id,
+            lookup=lambda batch_id: self.store.batch_cursor(batch_id, project=project),
+        )
         records, has_more = await self.store.list_batches(
             after_seq=after_seq, limit=limit, project=project
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from batchd.config import Settings
@@ -17,7 +17,8 @@ from batchd.errors import (
 )
 from batchd.ids import is_file_id, new_file_id
 from batchd.protocol import UPLOAD_PURPOSES, FilePurpose
-from batchd.service.batches import EngineHooks, Page
+from batchd.service.batches import EngineHooks
+from batchd.service.pages import Page, resolve_cursor
 from batchd.storage import Storage
 from batchd.store import FileRecord, Order, Store
 
@@ -55,8 +56,12 @@ class UploadCap:
     error: APIError | None = None
 
 
-def _not_found(file_id: str) -> NotFound:
-    return NotFound(f"No such File object: {file_id}", param="id")
+async def _found(file_id: str, lookup: Callable[[], Awaitable[FileRecord | None]]) -> FileRecord:
+    """What ``lookup`` finds of a well-formed ``file_id``, or a 404."""
+    record = await lookup() if is_file_id(file_id) else None
+    if record is None:
+        raise NotFound(f"No such File object: {file_id}", param="id")
+    return record
 
 
 class FileService:
@@ -166,12 +171,9 @@ class FileService:
         return checked
 
     async def get(self, project: str, file_id: str) -> FileRecord:
-        record = None
-        if is_file_id(file_id):
-            record = await self.store.get_file(file_id, now=self.now(), project=project)
-        if record is None:
-            raise _not_found(file_id)
-        return record
+        return await _found(
+            file_id, lambda: self.store.get_file(file_id, now=self.now(), project=project)
+        )
 
     async def list(
         self,
@@ -182,18 +184,12 @@ class FileService:
         limit: int,
         order: Order,
     ) -> Page[FileRecord]:
-        after_seq = None
-        if after is not None:
-            found = (
-                await self.store.file_cursor(after, project=project) if is_file_id(after) else None
-            )
-            if found is None:
-                raise InvalidRequest(
-                    f"Invalid 'after': no file with id {after!r}.",
-                    param="after",
-                    code="invalid_value",
-                )
-            after_seq = found
+        after_seq = await resolve_cursor(
+            after,
+            kind="file",
+            well_formed=is_file_id,
+            lookup=lambda file_id: self.store.file_cursor(file_id, project=project),
+        )
         records, has_more = await self.store.list_files(
             now=self.now(),
             purpose=purpose,
@@ -205,11 +201,9 @@ class FileService:
         return Page(records, has_more)
 
     async def delete(self, project: str, file_id: str) -> FileRecord:
-        record = None
-        if is_file_id(file_id):
-            record = await self.store.delete_file(file_id, now=self.now(), project=project)
-        if record is None:
-            raise _not_found(file_id)
+        record = await _found(
+            file_id, lambda: self.store.delete_file(file_id, now=self.now(), project=project)
+        )
         self.engine.files_deleted()
         return record
 

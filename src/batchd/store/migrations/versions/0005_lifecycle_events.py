@@ -23,6 +23,16 @@ _Seq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 _ENDING_COLUMNS = ("ending", "ending_output_file_id", "ending_error_file_id")
 
 
+def _batches() -> sa.TableClause:
+    """The columns of ``batches`` that this migration moves between ``extra`` and its own."""
+    return sa.table(
+        "batches",
+        sa.column("id", sa.String()),
+        sa.column("extra", sa.JSON()),
+        *(sa.column(name, sa.String()) for name in _ENDING_COLUMNS),
+    )
+
+
 def upgrade() -> None:
     op.create_table(
         "batch_events",
@@ -43,12 +53,7 @@ def upgrade() -> None:
     op.add_column("batches", sa.Column("ending_output_file_id", sa.String(64), nullable=True))
     op.add_column("batches", sa.Column("ending_error_file_id", sa.String(64), nullable=True))
     # A batch that was ending when the previous version stopped keeps its ending and file ids.
-    batches = sa.table(
-        "batches",
-        sa.column("id", sa.String()),
-        sa.column("extra", sa.JSON()),
-        *(sa.column(name, sa.String()) for name in _ENDING_COLUMNS),
-    )
+    batches = _batches()
     conn = op.get_bind()
     rows = conn.execute(
         sa.select(batches.c.id, batches.c.extra).where(batches.c.extra.is_not(None))
@@ -74,12 +79,7 @@ def _ending_of(extra: Any) -> dict[str, str] | None:
 
 def downgrade() -> None:
     op.add_column("batches", sa.Column("extra", sa.JSON(), nullable=True))
-    batches = sa.table(
-        "batches",
-        sa.column("id", sa.String()),
-        sa.column("extra", sa.JSON()),
-        *(sa.column(name, sa.String()) for name in _ENDING_COLUMNS),
-    )
+    batches = _batches()
     conn = op.get_bind()
     rows = conn.execute(
         sa.select(batches.c.id, *(batches.c[name] for name in _ENDING_COLUMNS)).where(
