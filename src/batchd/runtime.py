@@ -4,7 +4,6 @@ lifespan and ``batchd run`` (no server) both use :func:`open_services`."""
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
@@ -33,9 +32,6 @@ class Services:
     files: FileService
     auth: Authenticator | None = None
     """Who may call the API (``None``: everyone, as the default project)."""
-
-    def now(self) -> int:
-        return int(time.time())
 
 
 @contextlib.asynccontextmanager

@@ -62,7 +62,11 @@ class Ingest:
         self._index: RequestIndexWriter | None = None
         self._validator: UploadValidator | None = None
         if validate:
-            self._index_blob = storage.writer(background=background)
+            try:
+                self._index_blob = storage.writer(background=background)
+            except BaseException:
+                self._writer.abort_sync()
+                raise
             self._index = RequestIndexWriter(self._index_blob)
             self._validator = UploadValidator.for_settings(settings, self._index)
 

@@ -69,7 +69,6 @@ from batchd.storage.local import fsync_dir
 
 __all__ = [
     "CHUNK",
-    "PROBE_BYTES",
     "Counts",
     "Journal",
     "JournalEntry",
@@ -78,7 +77,6 @@ __all__ = [
     "Usage",
     "is_ok",
     "out_of_range",
-    "probe_writable",
     "records",
     "usage_tokens",
 ]
@@ -111,27 +109,6 @@ class JournalError(BatchdError):
         if self.os_error is None:
             return None
         return storage_fault(self.os_error, "writing the result journal")
-
-
-PROBE_BYTES = 256 * 1024  # written and removed to tell that a storage fault is gone
-
-
-def probe_writable(directory: Path) -> None:
-    """Write, sync and remove a small file in ``directory``; raises the
-    :class:`~batchd.errors.StorageFault` that says why it cannot (full, read-only)."""
-    path = directory / f".probe-{os.getpid()}"
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(bytes(PROBE_BYTES))
-            while view:
-                view = view[os.write(fd, view) :]
-            _sync_fd(fd)
-        finally:
-            os.close(fd)
-            path.unlink(missing_ok=True)
-    except OSError as exc:
-        raise storage_fault(exc, "writing the result journal") from exc
 
 
 # -- entries ---------------------------------------------------------------------------------

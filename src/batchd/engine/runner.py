@@ -48,14 +48,7 @@ from batchd.core.files import publish_output
 from batchd.core.lifecycle import BatchEnding, Outcome
 from batchd.engine.finalize import CANCELLED, EXPIRED, write_results
 from batchd.engine.inputs import Feed, InputReader, request_ids
-from batchd.engine.journal import (
-    PROBE_BYTES,
-    Journal,
-    JournalEntry,
-    JournalError,
-    Usage,
-    probe_writable,
-)
+from batchd.engine.journal import Journal, JournalEntry, JournalError, Usage
 from batchd.engine.limits import Limiters, ModelLimiter
 from batchd.engine.retry import RetryStrategy
 from batchd.engine.throttle import Throttle
@@ -63,6 +56,7 @@ from batchd.errors import StorageFault, StoreError
 from batchd.ids import new_file_id, new_request_id
 from batchd.providers.base import Provider, ProviderRequest, ProviderResult
 from batchd.storage import BlobInfo, Storage, storage_fault
+from batchd.storage.local import probe_writable
 from batchd.store import BatchRecord, Store
 
 __all__ = ["BatchRunner", "Engine", "entry_of"]
@@ -173,13 +167,9 @@ class BatchRunner:
 
     def _probe(self) -> None:
         """Raise the :class:`~batchd.errors.StorageFault` that still holds, if one does: a small
-        write where the journal lives, and one to the blob storage (thrown away)."""
-        probe_writable(self.engine.journal_dir)
-        writer = self.engine.storage.writer()
-        try:
-            writer.write(bytes(PROBE_BYTES))
-        finally:
-            writer.abort_sync()
+        write where the journal lives, and one to the blob storage (both thrown away)."""
+        probe_writable(self.engine.journal_dir, "writing the result journal")
+        self.engine.storage.probe()
 
     def _report(self, fault: StorageFault | StoreError) -> None:
         counts = self._journal.counts if self._journal is not None else None

@@ -83,3 +83,7 @@ class Storage(Protocol):
     async def delete(self, key: str) -> None: ...
 
     async def exists(self, key: str) -> bool: ...
+
+    def probe(self) -> None:
+        """Raise the :class:`~batchd.errors.StorageFault` that keeps a small write from
+        succeeding now, if one does (blocking: use it off the event loop)."""

@@ -17,11 +17,33 @@ import anyio.to_thread
 
 from batchd.storage.base import BlobInfo, BlobTooLarge, storage_fault
 
-__all__ = ["LocalStorage", "LocalWriter", "fsync_dir"]
+__all__ = ["PROBE_BYTES", "LocalStorage", "LocalWriter", "fsync_dir", "probe_writable"]
 
 _KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 CHUNK = 1024 * 1024
 _QUEUED = 16
+
+
+PROBE_BYTES = 256 * 1024  # written and removed to tell that a storage fault is gone
+
+
+def probe_writable(directory: Path, what: str) -> None:
+    """Write, sync and remove a small file in ``directory``; raises the
+    :class:`~batchd.errors.StorageFault` that says why it cannot (full, read-only) while
+    ``what`` (e.g. "writing the result journal")."""
+    path = directory / f".probe-{os.getpid()}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(bytes(PROBE_BYTES))
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+    except OSError as exc:
+        raise storage_fault(exc, what) from exc
 
 
 def fsync_dir(path: Path) -> None:
@@ -180,3 +202,6 @@ class LocalStorage:
 
     async def exists(self, key: str) -> bool:
         return self.path(key).exists()
+
+    def probe(self) -> None:
+        probe_writable(self.tmp_dir, "storing a file")
