@@ -66,9 +66,9 @@ class LineSplitter:
     ``(line_number, offset, raw_line)``: ``raw_line`` without its ``\\n`` or ``\\r\\n`` end (and
     without a leading BOM on line 1), ``offset`` where it starts in the stream, so that
     ``stream[offset:offset + len(raw_line)] == raw_line`` (for a :class:`LineTooLong`, where its
-    line starts). A line whose content is longer than
-    ``max_line_bytes`` comes as :class:`LineTooLong`; its bytes are counted, not kept, so memory
-    stays bounded by the limit and the chunk size.
+    line starts). A line whose content is longer than ``max_line_bytes`` comes as
+    :class:`LineTooLong`; its bytes are counted, not kept, so memory stays bounded by the limit
+    and the chunk size.
     """
 
     def __init__(self, max_line_bytes: int) -> None:
