@@ -7,7 +7,9 @@ tmpfs (mounted by the test, so it runs as root only), driven by the openai SDK.
   ``request_counts`` stop, the log says why once (not every second), and it resumes by itself
   when the space returns, with every custom_id exactly once.
 - Where files live read-only: an upload gets a 503 that says so; a batch that cannot write its
-  output file waits in ``finalizing`` and completes once the files are writable again.
+  output file waits in ``finalizing`` and completes once the files are writable again; a batch
+  whose journal directory is read-only waits in ``in_progress`` and completes once it is
+  writable again.
 """
 
 from __future__ import annotations
@@ -97,17 +99,18 @@ def upstream(tmp_path: Path) -> Iterator[UpstreamProcess]:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """``tmp_path/small``: a 32 MB tmpfs, with ``data/files`` (the blobs) a 16 MB one of its own
-    (so that it can be made read-only alone: the journal and the database stay open for
-    writing, which a remount to read-only refuses)."""
+    """``tmp_path/small``: a 32 MB tmpfs, with ``data/files`` (the blobs) and ``data/journals``
+    tmpfs of their own (so that each can be made read-only alone: Linux refuses to remount
+    read-only a filesystem with files open for writing, as the database is all along)."""
     disk = tmp_path / "small"
     _mount(disk, "32m")
-    files = disk / "data" / "files"
+    parts = [disk / "data" / "files", disk / "data" / "journals"]
     try:
-        _mount(files, "16m")
+        for part in parts:
+            _mount(part, "16m")
         yield disk
     finally:
-        for path in (files, disk):
+        for path in (*parts, disk):
             subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
@@ -185,7 +188,7 @@ def test_a_batch_pauses_on_a_full_disk_and_resumes_when_space_returns(env: Env) 
         server=env.server,
     )
     mark = len(env.server.log())
-    filler = _fill(env.root)  # the journal and the database live here
+    fillers = [_fill(env.root / "data" / "journals"), _fill(env.root)]  # journal, database
     time.sleep(2.5)  # in-flight answers land or are refused
     paused = env.client.batches.retrieve(batch_id)
     time.sleep(4.0)
@@ -199,7 +202,8 @@ def test_a_batch_pauses_on_a_full_disk_and_resumes_when_space_returns(env: Env) 
     assert "Traceback" not in log
     assert env.server.alive()
 
-    filler.unlink()
+    for filler in fillers:
+        filler.unlink()
     batch = wait_for_batch(env.client, env.server, batch_id, {"completed"}, timeout=90)
     results = fetch_results(env.client, batch, [line["custom_id"] for line in lines])  # type: ignore[misc]
     assert len(results.output) == len(lines)  # every custom_id exactly once, all answered
@@ -239,4 +243,39 @@ def test_read_only_files_refuse_uploads_and_hold_a_batch_in_finalizing(env: Env)
         _remount(files, "rw")
     batch = wait_for_batch(env.client, env.server, batch_id, {"completed"}, timeout=60)
     results = fetch_results(env.client, batch, [line["custom_id"] for line in lines])  # type: ignore[misc]
+    assert len(results.output) == len(lines)
+
+
+def test_a_read_only_journal_directory_holds_a_batch_until_it_is_writable(env: Env) -> None:
+    """The server restarts onto a journal directory made read-only meanwhile (the journal cannot
+    be opened for writing): the batch waits, counted as it was, says why once, and completes
+    once the directory is writable again."""
+    lines = _lines(200)
+    batch_id = submit(env.client, lines)
+    wait_until(
+        lambda: _completed(env.client, batch_id) >= 10,
+        timeout=30,
+        message="the batch to make progress",
+        server=env.server,
+    )
+    env.server.stop()  # the journal is closed, its results kept
+    before = env.client  # the SDK client outlives the restart (same port)
+    journals = env.root / "data" / "journals"
+    _remount(journals, "ro")
+    try:
+        mark = len(env.server.log())
+        env.server.start()
+        first = before.batches.retrieve(batch_id)
+        time.sleep(4.0)
+        still = before.batches.retrieve(batch_id)
+        assert still.status == "in_progress"
+        assert still.request_counts == first.request_counts
+        log = _log_after(env.server, mark)
+        assert log.count("paused") == 1, log
+        assert "read-only" in log
+        assert "Traceback" not in log
+    finally:
+        _remount(journals, "rw")
+    batch = wait_for_batch(before, env.server, batch_id, {"completed"}, timeout=90)
+    results = fetch_results(before, batch, [line["custom_id"] for line in lines])  # type: ignore[misc]
     assert len(results.output) == len(lines)
