@@ -143,6 +143,15 @@ def _completed(client: OpenAI, batch_id: str) -> int:
     return 0 if counts is None else counts.completed
 
 
+def _wait_for_progress(env: Env, batch_id: str, done: int) -> None:
+    wait_until(
+        lambda: _completed(env.client, batch_id) >= done,
+        timeout=30,
+        message="the batch to make progress",
+        server=env.server,
+    )
+
+
 def _status_code(error: BaseException) -> int:
     assert isinstance(error, openai.APIStatusError), error
     return error.status_code
@@ -181,12 +190,7 @@ def test_an_upload_onto_a_full_disk_is_a_507_and_leaves_nothing(env: Env) -> Non
 def test_a_batch_pauses_on_a_full_disk_and_resumes_when_space_returns(env: Env) -> None:
     lines = _lines(240)  # 100 ms each, 4 at a time: about 6 s of work
     batch_id = submit(env.client, lines)
-    wait_until(
-        lambda: _completed(env.client, batch_id) >= 20,
-        timeout=30,
-        message="the batch to make progress",
-        server=env.server,
-    )
+    _wait_for_progress(env, batch_id, 20)
     mark = len(env.server.log())
     fillers = [_fill(env.root / "data" / "journals"), _fill(env.root)]  # journal, database
     time.sleep(2.5)  # in-flight answers land or are refused
@@ -252,12 +256,7 @@ def test_a_read_only_journal_directory_holds_a_batch_until_it_is_writable(env: E
     once the directory is writable again."""
     lines = _lines(200)
     batch_id = submit(env.client, lines)
-    wait_until(
-        lambda: _completed(env.client, batch_id) >= 10,
-        timeout=30,
-        message="the batch to make progress",
-        server=env.server,
-    )
+    _wait_for_progress(env, batch_id, 10)
     env.server.stop()  # the journal is closed, its results kept
     before = env.client  # the SDK client outlives the restart (same port)
     journals = env.root / "data" / "journals"
