@@ -20,13 +20,24 @@ plain-json, batchd-json
 Figures: completion tokens per second (the answers' ``usage``), requests per second, the ratio
 batchd / plain for both modes (target >= 0.95, above 1 where decoding several sequences
 together pays), the grammar's cost, and the poll latency (target p99 <= 50 ms). Both sides use
-the same llama.cpp threads (``--threads``, default: the provider's default, every CPU of the
-process) and the same weight-repacking choice (the provider's ``repack = "auto"`` probe). Each
-side first answers a few requests (model loaded, caches warm) before it is timed.
+one copy of the model (batchd: ``instances = 1``, not the provider's default ``"auto"``; see
+``--layouts``) with the same llama.cpp threads (``--threads``, default every CPU of the process)
+and the same weight-repacking choice (the provider's ``repack = "auto"`` probe). Each side first
+answers a few requests (model loaded, caches warm) before it is timed.
 
     python bench/llamacpp.py                                # 200 requests, group size 8
     python bench/llamacpp.py --group-sizes 4,8,16           # one batchd server per size
     python bench/llamacpp.py --requests 50 --no-json --json # quick, one JSON line on stdout
+
+layouts (``--layouts 1x2,2x1``)
+    Instead of the runs above: batchd alone, one server per layout INSTANCESxN_THREADS (a
+    route with ``instances`` and ``n_threads``; ``auto`` for the provider's default, e.g.
+    ``autoxauto``), all started first; then ``--rounds`` rounds, each a batch of the free-text
+    requests on every server, in the reverse order every other round. Printed: req/s and
+    tokens/s per layout (median, min, max over the rounds) and each layout's ratio to the
+    first (of the medians, and the median of the per-round ratios)::
+
+        python bench/llamacpp.py --layouts 1x2,2x1 --rounds 5 --requests 100
 """
 
 from __future__ import annotations
@@ -342,6 +353,104 @@ def report(summary: dict[str, Any]) -> None:
         print(f"target {key}: {'met' if met else 'NOT met'}")
 
 
+def parse_layouts(spec: str) -> list[tuple[int | None, int | None]]:
+    """``1x2,2x1`` -> [(1, 2), (2, 1)]: (instances, n_threads), None for ``auto``."""
+
+    def value(text: str) -> int | None:
+        return None if text in ("", "auto") else int(text)
+
+    layouts = []
+    for part in spec.split(","):
+        instances, _, threads = part.strip().partition("x")
+        layouts.append((value(instances), value(threads)))
+    return layouts
+
+
+def layout_name(layout: tuple[int | None, int | None]) -> str:
+    return "x".join("auto" if value is None else str(value) for value in layout)
+
+
+def compare_layouts(args: argparse.Namespace, model: Path, repack: bool, work: Path) -> int:
+    """Every layout of ``--layouts`` on its own server, ``--rounds`` rounds (see the docstring)."""
+    layouts = parse_layouts(args.layouts)
+    size = int(args.group_sizes.split(",")[0])
+    items = bodies(args.requests, args.max_tokens, False)
+    servers: dict[str, Batchd] = {}
+    rounds: dict[str, list[Measurement]] = {}
+    try:
+        for layout in layouts:
+            name = layout_name(layout)
+            route: dict[str, Any] = {
+                "name": MODEL,
+                "provider": "llamacpp",
+                "model_path": str(model),
+                "group_size": size,
+                "n_ctx": args.n_ctx,
+                "repack": repack,
+            }
+            instances, threads = layout
+            if instances is not None:
+                route["instances"] = instances
+            if threads is not None:
+                route["n_threads"] = threads
+            servers[name] = Batchd(work / f"layout-{name}", route, args.poll, args.timeout)
+            rounds[name] = []
+        for number in range(args.rounds):
+            order = list(servers) if number % 2 == 0 else list(reversed(servers))
+            for name in order:
+                m = servers[name].run(f"layout-{name}-round{number + 1}", items)
+                rounds[name].append(m)
+                log(
+                    f"round {number + 1} {name}: {m.requests_per_s:.2f} req/s, "
+                    f"{m.tokens_per_s:.1f} tokens/s ({os.getloadavg()[0]:.2f} load)"
+                )
+    except RuntimeError as exc:
+        log(f"error: {exc}")
+        return 1
+    finally:
+        for server in servers.values():
+            server.close()
+    first = layout_name(layouts[0])
+    summary: dict[str, Any] = {
+        "requests": args.requests,
+        "max_tokens": args.max_tokens,
+        "group_size": size,
+        "rounds": args.rounds,
+        "cpus": len(os.sched_getaffinity(0)),
+        "model": model.name,
+        "repack": repack,
+        "layouts": {},
+    }
+    print(
+        f"{args.requests} chat requests, max_tokens {args.max_tokens}, group_size {size}, "
+        f"{args.rounds} rounds, {summary['cpus']} CPUs, model {model.name}"
+    )
+    print(
+        f"{'layout (instances x n_threads)':31s} {'req/s median':>12s} {'min':>6s} {'max':>6s} "
+        f"{'tok/s median':>12s} {'ratio':>6s} {'per-round ratio':>15s}"
+    )
+    base = [m.requests_per_s for m in rounds[first]]
+    for name, measured in rounds.items():
+        rates = [m.requests_per_s for m in measured]
+        ratio = statistics.median(rates) / statistics.median(base)
+        per_round = statistics.median(r / b for r, b in zip(rates, base, strict=True))
+        summary["layouts"][name] = {
+            "requests_per_s": [round(r, 3) for r in rates],
+            "requests_per_s_median": round(statistics.median(rates), 3),
+            "tokens_per_s_median": round(statistics.median(m.tokens_per_s for m in measured), 2),
+            "ratio_to_first": round(ratio, 3),
+            "per_round_ratio_median": round(per_round, 3),
+        }
+        print(
+            f"{name:31s} {statistics.median(rates):12.2f} {min(rates):6.2f} {max(rates):6.2f} "
+            f"{summary['layouts'][name]['tokens_per_s_median']:12.1f} {ratio:6.2f} "
+            f"{per_round:15.2f}"
+        )
+    if args.json:
+        print(json.dumps(summary))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=200)
@@ -357,6 +466,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=1800.0, help="give up on a batch, s")
     parser.add_argument("--keep", action="store_true", help="keep bench/.work/llamacpp-*")
     parser.add_argument("--json", action="store_true", help="also print one JSON result line")
+    parser.add_argument(
+        "--layouts",
+        default=None,
+        help="compare batchd layouts INSTANCESxN_THREADS instead, e.g. 1x2,2x1 (see above)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --layouts (3)")
     args = parser.parse_args(argv)
     model = args.model or default_model()
     if model is None or not model.is_file():
@@ -367,6 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     modes = [False] if args.no_json else [False, True]
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="llamacpp-", dir=WORK_DIR))
+    if args.layouts:
+        try:
+            return compare_layouts(args, model, repack, work)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
     results: dict[str, Measurement] = {}
     try:
         for json_mode in modes:
@@ -382,6 +503,7 @@ def main(argv: list[str] | None = None) -> int:
                     "provider": "llamacpp",
                     "model_path": str(model),
                     "group_size": size,
+                    "instances": 1,  # as the plain side: one model, ``threads`` threads
                     "n_threads": threads,
                     "n_ctx": args.n_ctx,
                     "repack": repack,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from batchd.config import Settings
+from batchd.config import ModelNames, Settings
 
 __all__ = [
     "CATALOGUE",
@@ -148,11 +148,15 @@ def _too_many_tasks(count: int) -> dict[str, Any]:
     )
 
 
+#: The names the session server serves (tests.serverproc.DEFAULT_MODELS), listed in messages.
+_SERVED = ModelNames.of(["gpt-4o-mini", "text-embedding-3-small"])
+
+
 def _not_found(shown: str, line: int) -> dict[str, Any]:
     return _error(
         "model_not_found",
-        f"The provided model '{shown}' is not supported by the Batch API of this server "
-        "(it is not in the routing table).",
+        f"The provided model '{shown}' is not supported by the Batch API of this server. "
+        + _SERVED.hint(shown),
         "body.model",
         line,
     )

@@ -29,6 +29,7 @@ from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import RequestContextMiddleware
 from batchd.config import Settings
 from batchd.providers import Provider, ProviderOptions, ProviderRequest, ProviderResult
+from batchd.providers.table import ModelTable
 from tests.serverproc import BatchdServer, free_port, write_config
 from tests.upstream import answers
 from tests.upstream.process import UpstreamProcess
@@ -225,7 +226,7 @@ def test_multimodal_body_reaches_the_upstream_untouched(stack: Stack, client: Op
                         "type": "image_url",
                         "image_url": {
                             "url": "data:image/png;base64,"
-                            + base64.b64encode(b"\x89PNG" * 64).decode(),
+                            + base64.b64encode(b"\x89PNG\r\n\x1a\n" * 32).decode(),
                             "detail": "low",
                         },
                     },
@@ -539,12 +540,11 @@ def local_client(providers: dict[str, Provider] | None) -> TestClient:
     """The passthrough routes in-process, over ``providers`` (``None``: still starting up)."""
     app = FastAPI()
     install_error_handlers(app)
-    app.include_router(passthrough.router)
+    app.include_router(passthrough.router, prefix="/v1")
     app.add_middleware(RequestContextMiddleware)
     none = cast(Any, None)  # the passthrough routes use only the settings and the providers
-    services = Services(
-        Settings(embedded_models=False), none, none, none, providers or {}, none, none
-    )
+    table = ModelTable(providers or {})
+    services = Services(Settings(embedded_models=False), none, none, none, table, none, none)
     app.state.services = None if providers is None else services
     return TestClient(app, base_url="http://batchd.test")
 

@@ -102,8 +102,10 @@ def chat(text: str, **extra: Any) -> dict[str, Any]:
 def provider() -> Iterator[LlamaCppProvider]:
     # n_threads=1: two llama.cpp threads on a 2-core machine that is busy with anything else
     # slow down by orders of magnitude (OpenMP spinning); one thread keeps the suite's time.
+    # instances=1: one model copy whose instance the tests can look into (the default, "auto",
+    # gives one per CPU: test_auto_instances.py).
     prov = LlamaCppProvider.from_route(
-        route(n_ctx=N_CTX, group_size=8, n_threads=1, max_tokens=48), {}
+        route(n_ctx=N_CTX, group_size=8, n_threads=1, instances=1, max_tokens=48), {}
     )
     asyncio.run(prov.start())
     yield prov

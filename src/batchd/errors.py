@@ -8,6 +8,8 @@ defined in another module names that module (relative to ``batchd``).
     BatchdError
     ├── APIError                      (HTTP errors; rendered by batchd.api.errors)
     │   ├── InvalidRequest            400 invalid_request_error
+    │   │   └── ApiVersionError       400 in Azure's shape: a missing or unknown api-version
+    │   │                             (api.azure)
     │   ├── Unauthorized              401 invalid_request_error
     │   ├── NotFound                  404 invalid_request_error
     │   ├── Conflict                  409 invalid_request_error

@@ -3,7 +3,9 @@
 One pass, line by line, with memory bounded by the longest line and the set of ``custom_id``\\ s
 (itself bounded by the request limit). Every bad line is reported with its 1-based number, the
 offending ``param`` and the code of the OpenAI/Azure error catalogue; the list is capped at
-``max_errors`` entries plus one summary entry.
+``max_errors`` entries plus one summary entry. A file whose first line shows that it is not
+JSONL at all (a CSV table, a pretty-printed JSON document, a Parquet file: :func:`not_jsonl`)
+gets one ``invalid_json_line`` error that says so, and its other lines are not read.
 
 Tolerated: a UTF-8 byte-order mark, CRLF line ends, blank lines, a missing final newline.
 """
@@ -19,7 +21,7 @@ from typing import Any, BinaryIO
 import orjson
 import simdjson
 
-from batchd.config import Settings
+from batchd.config import ModelNames, Settings
 from batchd.core.request_index import RequestIndexWriter
 from batchd.protocol import BATCH_ENDPOINTS
 
@@ -30,9 +32,11 @@ __all__ = [
     "UploadValidator",
     "ValidationResult",
     "Validator",
+    "first_line_not_jsonl",
     "index_stream",
     "iter_lines",
     "normalize_url",
+    "not_jsonl",
     "validate_stream",
     "validation_key",
 ]
@@ -43,6 +47,68 @@ _REQUIRED_KEYS = ("custom_id", "method", "url", "body")
 _FIELD_NAMES = {"messages": "Messages", "input": "Input", "prompt": "Prompt"}
 _CHECK_STOP_EVERY = 1024
 _MAX_QUOTED = 100
+
+
+_MAGIC = (
+    (b"PAR1", "a Parquet file"),
+    (b"PK\x03\x04", "a ZIP archive, e.g. an Excel workbook"),
+    (b"\x1f\x8b", "a gzip-compressed file: decompress it first"),
+    (b"%PDF", "a PDF document"),
+    (b"SQLite format 3\x00", "an SQLite database"),
+)
+_NOT_JSONL_HINT = (
+    'A batch file has one JSON request per line: {"custom_id": ..., "method": "POST", '
+    '"url": ..., "body": {...}}. `batchd prepare` turns a table (CSV, TSV, JSONL or Parquet) '
+    "into one."
+)
+
+
+def not_jsonl(lineno: int, raw: bytes) -> str | None:
+    """The error message for a file whose first non-blank line, line ``lineno``, is ``raw``
+    (which is not valid JSON) when that line shows the file is of another kind altogether: a
+    table (CSV or TSV: separators, no braces), a JSON document over several lines (a line
+    ``{`` or ``[`` alone), or a binary format (Parquet, ZIP, gzip, ...). ``None`` for a line
+    that may be a broken request, whose errors are then reported line by line."""
+    kind = next((name for magic, name in _MAGIC if raw.startswith(magic)), None)
+    if kind is None:
+        try:
+            text = raw.decode("utf-8").strip(" \t\r\ufeff")
+        except UnicodeDecodeError:
+            return None
+        if text in ("{", "["):
+            what = "an object" if text == "{" else "an array"
+            kind = f"a JSON document with {what} over several lines, not one request per line"
+        elif (
+            not any(char < " " and char != "\t" for char in text)
+            and not text.startswith("[")
+            and "{" not in text
+            and any(char.isalnum() for char in text)
+        ):
+            if "\t" in text:
+                kind = "a TSV table"
+            elif "," in text or ";" in text:
+                kind = "a CSV table"
+    if kind is None:
+        return None
+    return (
+        f"The input file is not JSONL: line {lineno} is not a JSON object (it looks like "
+        f"{kind}). {_NOT_JSONL_HINT}"
+    )
+
+
+def first_line_not_jsonl(fh: BinaryIO, max_line_bytes: int = 1024 * 1024) -> str | None:
+    """:func:`not_jsonl` for the first non-blank line of a blocking binary reader (a line over
+    ``max_line_bytes`` is not read: ``None``)."""
+    for lineno, _, raw in iter_lines(fh, max_line_bytes, chunk_size=64 * 1024):
+        if isinstance(raw, LineTooLong):
+            return None
+        if raw.strip():
+            try:
+                orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                return not_jsonl(lineno, raw)
+            return None
+    return None
 
 
 def normalize_url(url: str) -> str:
@@ -228,7 +294,7 @@ class Validator:
         self,
         *,
         endpoint: str,
-        models: Collection[str],
+        models: ModelNames | Collection[str],
         max_requests: int,
         max_errors: int = 1000,
         max_line_bytes: int = 32 * 1024 * 1024,
@@ -238,7 +304,9 @@ class Validator:
         #: Gets every accepted request while the file has no error (see batchd.core.request_index).
         self.index = index
         self.required_body = BATCH_ENDPOINTS.get(self.endpoint, ())
-        self.models = models
+        self.models = models if isinstance(models, ModelNames) else ModelNames.of(models)
+        #: One route serves every request (``--model``): any model name, mixed ones too.
+        self._any_model = self.models.force is not None
         self.max_requests = max_requests
         self.max_errors = max_errors
         self.max_line_bytes = max_line_bytes
@@ -247,6 +315,9 @@ class Validator:
         self._lines = 0  # non-blank lines: candidate requests
         self._needs_messages = "messages" in self.required_body
         self._parser = simdjson.Parser()
+        self.not_jsonl = False
+        """The first line showed the file is not JSONL (:func:`not_jsonl`): one error for the
+        file, and the lines after it are not checked."""
 
     def error(self, code: str, message: str, *, line: int | None, param: str | None) -> None:
         self.result.error_count += 1
@@ -257,6 +328,8 @@ class Validator:
 
     def feed(self, lineno: int, raw: bytes | LineTooLong, offset: int = 0) -> None:
         """Check line ``lineno``, which starts at byte ``offset`` of the file."""
+        if self.not_jsonl:
+            return
         if isinstance(raw, LineTooLong):
             self._lines += 1
             self.error(
@@ -278,9 +351,11 @@ class Validator:
             if not raw.strip():
                 return  # blank line
             self._lines += 1
+            message = not_jsonl(lineno, raw) if self._lines == 1 else None
+            self.not_jsonl = message is not None
             self.error(
                 "invalid_json_line",
-                "This line is not parseable as valid JSON.",
+                message or "This line is not parseable as valid JSON.",
                 line=lineno,
                 param=None,
             )
@@ -357,9 +432,10 @@ class Validator:
             if "stream" in body_keys and body["stream"] is True:
                 return None
             model = body["model"]
-            if not isinstance(model, str) or model not in self.models:
-                return None
-            if self.result.model is not None and model != self.result.model:
+            if model != self.result.model and not (
+                isinstance(model, str)
+                and (self._any_model or (self.result.model is None and model in self.models))
+            ):
                 return None
             for name in self.required_body:
                 if body[name] is None:
@@ -461,13 +537,13 @@ class Validator:
             self.error(
                 "model_not_found",
                 f"The provided model '{_clip(model)}' is not supported by the Batch API "
-                "of this server (it is not in the routing table).",
+                f"of this server. {self.models.hint(_clip(model))}",
                 line=lineno,
                 param="body.model",
             )
         elif self.result.model is None:
             self.result.model = model
-        elif model != self.result.model:
+        elif model != self.result.model and not self._any_model:
             self.error(
                 "model_mismatch",
                 f"The model '{_clip(model)}' of this request does not match the model "
@@ -534,7 +610,7 @@ def validation_key(settings: Settings, endpoint: str) -> str:
     parts = [
         2,  # the version of what a result holds (2: input_bytes)
         normalize_url(endpoint),
-        sorted(route.name for route in settings.models),
+        settings.model_names.signature(),
         settings.max_requests_per_batch,
         settings.max_validation_errors,
         settings.max_request_bytes,
@@ -551,7 +627,7 @@ class UploadValidator:
     def __init__(
         self,
         *,
-        models: Collection[str],
+        models: ModelNames | Collection[str],
         max_requests: int,
         max_errors: int,
         max_line_bytes: int,
@@ -574,7 +650,7 @@ class UploadValidator:
         cls, settings: Settings, index: RequestIndexWriter | None = None
     ) -> UploadValidator:
         return cls(
-            models=frozenset(route.name for route in settings.models),
+            models=settings.model_names,
             max_requests=settings.max_requests_per_batch,
             max_errors=settings.max_validation_errors,
             max_line_bytes=settings.max_request_bytes,
@@ -618,7 +694,7 @@ def validate_stream(
     fh: BinaryIO,
     *,
     endpoint: str,
-    models: Collection[str],
+    models: ModelNames | Collection[str],
     max_requests: int,
     max_errors: int = 1000,
     max_line_bytes: int = 32 * 1024 * 1024,
@@ -637,6 +713,8 @@ def validate_stream(
     )
     for lineno, offset, raw in iter_lines(fh, max_line_bytes):
         validator.feed(lineno, raw, offset)
+        if validator.not_jsonl:
+            break  # one error for the whole file; its other lines are not read
         if should_stop is not None and lineno % _CHECK_STOP_EVERY == 0 and should_stop():
             validator.result.stopped = True
             return validator.result

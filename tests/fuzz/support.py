@@ -112,6 +112,7 @@ OK_SCHEMAS: dict[str, str | None] = {
     "POST /v1/chat/completions": None,  # the upstream's answer, relayed
     "POST /v1/completions": None,
     "POST /v1/embeddings": None,
+    "POST /v1/responses": None,
     "GET /v1/models": "ListModelsResponse",
     "GET /v1/models/{model}": "Model",
 }

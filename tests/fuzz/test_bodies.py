@@ -100,7 +100,14 @@ _INFERENCE_BODIES = _bodies(
         "max_tokens": st.integers(-1, 0) | JSON_VALUES,
     },
 )
-_INFERENCE_ROUTES = ["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]
+_INFERENCE_ROUTES = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/openai/v1/chat/completions",
+    "/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21",
+]
 
 
 def _encode(value: Any, known: dict[str, Any]) -> bytes:

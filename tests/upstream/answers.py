@@ -2,6 +2,23 @@
 
 Everything here is free of I/O so that tests can compute, in-process, exactly what the upstream
 server will answer (and which digest it will count) for a given request body.
+
+Image parts. :func:`image_parts` lists every image part of a chat body (``messages[*].content[*]``
+of type ``image_url``) or of a Responses body (``input[*].content[*]`` of type ``input_image``), in
+order, as ``(sha256 hex of the URL string as sent, detail as sent or None)``; the sha256 is of the
+URL's UTF-8 bytes, so a data URL's hash proves its base64 arrived byte for byte.
+:func:`image_fingerprint` is the line ``images: <n>; <sha256>:<detail>, <sha256>:<detail>`` (``-``
+for a part without ``detail``), or ``""`` when there is no image part. A chat answer (and a
+Responses answer) of a request with image parts carries it: text mode appends a newline and
+the fingerprint to the ``Echo`` line; ``json_object`` adds it as the key ``"images"`` of the JSON
+object; ``json_schema`` answers (a schema instance) do not carry it. Requests without image parts
+get exactly the answers they always got.
+
+Responses. :func:`responses_chat_body` maps a ``/v1/responses`` body onto the equivalent chat body
+(``instructions`` → a leading system message, ``input`` → messages, ``input_text``/``output_text``
+→ text parts, ``input_image`` → ``image_url`` parts with the same url and detail, ``text.format``
+→ ``response_format``); :func:`response_text` is :func:`chat_content` of that body and
+:func:`response` the whole ``response`` object.
 """
 
 from __future__ import annotations
@@ -30,9 +47,14 @@ __all__ = [
     "embedding_vector",
     "embeddings",
     "encode_base64_vector",
+    "image_fingerprint",
+    "image_parts",
     "last_user_text",
     "movie_answer",
     "request_texts",
+    "response",
+    "response_text",
+    "responses_chat_body",
     "schema_instance",
     "short_hash",
     "split_stream_pieces",
@@ -222,22 +244,70 @@ def _response_format(body: dict[str, Any]) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _image_part(part: Any) -> tuple[Any, Any] | None:
+    """(url, detail) of a chat ``image_url`` or a Responses ``input_image`` part, else None."""
+    if not isinstance(part, dict):
+        return None
+    if part.get("type") == "image_url" and isinstance(part.get("image_url"), dict):
+        return part["image_url"].get("url"), part["image_url"].get("detail")
+    if part.get("type") == "input_image":
+        return part.get("image_url"), part.get("detail")
+    return None
+
+
+def image_parts(body: Any) -> list[tuple[str, str | None]]:
+    """Every image part of a chat (``messages``) or Responses (``input``) body, in order.
+
+    Each is ``(sha256 hex of the URL's UTF-8 bytes as sent, detail as sent or None)``.
+    """
+    out: list[tuple[str, str | None]] = []
+    if not isinstance(body, dict):
+        return out
+    for key in ("messages", "input"):
+        items = body.get(key)
+        for item in items if isinstance(items, list) else ():
+            content = item.get("content") if isinstance(item, dict) else None
+            for part in content if isinstance(content, list) else ():
+                found = _image_part(part)
+                if found is not None and isinstance(found[0], str):
+                    url, detail = found
+                    sha = hashlib.sha256(url.encode()).hexdigest()
+                    out.append((sha, detail if isinstance(detail, str) else None))
+    return out
+
+
+def image_fingerprint(body: Any) -> str:
+    """``images: <n>; <sha256>:<detail>, ...`` (``-`` for no detail), or ``""`` without images."""
+    parts = image_parts(body)
+    if not parts:
+        return ""
+    listed = ", ".join(f"{sha}:{detail or '-'}" for sha, detail in parts)
+    return f"images: {len(parts)}; {listed}"
+
+
 def chat_content(body: dict[str, Any]) -> str:
     """The assistant message of a chat completion request.
 
     ``response_format`` ``json_object``: the movie answer of the last user message, as JSON.
     ``json_schema``: an instance of the schema. Otherwise ``"Echo <hash>: <first words>"`` where the
-    hash covers all the messages and the words are those of the last user message.
+    hash covers all the messages and the words are those of the last user message. With image
+    parts, :func:`image_fingerprint` follows on a line of its own (text) or is the ``"images"``
+    key (``json_object``).
     """
     fmt = _response_format(body)
     text = last_user_text(body.get("messages"))
+    images = image_fingerprint(body)
     if fmt.get("type") == "json_object":
-        return orjson.dumps(movie_answer(text)).decode()
+        answer = movie_answer(text)
+        if images:
+            answer["images"] = images
+        return orjson.dumps(answer).decode()
     if fmt.get("type") == "json_schema":
         spec = fmt.get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         return orjson.dumps(schema_instance(schema or {}, text)).decode()
-    return f"Echo {short_hash(body.get('messages'))}: {_snippet(text)}".rstrip()
+    echo = f"Echo {short_hash(body.get('messages'))}: {_snippet(text)}".rstrip()
+    return f"{echo}\n{images}" if images else echo
 
 
 def _choice_count(body: dict[str, Any]) -> int:
@@ -287,6 +357,113 @@ def chat_completion(body: dict[str, Any]) -> dict[str, Any]:
         },
         "service_tier": "default",
         "system_fingerprint": SYSTEM_FINGERPRINT,
+    }
+
+
+_RESPONSE_TEXT_PARTS = ("input_text", "output_text")
+
+
+def _chat_part(part: Any) -> Any:
+    if not isinstance(part, dict):
+        return part
+    if part.get("type") in _RESPONSE_TEXT_PARTS:
+        return {"type": "text", "text": part.get("text")}
+    if part.get("type") == "input_image":
+        image: dict[str, Any] = {"url": part.get("image_url")}
+        if "detail" in part:
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image}
+    return part
+
+
+def _text_format(body: dict[str, Any]) -> dict[str, Any]:
+    text = body.get("text")
+    fmt = text.get("format") if isinstance(text, dict) else None
+    return fmt if isinstance(fmt, dict) else {"type": "text"}
+
+
+def responses_chat_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The chat completion body equivalent to a ``/v1/responses`` body (see the module doc)."""
+    messages: list[Any] = []
+    instructions = body.get("instructions")
+    if isinstance(instructions, str):
+        messages.append({"role": "system", "content": instructions})
+    value = body.get("input")
+    if isinstance(value, str):
+        messages.append({"role": "user", "content": value})
+    elif isinstance(value, list):
+        for item in value:
+            if not isinstance(item, dict):
+                continue
+            content = item.get("content")
+            if isinstance(content, list):
+                content = [_chat_part(part) for part in content]
+            messages.append({"role": item.get("role"), "content": content})
+    chat: dict[str, Any] = {"model": body.get("model"), "messages": messages}
+    fmt = _text_format(body)
+    if fmt.get("type") == "json_object":
+        chat["response_format"] = {"type": "json_object"}
+    elif fmt.get("type") == "json_schema":
+        spec = {key: fmt[key] for key in ("name", "description", "schema", "strict") if key in fmt}
+        chat["response_format"] = {"type": "json_schema", "json_schema": spec}
+    return chat
+
+
+def response_text(body: dict[str, Any]) -> str:
+    """The ``output_text`` of a ``/v1/responses`` request: chat's answer to the equivalent body."""
+    return chat_content(responses_chat_body(body))
+
+
+def _number(value: Any, default: float) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return default
+
+
+def response(body: dict[str, Any]) -> dict[str, Any]:
+    """The ``response`` object the upstream answers for a (valid) ``/v1/responses`` body."""
+    text = response_text(body)
+    input_tokens = _prompt_tokens(responses_chat_body(body))
+    output_tokens = count_tokens(text)
+    return {
+        "id": f"resp_{body_digest(body)[:24]}",
+        "object": "response",
+        "created_at": CREATED,
+        "status": "completed",
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": body["model"],
+        "output": [
+            {
+                "type": "message",
+                "id": f"msg_{short_hash('message', body, length=24)}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        ],
+        "parallel_tool_calls": True,
+        "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None},
+        "service_tier": "default",
+        "store": True,
+        "temperature": _number(body.get("temperature"), 1.0),
+        "text": {"format": _text_format(body)},
+        "tool_choice": "auto",
+        "tools": [],
+        "top_p": _number(body.get("top_p"), 1.0),
+        "truncation": "disabled",
+        "usage": {
+            "input_tokens": input_tokens,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input_tokens + output_tokens,
+        },
+        "user": None,
+        "metadata": body.get("metadata") if isinstance(body.get("metadata"), dict) else {},
     }
 
 

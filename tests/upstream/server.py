@@ -1,4 +1,5 @@
-"""The fake upstream: an aiohttp application speaking the OpenAI chat/completions/embeddings API.
+"""The fake upstream: an aiohttp application speaking the OpenAI chat/completions/embeddings API
+and ``/v1/responses`` (not streamed); image parts are checked by :mod:`tests.upstream.vision`.
 
 Answers are pure functions of the request body (:mod:`tests.upstream.answers`); faults are
 decided per (seed, body digest, attempt) (:mod:`tests.upstream.faults`). Every ``/v1`` request
@@ -30,7 +31,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.upstream import answers
+from tests.upstream import answers, vision
 from tests.upstream.faults import Decision, FaultConfig, decide
 
 __all__ = ["Upstream", "build_app", "serve"]
@@ -237,6 +238,7 @@ class Upstream:
             "/v1/chat/completions": "chat",
             "/v1/completions": "completions",
             "/v1/embeddings": "embeddings",
+            "/v1/responses": "responses",
         }.get(path)
         if endpoint is None or request.method != "POST":
             body = error_body(
@@ -283,7 +285,7 @@ class Upstream:
         entry["model"] = parsed.get("model")
         try:
             self._validate(endpoint, parsed)
-        except BadRequest as exc:
+        except (BadRequest, vision.InvalidRequest) as exc:
             return (
                 "400",
                 "validation",
@@ -351,9 +353,11 @@ class Upstream:
         if fault == "reset":
             return "reset", reason, latency_s, reset
 
-        stream = body.get("stream") is True and endpoint != "embeddings"
+        stream = body.get("stream") is True and endpoint in ("chat", "completions")
         if endpoint == "chat":
             payload = answers.chat_completion(body)
+        elif endpoint == "responses":
+            payload = answers.response(body)
         elif endpoint == "completions":
             payload = answers.completion(body)
         else:
@@ -405,6 +409,7 @@ class Upstream:
                         f"messages[{i}]",
                         "invalid_value",
                     )
+                vision.check_chat_content(message.get("content"), f"messages[{i}].content")
             fmt = body.get("response_format")
             if fmt is not None:
                 kind = fmt.get("type") if isinstance(fmt, dict) else None
@@ -420,6 +425,8 @@ class Upstream:
                         "response_format.json_schema",
                         "invalid_value",
                     )
+        elif endpoint == "responses":
+            vision.check_responses_body(body)
         elif endpoint == "completions":
             prompt = body.get("prompt")
             if not isinstance(prompt, str | list) or prompt == []:

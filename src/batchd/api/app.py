@@ -6,10 +6,10 @@ import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from batchd import __version__
-from batchd.api import batches, files, health, passthrough
+from batchd.api import azure, batches, files, health, passthrough
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from batchd.api.openapi import install_openapi
@@ -57,9 +57,16 @@ def create_app(
     install_error_handlers(app)
     install_openapi(app)
     app.include_router(health.router)
-    app.include_router(files.router)
-    app.include_router(batches.router)
-    app.include_router(passthrough.router)
+    # One set of routes, three prefixes: OpenAI's /v1, Azure's GA /openai/v1 and Azure's
+    # /openai?api-version= (documented once, under /v1).
+    azure_version = [Depends(azure.api_version)]
+    for router in (files.router, batches.router, passthrough.router):
+        app.include_router(router, prefix="/v1")
+        app.include_router(router, prefix="/openai/v1", include_in_schema=False)
+        app.include_router(
+            router, prefix="/openai", dependencies=azure_version, include_in_schema=False
+        )
+    app.include_router(azure.deployments, include_in_schema=False)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     app.add_middleware(RequestContextMiddleware)  # the outermost
     return app

@@ -1,4 +1,4 @@
-"""``/v1/batches``: create, list, retrieve, cancel."""
+"""``/batches``: create, list, retrieve, cancel (under ``/v1`` and Azure's prefixes)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
-from batchd.api.deps import ProjectDep, ServicesDep
+from batchd.api.deps import DialectDep, ProjectDep, ServicesDep
 from batchd.api.openapi import answers
 from batchd.api.params import (
     EXPIRY_SECONDS_SCHEMA,
@@ -23,7 +23,7 @@ from batchd.service.batches import COMPLETION_WINDOWS, MAX_METADATA_PAIRS, MAX_M
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/batches", tags=["batches"])
+router = APIRouter(prefix="/batches", tags=["batches"])
 
 MAX_BODY_BYTES = 1024 * 1024
 _CREATE_KEYS = {
@@ -154,7 +154,9 @@ _CREATE_BODY = {
     openapi_extra=_CREATE_BODY,
     responses=answers(Batch, 400, 413, 429, 507),
 )
-async def create_batch(request: Request, svc: ServicesDep, project: ProjectDep) -> Response:
+async def create_batch(
+    request: Request, svc: ServicesDep, project: ProjectDep, dialect: DialectDep
+) -> Response:
     body = await read_json_object(request, max_bytes=MAX_BODY_BYTES, empty_is_object=True)
     for key in body:
         if key not in _CREATE_KEYS:
@@ -169,29 +171,35 @@ async def create_batch(request: Request, svc: ServicesDep, project: ProjectDep) 
         completion_window=_required_string(body, "completion_window"),
         metadata=_metadata(body.get("metadata")),
         output_expires_after=_output_expires_after(body.get("output_expires_after")),
+        dialect=dialect,
     )
-    return JSONResponse(batch_object(await svc.batches.create(project, new)))
+    return JSONResponse(batch_object(await svc.batches.create(project, new), dialect))
 
 
 @router.get("", summary="List batches, newest first", responses=answers(BatchList, 400))
 async def list_batches(
     svc: ServicesDep,
     project: ProjectDep,
+    dialect: DialectDep,
     after: Annotated[str | None, Query()] = None,
     limit: Annotated[str | None, Query(description="1 to 100, default 20")] = None,
 ) -> Response:
     size = parse_limit(limit, default=20, maximum=100)
     page = await svc.batches.list(project, after=after, limit=size)
-    return JSONResponse(list_page([batch_object(r) for r in page.data], page))
+    return JSONResponse(list_page([batch_object(r, dialect) for r in page.data], page))
 
 
 @router.get("/{batch_id}", summary="Retrieve a batch", responses=answers(Batch, 404))
-async def retrieve_batch(batch_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
-    return JSONResponse(batch_object(await svc.batches.get(project, batch_id)))
+async def retrieve_batch(
+    batch_id: str, svc: ServicesDep, project: ProjectDep, dialect: DialectDep
+) -> Response:
+    return JSONResponse(batch_object(await svc.batches.get(project, batch_id), dialect))
 
 
 @router.post(
     "/{batch_id}/cancel", summary="Cancel a batch", responses=answers(Batch, 404, 409, 507)
 )
-async def cancel_batch(batch_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
-    return JSONResponse(batch_object(await svc.batches.cancel(project, batch_id)))
+async def cancel_batch(
+    batch_id: str, svc: ServicesDep, project: ProjectDep, dialect: DialectDep
+) -> Response:
+    return JSONResponse(batch_object(await svc.batches.cancel(project, batch_id), dialect))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import Depends, Request
 
@@ -10,7 +10,21 @@ from batchd.auth import DEFAULT_PROJECT
 from batchd.errors import ServiceUnavailable
 from batchd.runtime import Services
 
-__all__ = ["ProjectDep", "Services", "ServicesDep", "project", "services"]
+__all__ = [
+    "AZURE_PREFIX",
+    "Dialect",
+    "DialectDep",
+    "ProjectDep",
+    "Services",
+    "ServicesDep",
+    "dialect",
+    "project",
+    "services",
+]
+
+#: Where Azure OpenAI's routes live: ``/openai/...?api-version=`` and the GA ``/openai/v1/...``.
+AZURE_PREFIX = "/openai/"
+Dialect = Literal["openai", "azure"]
 
 
 async def services(request: Request) -> Services:
@@ -33,3 +47,11 @@ async def project(request: Request, svc: ServicesDep) -> str:
 
 
 ProjectDep = Annotated[str, Depends(project)]
+
+
+async def dialect(request: Request) -> Dialect:
+    """Which API the client speaks: Azure OpenAI's (under ``/openai/``) or OpenAI's."""
+    return "azure" if request.url.path.startswith(AZURE_PREFIX) else "openai"
+
+
+DialectDep = Annotated[Dialect, Depends(dialect)]

@@ -1,4 +1,4 @@
-"""``/v1/files``: upload, list, retrieve, delete, content."""
+"""``/files``: upload, list, retrieve, delete, content (under ``/v1`` and Azure's prefixes)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response, StreamingResponse
 
-from batchd.api.deps import ProjectDep, ServicesDep
+from batchd.api.deps import DialectDep, ProjectDep, ServicesDep
 from batchd.api.openapi import answers
 from batchd.api.params import (
     EXPIRY_SECONDS_SCHEMA,
@@ -23,7 +23,7 @@ from batchd.protocol import UPLOAD_PURPOSES, FileDeleted, FileList, FileObject
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/files", tags=["files"])
 
 
 def _expiry_seconds(fields: dict[str, str]) -> int | None:
@@ -90,7 +90,9 @@ _CONTENT = {"application/octet-stream": {"schema": {"type": "string", "format": 
     openapi_extra=_UPLOAD_BODY,
     responses=answers(FileObject, 400, 413, 507),
 )
-async def create_file(request: Request, svc: ServicesDep, project: ProjectDep) -> Response:
+async def create_file(
+    request: Request, svc: ServicesDep, project: ProjectDep, dialect: DialectDep
+) -> Response:
     files = svc.files
     cap = await files.upload_cap(project)
     upload = await parse_upload(request, svc.settings, lambda p: files.ingest(p, cap), cap)
@@ -118,13 +120,14 @@ async def create_file(request: Request, svc: ServicesDep, project: ProjectDep) -
     record = await files.create(
         project, ingest, filename=upload.filename, purpose=purpose, expires_after=seconds
     )
-    return JSONResponse(file_object(record))
+    return JSONResponse(file_object(record, dialect))
 
 
 @router.get("", summary="List files", responses=answers(FileList, 400))
 async def list_files(
     svc: ServicesDep,
     project: ProjectDep,
+    dialect: DialectDep,
     after: Annotated[str | None, Query()] = None,
     limit: Annotated[str | None, Query(description="1 to 10000, default 10000")] = None,
     order: Annotated[str | None, Query(description="asc or desc (default)")] = None,
@@ -139,12 +142,14 @@ async def list_files(
         limit=size,
         order="asc" if direction == "asc" else "desc",
     )
-    return JSONResponse(list_page([file_object(r) for r in page.data], page))
+    return JSONResponse(list_page([file_object(r, dialect) for r in page.data], page))
 
 
 @router.get("/{file_id}", summary="Retrieve a file", responses=answers(FileObject, 404))
-async def retrieve_file(file_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
-    return JSONResponse(file_object(await svc.files.get(project, file_id)))
+async def retrieve_file(
+    file_id: str, svc: ServicesDep, project: ProjectDep, dialect: DialectDep
+) -> Response:
+    return JSONResponse(file_object(await svc.files.get(project, file_id), dialect))
 
 
 @router.delete("/{file_id}", summary="Delete a file", responses=answers(FileDeleted, 404, 507))

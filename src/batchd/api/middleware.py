@@ -78,6 +78,9 @@ class RequestContextMiddleware:
             await send({"type": "http.response.body", "body": body})
 
 
+_UPLOAD_PATHS = frozenset({"/v1/files", "/openai/files", "/openai/v1/files"})
+
+
 class BodyLimitMiddleware:
     """413 ``request_too_large`` for a request body over ``max_request_body_bytes``. A declared
     ``Content-Length`` over it is refused before anything is read; a body that grows past it
@@ -89,7 +92,8 @@ class BodyLimitMiddleware:
         self.limit = settings.max_request_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        upload = scope.get("method") == "POST" and scope.get("path", "").rstrip("/") == "/v1/files"
+        path = scope.get("path", "").rstrip("/")
+        upload = scope.get("method") == "POST" and path in _UPLOAD_PATHS
         if scope["type"] != "http" or upload:
             await self.app(scope, receive, send)
             return

@@ -1,5 +1,6 @@
 """Synchronous inference routes over the batch routing table: ``POST /v1/chat/completions``,
-``/v1/completions``, ``/v1/embeddings`` and ``GET /v1/models``.
+``/v1/completions``, ``/v1/embeddings``, ``/v1/responses`` and ``GET /v1/models`` (and the same
+under Azure's prefixes, see :mod:`batchd.api.azure`).
 
 They exist so that a client can try a request with the ordinary OpenAI API against batchd, with
 the very model names and upstreams its batches will use, before sending a batch of them. Each
@@ -31,7 +32,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import orjson
@@ -50,19 +52,18 @@ from batchd.protocol import Model, ModelList
 from batchd.providers import Provider, ProviderResult
 from batchd.providers.base import ProviderStream, ProviderStreamError
 
-__all__ = ["router"]
+__all__ = ["INFERENCE", "Inference", "relay", "router"]
 
 log = logging.getLogger("batchd.api.passthrough")
 
 # A key is needed as for the Files and Batches API (its project does not matter here).
-router = APIRouter(prefix="/v1", tags=["inference"], dependencies=[Depends(project)])
+router = APIRouter(tags=["inference"], dependencies=[Depends(project)])
 
 ServicesDep = Annotated[Services, Depends(services)]
 
 #: Large enough for a few images inlined as base64 ``image_url`` data URLs.
 #: ``created`` of the model objects: when this server process started.
 _STARTED_AT = int(time.time())
-_MODELS_NAMED_IN_ERRORS = 20
 _SSE_TYPES = ("text/event-stream",)
 
 
@@ -101,39 +102,63 @@ _RELAYED: dict[int | str, dict[str, Any]] = {
 # -- routes -----------------------------------------------------------------------------------
 
 
-@router.post(
-    "/chat/completions",
-    summary="Create a chat completion (relayed to the model's route)",
-    openapi_extra=_body("messages", {"type": "array", "items": {"type": "object"}}),
-    responses=_RELAYED,
+@dataclass(frozen=True, slots=True)
+class Inference:
+    """A relayed inference endpoint: its path (under ``/v1``, ``/openai/v1``…), what it does,
+    the body field it requires (and that field's schema), and whether it may stream."""
+
+    name: str
+    path: str
+    summary: str
+    field: str
+    schema: dict[str, Any]
+    streamable: bool
+
+    @property
+    def endpoint(self) -> str:
+        """The batch endpoint of the route's provider: ``/v1`` + path."""
+        return "/v1" + self.path
+
+
+_TEXT_OR_ARRAY: dict[str, Any] = {"type": ["string", "array"]}
+INFERENCE = (
+    Inference(
+        "chat_completions",
+        "/chat/completions",
+        "Create a chat completion",
+        "messages",
+        {"type": "array", "items": {"type": "object"}},
+        streamable=True,
+    ),
+    Inference("completions", "/completions", "Create a completion", "prompt", _TEXT_OR_ARRAY, True),
+    Inference("embeddings", "/embeddings", "Create embeddings", "input", _TEXT_OR_ARRAY, False),
+    Inference("responses", "/responses", "Create a model response", "input", _TEXT_OR_ARRAY, True),
 )
-async def chat_completions(request: Request, svc: ServicesDep) -> Response:
-    return await _relay(request, svc, "/v1/chat/completions", streamable=True)
 
 
-@router.post(
-    "/completions",
-    summary="Create a completion (relayed to the model's route)",
-    openapi_extra=_body("prompt", {"type": ["string", "array"]}),
-    responses=_RELAYED,
-)
-async def completions(request: Request, svc: ServicesDep) -> Response:
-    return await _relay(request, svc, "/v1/completions", streamable=True)
+def _relay_route(item: Inference) -> Callable[[Request, Services], Awaitable[Response]]:
+    async def route(request: Request, svc: ServicesDep) -> Response:
+        return await relay(request, svc, item.endpoint, streamable=item.streamable)
+
+    return route
 
 
-@router.post(
-    "/embeddings",
-    summary="Create embeddings (relayed to the model's route)",
-    openapi_extra=_body("input", {"type": ["string", "array"]}),
-    responses=_RELAYED,
-)
-async def embeddings(request: Request, svc: ServicesDep) -> Response:
-    return await _relay(request, svc, "/v1/embeddings", streamable=False)
+for _item in INFERENCE:
+    router.add_api_route(
+        _item.path,
+        _relay_route(_item),
+        methods=["POST"],
+        name=_item.name,
+        summary=f"{_item.summary} (relayed to the model's route)",
+        openapi_extra=_body(_item.field, _item.schema),
+        responses=_RELAYED,
+    )
 
 
 @router.get("/models", summary="List the models of the routing table", responses=answers(ModelList))
 async def list_models(svc: ServicesDep) -> Response:
-    return JSONResponse({"object": "list", "data": [_model_object(n) for n in svc.providers]})
+    names = [*svc.providers, *svc.providers.aliases]
+    return JSONResponse({"object": "list", "data": [_model_object(n) for n in names]})
 
 
 class _ModelName(Convertor[str]):
@@ -171,8 +196,19 @@ def _model_object(name: str) -> dict[str, Any]:
 # -- the relay --------------------------------------------------------------------------------
 
 
-async def _relay(request: Request, svc: Services, endpoint: str, *, streamable: bool) -> Response:
+async def relay(
+    request: Request,
+    svc: Services,
+    endpoint: str,
+    *,
+    streamable: bool,
+    deployment: str | None = None,
+) -> Response:
+    """Relay one request to the provider of its model's route (``deployment``, Azure's path
+    parameter, names the model instead of ``body.model``)."""
     body = await read_json_object(request, max_bytes=svc.settings.max_request_body_bytes)
+    if deployment is not None:
+        body["model"] = deployment
     provider = _provider_for(svc, _model_name(body), endpoint)
     if streamable and body.get("stream") is True:
         return await _start_stream(provider, endpoint, body)
@@ -209,22 +245,8 @@ def _provider_for(svc: Services, model: str, endpoint: str) -> Provider:
 
 
 def _unknown_model(model: str, svc: Services) -> NotFound:
-    names = list(svc.providers)
-    if not names:
-        hint = "No models are configured: add a [[models]] route to the batchd configuration."
-    else:
-        shown = ", ".join(f"'{n}'" for n in names[:_MODELS_NAMED_IN_ERRORS])
-        more = (
-            f" and {len(names) - _MODELS_NAMED_IN_ERRORS} more"
-            if len(names) > _MODELS_NAMED_IN_ERRORS
-            else ""
-        )
-        hint = (
-            f"Use one of the configured models ({shown}{more}; GET /v1/models lists them), "
-            f"or add a [[models]] route named '{model}' to the batchd configuration."
-        )
     return NotFound(
-        f"The model '{model}' does not exist on this batchd server. {hint}",
+        f"The model '{model}' does not exist on this batchd server. {svc.providers.hint(model)}",
         param="model",
         code="model_not_found",
     )

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from starlette.responses import Response
 
+from batchd.api.deps import Dialect
 from batchd.protocol import (
     Batch,
     BatchErrors,
@@ -28,7 +29,14 @@ class JSONResponse(Response):
         return orjson.dumps(content)
 
 
-def file_object(record: FileRecord) -> dict[str, Any]:
+#: Validation codes that Azure names otherwise.
+_AZURE_CODES = {"invalid_url": "url_mismatch"}
+
+
+def file_object(record: FileRecord, dialect: Dialect = "openai") -> dict[str, Any]:
+    """OpenAI's answers say ``processed`` (a batch on a file that failed validation fails with
+    the errors); Azure's say ``error``, with why in ``status_details``."""
+    azure = dialect == "azure"
     return FileObject(
         id=record.id,
         bytes=record.bytes,
@@ -36,17 +44,20 @@ def file_object(record: FileRecord) -> dict[str, Any]:
         expires_at=record.expires_at,
         filename=record.filename,
         purpose=record.purpose,
-        status="processed",
-        status_details=None,
+        status=record.status if azure else "processed",
+        status_details=record.status_details if azure else None,
     ).model_dump()
 
 
-def batch_object(record: BatchRecord) -> dict[str, Any]:
+def batch_object(record: BatchRecord, dialect: Dialect = "openai") -> dict[str, Any]:
+    errors = record.errors
+    if errors and dialect == "azure":
+        errors = [{**e, "code": _AZURE_CODES.get(e["code"], e["code"])} for e in errors]
     return Batch(
         id=record.id,
         endpoint=record.endpoint,
         model=record.model,
-        errors=BatchErrors.model_validate({"data": record.errors}) if record.errors else None,
+        errors=BatchErrors.model_validate({"data": errors}) if errors else None,
         input_file_id=record.input_file_id,
         completion_window=record.completion_window,
         status=record.status,

@@ -1,14 +1,28 @@
-"""What the ``batchd`` commands share: the ``--config`` option and :func:`fail`. It imports no
-command module (each of them imports this one; :mod:`batchd.cli.main` assembles them)."""
+"""What the ``batchd`` commands share: the ``--config`` option, the one-route options of
+``run`` and ``serve`` (``--model``, ``--upstream``, ``--upstream-model``) and :func:`fail`. It
+imports no command module (each of them imports this one; :mod:`batchd.cli.main` assembles
+them)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-__all__ = ["ConfigOption", "fail"]
+__all__ = [
+    "UPSTREAM_KEY_ENV",
+    "ConfigOption",
+    "ModelOption",
+    "UpstreamModelOption",
+    "UpstreamOption",
+    "fail",
+    "route_overrides",
+]
+
+#: The environment variable holding the key of ``--upstream`` (sent if it is set).
+UPSTREAM_KEY_ENV = "UPSTREAM_API_KEY"
 
 ConfigOption = Annotated[
     Path | None,
@@ -21,6 +35,60 @@ ConfigOption = Annotated[
         dir_okay=False,
     ),
 ]
+
+
+ModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Serve every request with this route (a [[models]] name or alias, or an embedded "
+        "model), whatever its body.model, e.g. --model SmolLM2-135M-Instruct for a file written "
+        "for another model (vLLM's run-batch --model). Answers name the model that answered.",
+    ),
+]
+UpstreamOption = Annotated[
+    str | None,
+    typer.Option(
+        "--upstream",
+        help="Serve every request with an OpenAI-compatible server, no config file needed, e.g. "
+        "--upstream http://127.0.0.1:8000/v1 (vLLM, llama.cpp server, SGLang, Ollama…). Its key, "
+        f"if it needs one, in {UPSTREAM_KEY_ENV}.",
+    ),
+]
+UpstreamModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--upstream-model",
+        help="With --upstream: the model name sent upstream in every body.model, e.g. "
+        "--upstream-model Qwen/Qwen2.5-7B-Instruct. Default: each line's own body.model.",
+    ),
+]
+
+
+def route_overrides(
+    model: str | None, upstream: str | None, upstream_model: str | None
+) -> dict[str, Any]:
+    """The settings that ``--model`` / ``--upstream`` / ``--upstream-model`` stand for: one
+    route serving every request (none when no option is given). A usage error ends the
+    command."""
+    if upstream_model is not None and upstream is None:
+        fail("--upstream-model needs --upstream URL (the server to send the requests to)")
+    if upstream is None:
+        return {} if model is None else {"force_model": model}
+    if model is not None:
+        fail(
+            "give --model ROUTE or --upstream URL, not both: --upstream makes the one route "
+            "(name the model sent upstream with --upstream-model)"
+        )
+    if not upstream.startswith(("http://", "https://")):
+        fail(f"--upstream {upstream!r} is not an http(s) URL, e.g. http://127.0.0.1:8000/v1")
+    name = upstream_model or "upstream"
+    route: dict[str, Any] = {"name": name, "provider": "openai", "base_url": upstream}
+    if upstream_model is not None:
+        route["upstream_model"] = upstream_model
+    if os.environ.get(UPSTREAM_KEY_ENV):
+        route["api_key_env"] = UPSTREAM_KEY_ENV
+    return {"models": [route], "force_model": name, "embedded_models": False}
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -431,7 +431,8 @@ def join(
         typer.Option(
             help="Parse each answer as a JSON object and add these fields as columns, e.g. "
             "--json-fields categories,summary, or --json-fields '*' for every field seen. Adds "
-            "a parse_error column for answers that are not a JSON object.",
+            "a parse_error column for answers that are not a JSON object. A field named like "
+            "another column (e.g. content or status) becomes json_FIELD (json_content).",
             show_default=False,
         ),
     ] = None,
@@ -446,8 +447,8 @@ def join(
     prefix: Annotated[
         str,
         typer.Option(
-            help="Text before the name of every added column, e.g. --prefix result_ when the "
-            "table already has a status or content column.",
+            help="Text before the name of every added column, the JSON fields' too, e.g. "
+            "--prefix result_ when the table already has a status or content column.",
             show_default=False,
         ),
     ] = "",
@@ -483,6 +484,9 @@ def join(
     a failed request, or an error code such as batch_expired) and error (its message); rows
     without a result keep them empty. Give the id options that batchd prepare was given, so
     each row finds its result. Results whose custom_id is in no row are counted on stderr.
+    With --json-fields, each field is a column of its own name; one named like a column of the
+    table or another added column (an answer {"content": ..., "status": ...}) is written as
+    json_content, json_status, ... and said so on stderr.
     """
     with _user_errors():
         loaded = read_results([*results, *(errors or [])], embeddings=embeddings)
@@ -498,6 +502,12 @@ def join(
                 prefix=prefix,
                 usage=usage,
             )
+            if columns.renamed:
+                renamed = ", ".join(f"{key!r} as {column!r}" for key, column in columns.renamed)
+                _warn(
+                    f"JSON fields named like a column of the table or one that batchd adds are "
+                    f"written under another name: {renamed}"
+                )
             matched, rows = _write_joined(source, loaded, ids, columns, output, limit)
     _report_joined(loaded, matched, rows, output)
 

@@ -9,11 +9,18 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from batchd.cli.common import ConfigOption, fail
+from batchd.cli.common import (
+    ConfigOption,
+    ModelOption,
+    UpstreamModelOption,
+    UpstreamOption,
+    fail,
+    route_overrides,
+)
 from batchd.cli.progress import ProgressDisplay, Snapshot
 from batchd.config import Settings
 from batchd.errors import BatchdError, DataDirLocked
@@ -34,10 +41,12 @@ RUN_LIMITS = {
 }
 
 
-def run_settings(config: Path | None, state_dir: Path, log_level: str) -> Settings:
-    """The settings of a run: the configuration's, on ``state_dir``, with :data:`RUN_LIMITS`
-    where it sets none."""
-    settings = Settings.load(config, data_dir=state_dir, log_level=log_level)
+def run_settings(
+    config: Path | None, state_dir: Path, log_level: str, **overrides: Any
+) -> Settings:
+    """The settings of a run: the configuration's (and ``overrides``'), on ``state_dir``, with
+    :data:`RUN_LIMITS` where it sets none."""
+    settings = Settings.load(config, data_dir=state_dir, log_level=log_level, **overrides)
     limits = {k: v for k, v in RUN_LIMITS.items() if k not in settings.model_fields_set}
     return settings.model_copy(update=limits)
 
@@ -75,6 +84,20 @@ def _snapshot(batch: BatchRecord) -> Snapshot:
         batch.failed,
         tokens if isinstance(tokens, int) else 0,
     )
+
+
+def _check_jsonl(input_path: Path) -> None:
+    """A file that is not JSONL at all (a CSV table, ...) is said at once, whatever --endpoint
+    says: before a state directory is made or the file is copied into it."""
+    from batchd.validation import first_line_not_jsonl
+
+    try:
+        with input_path.open("rb") as fh:
+            problem = first_line_not_jsonl(fh)
+    except OSError as exc:
+        fail(f"{input_path}: {exc.strerror or exc}")
+    if problem is not None:
+        fail(f"{input_path}: {problem}")
 
 
 def _say(message: str) -> None:
@@ -178,6 +201,9 @@ def run(
             "url of the first line.",
         ),
     ] = None,
+    model: ModelOption = None,
+    upstream: UpstreamOption = None,
+    upstream_model: UpstreamModelOption = None,
     keep_state: Annotated[
         bool,
         typer.Option(help="Keep the state directory after the run ends (for a look at its log)."),
@@ -202,14 +228,17 @@ def run(
     (Ctrl-C, a crash, kill -9) and started again with the same arguments, it continues where it
     stopped: a request that already has a result is not sent again. Exit status: 0 when the
     batch completed (failed requests are in the error file), 1 when the file failed validation
-    (its errors are printed with their line numbers), 2 for a usage or configuration error,
-    130 when interrupted.
+    (its errors are printed with their line numbers), 2 for a usage or configuration error
+    (an INPUT that is not JSONL at all, such as a CSV table, is one: nothing is stored), 130
+    when interrupted.
     """
+    _check_jsonl(input_path)
     output = output.resolve()
     errors_path = (errors or default_errors_path(output)).resolve()
     state = (state_dir or default_state_dir(output)).resolve()
+    overrides = route_overrides(model, upstream, upstream_model)
     try:
-        settings = run_settings(config, state, log_level)
+        settings = run_settings(config, state, log_level, **overrides)
         _log_to(state, settings.log_level.upper())
         code = asyncio.run(
             _execute(

@@ -3,16 +3,25 @@ command runs)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from batchd.cli.common import ConfigOption
+from batchd.cli.common import (
+    ConfigOption,
+    ModelOption,
+    UpstreamModelOption,
+    UpstreamOption,
+    route_overrides,
+)
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError
 
@@ -53,6 +62,66 @@ def _check_exposure(settings: Settings) -> None:
         )
 
 
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to ``host`` (every address it resolves to, as uvicorn would bind them) and
+    ``port``, made before anything else so that a port in use is said at once, before the
+    database is migrated and the models are loaded; uvicorn listens on them. A
+    :class:`ConfigError` that says what to do when they cannot be bound."""
+    address = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(
+            address or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"cannot resolve the host {host!r} ({exc.strerror}): give an address with --host or "
+            "BATCHD_HOST, e.g. --host 127.0.0.1"
+        ) from None
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, where in dict.fromkeys(infos):  # once per address
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(where)
+            sock.set_inheritable(True)
+    except OSError as exc:
+        for sock in sockets:
+            sock.close()
+        raise ConfigError(_bind_failure(host, port, exc)) from None
+    return sockets
+
+
+def _bind_failure(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is already in use (another batchd, or another program): "
+            "stop it, or choose another port with --port or BATCHD_PORT"
+        )
+    if exc.errno == errno.EACCES:
+        return (
+            f"no permission to listen on port {port} of {host} (ports below 1024 need "
+            "privileges): choose another port with --port or BATCHD_PORT, e.g. --port 8080"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return (
+            f"cannot listen on {host}: it is not an address of this machine; choose another with "
+            "--host or BATCHD_HOST, e.g. --host 127.0.0.1"
+        )
+    return f"cannot listen on port {port} of {host}: {exc.strerror or exc}"
+
+
+def _log_listening(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        name = sock.getsockname()
+        where = f"[{name[0]}]" if sock.family == socket.AF_INET6 else name[0]
+        logging.getLogger("batchd.serve").info(
+            "listening on http://%s:%d (Press CTRL+C to quit)", where, name[1]
+        )
+
+
 def serve(
     host: Annotated[
         str | None,
@@ -85,6 +154,9 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    model: ModelOption = None,
+    upstream: UpstreamOption = None,
+    upstream_model: UpstreamModelOption = None,
 ) -> None:
     """Serve the Files and Batches API, e.g. `batchd serve --port 8080 --data-dir ./data`.
 
@@ -95,6 +167,12 @@ def serve(
     from batchd.api import create_app
     from batchd.lock import DataDirLock
 
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:  # (uvicorn logs where it listens only for sockets it binds)
+                _log_listening(sockets or [])
+
     try:
         settings = Settings.load(
             config,
@@ -103,17 +181,24 @@ def serve(
             data_dir=data_dir,
             log_level=log_level,
             insecure=insecure or None,
+            **route_overrides(model, upstream, upstream_model),
         )
         level = settings.log_level.upper()
         logging.basicConfig(
             level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
         )
+        sockets = _listen(settings.host, settings.port)
         lock = DataDirLock(settings.data_dir)
-        lock.acquire()
+        try:
+            lock.acquire()
+        except BaseException:
+            _close(sockets)
+            raise
         try:
             _check_exposure(settings)
         except BaseException:
             lock.release()
+            _close(sockets)
             raise
     except BatchdError as exc:
         typer.echo(f"batchd: {exc}", err=True)
@@ -131,7 +216,7 @@ def serve(
         except BatchdError as exc:
             typer.echo(f"batchd: {exc}", err=True)
             raise typer.Exit(2) from None
-        server = uvicorn.Server(
+        server = Server(
             uvicorn.Config(
                 application,
                 host=settings.host,
@@ -146,8 +231,15 @@ def serve(
                 server_header=False,
             )
         )
-        server.run()
+        server.run(sockets=sockets)
     finally:
+        _close(sockets)
         lock.release()
     if not server.started:
         raise typer.Exit(1)
+
+
+def _close(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        with contextlib.suppress(OSError):
+            sock.close()

@@ -13,6 +13,7 @@ makes it run.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -137,6 +138,9 @@ async def add_file(
     stored bytes outlive a file that was never listed."""
     blob = ingested.blob
     record = _record(blob, filename, purpose, project, now, expires_after)
+    details = _validation_errors(ingested.validation)
+    if details is not None:
+        record = dataclasses.replace(record, status="error", status_details=details)
     try:
         await store.create_file(
             record, validation=ingested.validation, max_stored_bytes=max_stored_bytes
@@ -166,6 +170,25 @@ async def publish_output(
     record = _record(blob, filename, "batch_output", batch.project, now, seconds)
     await store.create_file(record)
     return record
+
+
+_ERRORS_IN_DETAILS = 3
+
+
+def _validation_errors(validation: dict[str, Any] | None) -> str | None:
+    """What a failed upload validation found, in a sentence: the count and the first errors."""
+    if validation is None or not validation.get("error_count"):
+        return None
+    errors = validation.get("errors") or []
+    first = "; ".join(
+        (f"line {e['line']}: " if e.get("line") else "") + f"{e.get('message')} ({e.get('code')})"
+        for e in errors[:_ERRORS_IN_DETAILS]
+    )
+    count = validation["error_count"]
+    return (
+        f"Validation found {count} error{'s' if count != 1 else ''}: {first}. A batch on this "
+        "file fails with all of them (in its errors); fix the file and upload it again."
+    )
 
 
 def _record(

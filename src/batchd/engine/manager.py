@@ -253,7 +253,7 @@ class BatchManager:
         if self._shutdown.is_set():
             flag.set()
         settings, storage = self.settings, self.storage
-        models = frozenset(route.name for route in settings.models)
+        models = settings.model_names
 
         def run() -> ValidationResult:
             """Validate the stored file and write its request index beside it."""

@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +55,7 @@ from batchd.engine.throttle import Throttle
 from batchd.errors import StorageFault, StoreError
 from batchd.ids import new_file_id, new_request_id
 from batchd.providers.base import Provider, ProviderRequest, ProviderResult
+from batchd.providers.table import ModelTable
 from batchd.storage import BlobInfo, Storage, storage_fault
 from batchd.storage.local import probe_writable
 from batchd.store import BatchRecord, Store
@@ -79,7 +80,8 @@ class Engine:
     store: Store
     storage: Storage
     settings: Settings
-    providers: Mapping[str, Provider]
+    providers: ModelTable
+    """By route name or alias."""
     limiters: Limiters
     retry: RetryStrategy
     owner: str
@@ -275,8 +277,8 @@ class BatchRunner:
         batch = self.batch
         engine = self.engine
         assert batch.model is not None
-        provider = engine.providers.get(batch.model)
-        limiter = engine.limiters.get(batch.model)
+        provider = engine.providers.get(batch.model)  # by name or alias
+        limiter = None if provider is None else engine.limiters.get(provider.model)
         if provider is None or limiter is None:
             await self._unroutable(journal)
             return
@@ -336,9 +338,10 @@ class BatchRunner:
         )
 
     async def _unroutable(self, journal: Journal) -> None:
+        model = self.batch.model or ""
         message = (
-            f"The model '{self.batch.model}' is no longer in batchd's routing table; add it to "
-            "[[models]] in the config file and create the batch again."
+            f"The model '{model}' is no longer in batchd's routing table. "
+            f"{self.engine.providers.hint(model)} Then create the batch again."
         )
         await journal.append_unexecuted(self._request_ids(), ("model_not_found", message))
 
@@ -536,7 +539,9 @@ class BatchRunner:
             writers.callback(errors.abort_sync)
             written, failed = write_results(journal.path, total, output, errors, journal.results)
             output_blob = output.commit_sync(ending.output_file_id) if written else None
-            error_blob = errors.commit_sync(ending.error_file_id) if failed else None
+            # Azure publishes an error file for every batch, empty when no request failed.
+            empty_too = self.batch.dialect == "azure"
+            error_blob = errors.commit_sync(ending.error_file_id) if failed or empty_too else None
         return output_blob, error_blob
 
     async def _publish(self, blob: BlobInfo | None, filename: str) -> str | None:

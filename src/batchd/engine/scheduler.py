@@ -34,6 +34,7 @@ from batchd.engine.runner import BatchRunner, Engine
 from batchd.engine.throttle import Throttle
 from batchd.errors import StorageFault, StoreError
 from batchd.providers.base import Provider
+from batchd.providers.table import ModelTable
 from batchd.storage import Storage
 from batchd.store import Store
 
@@ -67,7 +68,7 @@ class Scheduler:
             store=store,
             storage=storage,
             settings=settings,
-            providers=providers,
+            providers=providers if isinstance(providers, ModelTable) else ModelTable(providers),
             limiters=Limiters(providers),
             retry=RetryStrategy(
                 max_attempts=settings.max_attempts,

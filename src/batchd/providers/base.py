@@ -189,6 +189,9 @@ class Provider(abc.ABC):
     def __init__(self, model: str, options: ProviderOptions) -> None:
         self.model = model
         self.options = options
+        #: The route's aliases (set by the registry): a provider that sends ``body.model`` on
+        #: sends its route's name instead of one of these, so that the answer names the model.
+        self.aliases: frozenset[str] = frozenset()
 
     @classmethod
     def parse_options(cls, route: ModelRoute) -> ProviderOptions:

@@ -1,5 +1,6 @@
 """The ``llamacpp`` provider: a GGUF model run in-process with llama.cpp (llama-cpp-python's
-low-level API), for ``/v1/chat/completions`` and ``/v1/completions``.
+low-level API), for ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/responses`` (run as
+the chat request it converts to, see :mod:`batchd.providers.llamacpp_responses`).
 
 A route::
 
@@ -22,13 +23,18 @@ Options (``[[models]]`` keys besides ``name`` and ``provider``):
 ``group_size`` (8)
     Requests decoded together by one instance (its llama.cpp sequence slots, ``n_seq_max``), and
     the most the engine hands :meth:`~LlamaCppProvider.execute` at once.
-``instances`` (1)
+``instances`` ("auto")
     Copies of the model, each with its own context and its own thread. The engine keeps two
     groups per instance in flight: the second waits in the instance's queue, and each slot that
     a finished sequence frees takes its next request at the next step (continuous batching), so
-    the slots stay full instead of idling until the longest answer of a group ends. On a CPU
-    one instance with all the cores is best (llama.cpp already spreads one decode over
-    ``n_threads``); more help where one copy leaves a GPU idle.
+    the slots stay full instead of idling until the longest answer of a group ends. ``"auto"``
+    (:func:`auto_instances`): one instance per CPU this process may use, at most
+    :data:`AUTO_MAX_INSTANCES`, and no more copies of the GGUF file than fit in
+    :data:`AUTO_WEIGHTS_BUDGET` together: a small model gets one single-threaded instance per
+    core, a model of 1 GiB or more one instance with every core. On a CPU, single-threaded
+    instances were faster and far steadier than one instance whose llama.cpp threads wait for
+    each other at every step, and collapse when anything else takes a core (README,
+    Performance). Each instance also holds a KV cache of ``n_ctx`` x ``group_size`` tokens.
 ``n_threads`` (the CPUs this process may use, divided by ``instances``)
     llama.cpp's threads per instance.
 ``chat_template`` (the GGUF's ``tokenizer.chat_template``)
@@ -56,10 +62,11 @@ token per sequence per ``llama_decode``, until none is left; requests that arriv
 synchronous ``POST /v1/chat/completions`` route, another batch) join at the next step. A
 request whose caller gave up (a cancelled batch) leaves its slot at the next step.
 
-Answers are ``chat.completion``/``text_completion`` objects in OpenAI's shape; ``usage`` counts
-the prompt's tokens (the rendered template) and the tokens sampled, the end-of-generation token
-included. A request error is a result with HTTP status 400 and OpenAI's error body, never an
-exception; :meth:`execute` raises only when the model cannot be loaded at all or on a bug.
+Answers are ``chat.completion``/``text_completion``/``response`` objects in OpenAI's shape;
+``usage`` counts the prompt's tokens (the rendered template) and the tokens sampled, the
+end-of-generation token included. A request error is a result with HTTP status 400 and OpenAI's
+error body, never an exception; :meth:`execute` raises only when the model cannot be loaded at
+all or on a bug.
 
 The ``local`` extra (``pip install "batchd[local]"``) brings llama-cpp-python; this module
 imports it only when a route uses it.
@@ -78,9 +85,9 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, PlainValidator
 
 from batchd.errors import ConfigError
 from batchd.providers.base import (
@@ -101,6 +108,7 @@ from batchd.providers.llamacpp_decode import Sequence as DecodedSequence
 from batchd.providers.llamacpp_params import (
     CHAT,
     COMPLETIONS,
+    RESPONSES,
     ChatTemplate,
     Job,
     RequestError,
@@ -108,8 +116,13 @@ from batchd.providers.llamacpp_params import (
     parse_request,
     text_completion_body,
 )
+from batchd.providers.llamacpp_responses import (
+    ResponsesRequest,
+    parse_responses,
+    response_result,
+)
 
-__all__ = ["LlamaCppOptions", "LlamaCppProvider"]
+__all__ = ["LlamaCppOptions", "LlamaCppProvider", "auto_instances"]
 
 logger = logging.getLogger("batchd.providers.llamacpp")
 
@@ -141,17 +154,31 @@ sys.exit(0 if ll.llama_decode(ctx, ll.llama_batch_get_one(tokens, 8)) == 0 else 
 """
 
 
+def _instances(value: object) -> int | Literal["auto"]:
+    if value == "auto":
+        return "auto"
+    if type(value) is int and 1 <= value <= 64:  # (not True, which is an int too)
+        return value
+    raise ValueError(f"got {value!r}: give 'auto' or a number of model copies from 1 to 64")
+
+
 class LlamaCppOptions(ProviderOptions):
     """Settings of a ``llamacpp`` route (see the module docstring)."""
 
     model_path: str = Field(min_length=1)
     n_ctx: int = Field(default=2048, ge=16)
     group_size: int = Field(default=8, ge=1, le=256)
-    instances: int = Field(default=1, ge=1, le=64)
+    instances: Annotated[int | Literal["auto"], PlainValidator(_instances)] = "auto"
     n_threads: int | None = Field(default=None, ge=1)
     chat_template: str | None = Field(default=None, min_length=1)
     max_tokens: int = Field(default=512, ge=1)
     repack: bool | Literal["auto"] = "auto"
+
+
+#: ``instances = "auto"`` starts at most this many instances...
+AUTO_MAX_INSTANCES = 8
+#: ...and only as many copies of the GGUF file as fit in this many bytes together.
+AUTO_WEIGHTS_BUDGET = 1 << 30
 
 
 def _cpu_count() -> int:
@@ -159,6 +186,13 @@ def _cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def auto_instances(model_bytes: int, cpus: int) -> int:
+    """The instances of ``instances = "auto"`` for a GGUF file of ``model_bytes``: one per CPU,
+    at most :data:`AUTO_MAX_INSTANCES` and :data:`AUTO_WEIGHTS_BUDGET` // ``model_bytes``, at
+    least one."""
+    return max(1, min(cpus, AUTO_MAX_INSTANCES, AUTO_WEIGHTS_BUDGET // max(model_bytes, 1)))
 
 
 def _failure(index: int, exc: RequestError) -> ProviderResult:
@@ -301,7 +335,7 @@ class LlamaCppProvider(Provider):
     """Runs chat and text completions on a local GGUF model (see the module docstring)."""
 
     name: ClassVar[str] = "llamacpp"
-    endpoints: ClassVar[frozenset[str]] = frozenset({CHAT, COMPLETIONS})
+    endpoints: ClassVar[frozenset[str]] = frozenset({CHAT, COMPLETIONS, RESPONSES})
     Options: ClassVar[type[ProviderOptions]] = LlamaCppOptions
     streaming: ClassVar[bool] = False
 
@@ -312,10 +346,25 @@ class LlamaCppProvider(Provider):
         self._instances: list[_Instance] = []
         self.info: ModelInfo | None = None
         self._fingerprint: str | None = None
+        self._instance_count: int | None = None
+
+    def instance_count(self) -> int:
+        """``instances``, or for ``"auto"`` :func:`auto_instances` of the model file's size (one
+        when the file cannot be read: :meth:`start` says why)."""
+        if self._instance_count is None:
+            instances = self.options.instances
+            if instances == "auto":
+                try:
+                    size = Path(self.options.model_path).expanduser().stat().st_size
+                except OSError:
+                    size = AUTO_WEIGHTS_BUDGET
+                instances = auto_instances(size, _cpu_count())
+            self._instance_count = instances
+        return self._instance_count
 
     def limits(self) -> DispatchLimits:
         return DispatchLimits(
-            max_concurrency=2 * self.options.instances,  # see ``instances`` above
+            max_concurrency=2 * self.instance_count(),  # see ``instances`` above
             group_size=self.options.group_size,
             upstream=self.model,
         )
@@ -357,7 +406,8 @@ class LlamaCppProvider(Provider):
         repack = options.repack
         if repack == "auto":
             repack = await _repack_is_safe(path)
-        n_threads = options.n_threads or max(1, _cpu_count() // options.instances)
+        instances = self.instance_count()
+        n_threads = options.n_threads or max(1, _cpu_count() // instances)
         settings = DecoderSettings(
             path=str(path),
             n_ctx=options.n_ctx,
@@ -367,7 +417,7 @@ class LlamaCppProvider(Provider):
             default_max_tokens=options.max_tokens,
             repack=bool(repack),
         )
-        self._instances = [_Instance(self, i, settings) for i in range(options.instances)]
+        self._instances = [_Instance(self, i, settings) for i in range(instances)]
         try:
             # The metadata is read in the first instance's thread, as every llama.cpp call is.
             first = self._instances[0].executor
@@ -399,7 +449,7 @@ class LlamaCppProvider(Provider):
             "model %s: %s, %d instance(s) x %d sequences of %d tokens, %d threads each%s",
             self.model,
             path.name,
-            options.instances,
+            instances,
             options.group_size,
             options.n_ctx,
             n_threads,
@@ -435,9 +485,13 @@ class LlamaCppProvider(Provider):
             raise RuntimeError(f"{self!r} is not started")
         results: list[ProviderResult | None] = [None] * len(group)
         work: list[tuple[int, _Work]] = []
+        responses: dict[int, ResponsesRequest] = {}  # position -> its Responses request
         for position, request in enumerate(group):
             try:
-                job = parse_request(request.endpoint, request.body)
+                if request.endpoint == RESPONSES:  # run as a chat request
+                    job, responses[position] = parse_responses(request.body)
+                else:
+                    job = parse_request(request.endpoint, request.body)
             except RequestError as exc:
                 results[position] = _failure(request.index, exc)
             else:
@@ -452,7 +506,10 @@ class LlamaCppProvider(Provider):
                     raise RuntimeError(f"model {self.model!r}: {answer}") from None
                 if isinstance(answer, BaseException):
                     raise answer
-                results[position] = answer
+                converted = responses.get(position)
+                results[position] = (
+                    answer if converted is None else response_result(answer, converted)
+                )
         assert all(r is not None for r in results)
         return [r for r in results if r is not None]
 

@@ -43,7 +43,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -52,6 +52,7 @@ from batchd.errors import ProviderError
 __all__ = [
     "CHAT",
     "COMPLETIONS",
+    "RESPONSES",
     "ChatTemplate",
     "Job",
     "RequestError",
@@ -63,12 +64,14 @@ __all__ = [
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"
+RESPONSES = "/v1/responses"  # converted to a chat request (see llamacpp_responses)
 
 FinishReason = Literal["stop", "length"]
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-#: Accepted and ignored: bookkeeping that does not change the answer.
-_IGNORED = frozenset(
+#: Accepted and ignored: bookkeeping that does not change the answer (the Responses API's too,
+#: less ``metadata`` and ``stream_options``).
+IGNORED = frozenset(
     {
         "model",
         "user",
@@ -98,7 +101,8 @@ _UNSUPPORTED_CHAT = (
     "n",
 )
 _UNSUPPORTED_COMPLETIONS = ("echo", "suffix", "best_of", "logprobs", "stream", "n")
-_SAMPLING = frozenset(
+#: How to sample: chat's and completions' parameters (the Responses API's too).
+SAMPLING = frozenset(
     {
         "temperature",
         "top_p",
@@ -113,12 +117,12 @@ _SAMPLING = frozenset(
     }
 )
 _CHAT_KEYS = (
-    _IGNORED
-    | _SAMPLING
+    IGNORED
+    | SAMPLING
     | set(_UNSUPPORTED_CHAT)
     | {"messages", "max_tokens", "max_completion_tokens", "response_format"}
 )
-_COMPLETION_KEYS = _IGNORED | _SAMPLING | set(_UNSUPPORTED_COMPLETIONS) | {"prompt", "max_tokens"}
+_COMPLETION_KEYS = IGNORED | SAMPLING | set(_UNSUPPORTED_COMPLETIONS) | {"prompt", "max_tokens"}
 
 
 class RequestError(ProviderError):
@@ -200,22 +204,48 @@ def parse_request(endpoint: str, body: Mapping[str, Any]) -> Job:
     if endpoint == COMPLETIONS:
         return _parse_completion(body)
     raise RequestError(
-        f"This model does not serve {endpoint}; it serves {CHAT} and {COMPLETIONS}.",
+        f"This model does not serve {endpoint}; it serves {CHAT}, {COMPLETIONS} and {RESPONSES}.",
         code="unsupported_endpoint",
     )
 
 
-def _unknown(body: Mapping[str, Any], known: frozenset[str] | set[str]) -> None:
-    for key in body:
-        if key not in known:
-            raise RequestError(
-                f"Unrecognized request argument supplied: {key}",
-                param=key,
-                code="unknown_parameter",
-            )
+# The checks below are shared with llamacpp_responses (the Responses API's own parameters).
 
 
-def _unsupported(param: str, what: str | None = None) -> RequestError:
+def check_keys(
+    value: Mapping[str, Any], known: Collection[str], where: str | None = None, hint: str = ""
+) -> None:
+    """:class:`RequestError` for the first key of ``value`` not in ``known``: a request
+    argument (``where`` ``None``; ``hint``: what is supported) or one of the object ``where``."""
+    for key in value:
+        if key in known:
+            continue
+        if where is not None:
+            message, param = f"Unrecognized argument in '{where}': {key}.", f"{where}.{key}"
+        else:
+            message, param = f"Unrecognized request argument supplied: {key}", key
+            message += f" ({hint})." if hint else ""
+        raise RequestError(message, param=param, code="unknown_parameter")
+
+
+def missing(
+    param: str, what: str = "", *, code: str = "missing_required_parameter"
+) -> RequestError:
+    """``param`` is required (``what`` follows its name in the message)."""
+    return RequestError(f"Missing required parameter: '{param}'{what}.", param=param, code=code)
+
+
+def invalid_type(param: str, expected: str) -> RequestError:
+    """``param`` is not ``expected`` (``"a string"``, ``"an object"``…)."""
+    return RequestError(f"'{param}' must be {expected}.", param=param, code="invalid_type")
+
+
+def invalid_value(param: str, value: Any, supported: str) -> RequestError:
+    """``param`` is none of the values it can take (``supported`` says which)."""
+    return RequestError(f"Invalid value for '{param}': {value!r}; {supported}.", param=param)
+
+
+def unsupported(param: str, what: str | None = None) -> RequestError:
     return RequestError(
         f"'{param}' is not supported by this model{f': {what}' if what else ''}.",
         param=param,
@@ -229,21 +259,21 @@ def _is_off(value: Any) -> bool:
 
 
 def _parse_chat(body: Mapping[str, Any]) -> Job:
-    _unknown(body, _CHAT_KEYS)
+    check_keys(body, _CHAT_KEYS)
     for key in _UNSUPPORTED_CHAT:
         value = body.get(key)
         if key == "n":
             _check_n(value)
         elif key == "top_logprobs":
             if value not in (None, 0):
-                raise _unsupported(key, "log probabilities are not returned")
+                raise unsupported(key, "log probabilities are not returned")
         elif key == "modalities":
             if value is not None and value != ["text"]:
-                raise _unsupported(key, "this model only answers with text")
+                raise unsupported(key, "this model only answers with text")
         elif key == "tool_choice" and value == "auto" and _is_off(body.get("tools")):
             continue  # "auto" without tools: no tool can be chosen
         elif not _is_off(value):
-            raise _unsupported(key)
+            raise unsupported(key)
     max_tokens = _max_tokens(body, "max_completion_tokens")
     legacy = _max_tokens(body, "max_tokens")
     if max_tokens is not None and legacy is not None and max_tokens != legacy:
@@ -263,28 +293,24 @@ def _parse_chat(body: Mapping[str, Any]) -> Job:
 
 
 def _parse_completion(body: Mapping[str, Any]) -> Job:
-    _unknown(body, _COMPLETION_KEYS)
+    check_keys(body, _COMPLETION_KEYS)
     _check_n(body.get("n"))
     if body.get("echo") not in (None, False):
-        raise _unsupported("echo")
+        raise unsupported("echo")
     if body.get("suffix") not in (None, ""):
-        raise _unsupported("suffix")
+        raise unsupported("suffix")
     if body.get("best_of") not in (None, 1):
-        raise _unsupported("best_of", "only best_of=1 is supported")
+        raise unsupported("best_of", "only best_of=1 is supported")
     if body.get("logprobs") not in (None, 0, False):
-        raise _unsupported("logprobs", "log probabilities are not returned")
+        raise unsupported("logprobs", "log probabilities are not returned")
     if body.get("stream") not in (None, False):
-        raise _unsupported("stream")
+        raise unsupported("stream")
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if not isinstance(prompt, str):
         if prompt is None:
-            raise RequestError(
-                "Missing required parameter: 'prompt'.",
-                param="prompt",
-                code="missing_required_parameter",
-            )
+            raise missing("prompt")
         raise RequestError(
             "'prompt' must be a string (or a list of one string); token arrays and several "
             "prompts in one request are not supported by this model.",
@@ -323,7 +349,7 @@ def _number(
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise RequestError(f"'{key}' must be a number.", param=key, code="invalid_type")
+        raise invalid_type(key, "a number")
     if value > high or value < low or (low_open and value == low):
         bound = f"greater than {low:g}" if low_open else f"at least {low:g}"
         raise RequestError(
@@ -337,7 +363,7 @@ def _integer(body: Mapping[str, Any], key: str, low: int) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(f"'{key}' must be an integer.", param=key, code="invalid_type")
+        raise invalid_type(key, "an integer")
     if value < low:
         raise RequestError(
             f"Invalid '{key}': integer below minimum value. Expected a value >= {low}, but got "
@@ -372,11 +398,7 @@ def _logit_bias(value: Any) -> dict[int, float]:
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise RequestError(
-            "'logit_bias' must be an object mapping token ids to biases.",
-            param="logit_bias",
-            code="invalid_type",
-        )
+        raise invalid_type("logit_bias", "an object mapping token ids to biases")
     out: dict[int, float] = {}
     for key, bias in value.items():
         try:
@@ -409,21 +431,31 @@ def _stop(value: Any) -> tuple[str, ...]:
 
 
 def _messages(value: Any) -> list[dict[str, str]]:
+    messages = objects(value, "messages", "a non-empty array of messages")
+    return [_message(where, message) for where, message in messages]
+
+
+def objects(
+    value: Any, param: str, expected: str, sep: str = "."
+) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """The items of the required non-empty array ``param`` (``expected`` says what it must be),
+    each an object, with where it is (``{param}{sep}[{i}]``); checked as they are taken."""
     if value is None:
-        raise RequestError(
-            "Missing required parameter: 'messages'.",
-            param="messages",
-            code="missing_required_parameter",
-        )
+        raise missing(param)
     if not isinstance(value, list) or not value:
-        raise RequestError("'messages' must be a non-empty array of messages.", param="messages")
-    return [_message(i, m) for i, m in enumerate(value)]
+        raise RequestError(f"'{param}' must be {expected}.", param=param)
+    return _each_object(value, param, sep)
 
 
-def _message(i: int, message: Any) -> dict[str, str]:
-    where = f"messages.[{i}]"
-    if not isinstance(message, Mapping):
-        raise RequestError(f"'{where}' must be an object.", param=where, code="invalid_type")
+def _each_object(items: list[Any], where: str, sep: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
+    for i, item in enumerate(items):
+        item_where = f"{where}{sep}[{i}]"
+        if not isinstance(item, Mapping):
+            raise invalid_type(item_where, "an object")
+        yield item_where, item
+
+
+def _message(where: str, message: Mapping[str, Any]) -> dict[str, str]:
     role = message.get("role")
     if role not in _ROLES:
         if role in ("tool", "function"):
@@ -433,97 +465,94 @@ def _message(i: int, message: Any) -> dict[str, str]:
                 param=f"{where}.role",
                 code="unsupported_parameter",
             )
-        raise RequestError(
-            f"Invalid value for '{where}.role': {role!r}; supported roles are system, "
-            "developer, user and assistant.",
-            param=f"{where}.role",
+        raise invalid_value(
+            f"{where}.role", role, "supported roles are system, developer, user and assistant"
         )
     for key in ("tool_calls", "function_call", "audio"):
         if not _is_off(message.get(key)):
-            raise RequestError(
-                f"'{where}.{key}' is not supported by this model.",
-                param=f"{where}.{key}",
-                code="unsupported_parameter",
-            )
+            raise unsupported(f"{where}.{key}")
     content = message.get("content")
     if content is None and role == "assistant":
         return {"role": "assistant", "content": ""}
-    return {"role": _ROLES[role], "content": _content(content, f"{where}.content")}
+    return {"role": _ROLES[role], "content": text_content(content, f"{where}.content")}
 
 
-def _content(content: Any, where: str) -> str:
+def text_content(
+    content: Any,
+    where: str,
+    kinds: Sequence[str] = ("text",),
+    *,
+    sep: str = ".",
+    media: Collection[str] = (),
+) -> str:
+    """The text of a message's ``content`` at ``where``: a string, or a list of parts of the
+    ``kinds`` (joined with newlines; part ``j`` is ``{where}{sep}[{j}]``, and a part of a type
+    in ``media`` is an ``unsupported_parameter``)."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            part_where = f"{where}.[{j}]"
-            if not isinstance(part, Mapping):
-                raise RequestError(
-                    f"'{part_where}' must be an object.", param=part_where, code="invalid_type"
-                )
-            kind = part.get("type")
-            if kind != "text":
-                raise RequestError(
-                    f"Invalid content part type {kind!r} in '{part_where}': this model reads "
-                    "text only ('text' parts).",
-                    param=f"{part_where}.type",
-                )
-            text = part.get("text")
-            if not isinstance(text, str):
-                raise RequestError(
-                    f"'{part_where}.text' must be a string.",
-                    param=f"{part_where}.text",
-                    code="invalid_type",
-                )
-            texts.append(text)
-        return "\n".join(texts)
-    raise RequestError(
-        f"'{where}' must be a string or an array of text parts.", param=where, code="invalid_type"
-    )
+    if not isinstance(content, list):
+        raise invalid_type(where, f"a string or an array of {kinds[0]} parts")
+    texts = []
+    for part_where, part in _each_object(content, where, sep):
+        kind = part.get("type")
+        if kind not in kinds:
+            reads = " or ".join(f"'{k}'" for k in kinds)
+            raise RequestError(
+                f"Invalid content part type {kind!r} in '{part_where}': this model reads text "
+                f"only ({reads} parts).",
+                param=f"{part_where}.type",
+                code="unsupported_parameter" if kind in media else "invalid_value",
+            )
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise invalid_type(f"{part_where}.text", "a string")
+        texts.append(text)
+    return "\n".join(texts)
+
+
+def format_kind(value: Any, param: str) -> str:
+    """The ``type`` of the response format object ``param`` (chat's ``response_format``, the
+    Responses API's ``text.format``): ``text``, ``json_object`` or ``json_schema``."""
+    if not isinstance(value, Mapping):
+        raise invalid_type(param, "an object")
+    kind = value.get("type")
+    if kind not in ("text", "json_object", "json_schema"):
+        raise invalid_value(
+            f"{param}.type", kind, "supported: 'text', 'json_object', 'json_schema'"
+        )
+    return str(kind)
+
+
+def json_schema_spec(
+    spec: Mapping[str, Any], param: str, *, schema_required: bool = False
+) -> tuple[str, Mapping[str, Any] | None]:
+    """The ``name`` and ``schema`` of the JSON schema format ``param`` (``None``: no schema,
+    any JSON object; a :class:`RequestError` instead when ``schema_required``)."""
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise missing(f"{param}.name")
+    schema = spec.get("schema")
+    if isinstance(schema, Mapping):
+        return name, schema
+    if schema_required:
+        code = "missing_required_parameter" if schema is None else "invalid_type"
+        raise missing(f"{param}.schema", " (a JSON schema object)", code=code)
+    if schema is not None:
+        raise invalid_type(f"{param}.schema", "an object")
+    return name, None
 
 
 def _response_format(value: Any) -> Mapping[str, Any] | bool | None:
     if value is None:
         return None
-    param = "response_format"
-    if not isinstance(value, Mapping):
-        raise RequestError(f"'{param}' must be an object.", param=param, code="invalid_type")
-    kind = value.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return True
+    kind = format_kind(value, "response_format")
     if kind != "json_schema":
-        raise RequestError(
-            f"Invalid value for '{param}.type': {kind!r}; supported: 'text', 'json_object', "
-            "'json_schema'.",
-            param=f"{param}.type",
-        )
+        return True if kind == "json_object" else None
     spec = value.get("json_schema")
     if not isinstance(spec, Mapping):
-        raise RequestError(
-            f"Missing required parameter: '{param}.json_schema'.",
-            param=f"{param}.json_schema",
-            code="missing_required_parameter",
-        )
-    name = spec.get("name")
-    if not isinstance(name, str) or not name:
-        raise RequestError(
-            f"Missing required parameter: '{param}.json_schema.name'.",
-            param=f"{param}.json_schema.name",
-            code="missing_required_parameter",
-        )
-    schema = spec.get("schema")
-    if schema is None:
-        return True
-    if not isinstance(schema, Mapping):
-        raise RequestError(
-            f"'{param}.json_schema.schema' must be an object.",
-            param=f"{param}.json_schema.schema",
-            code="invalid_type",
-        )
-    return schema
+        raise missing("response_format.json_schema")
+    _, schema = json_schema_spec(spec, "response_format.json_schema")
+    return True if schema is None else schema
 
 
 # -- responses ------------------------------------------------------------------------------------

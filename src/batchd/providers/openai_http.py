@@ -287,6 +287,8 @@ class OpenAIProvider(Provider):
     def _payload(self, body: Mapping[str, Any]) -> bytes:
         if self.options.upstream_model is not None:
             body = {**body, "model": self.options.upstream_model}
+        elif self.aliases and body.get("model") in self.aliases:
+            body = {**body, "model": self.model}  # the upstream knows the route's name
         return orjson.dumps(body)
 
     def _redact(self, text: str) -> str:

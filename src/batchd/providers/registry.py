@@ -21,6 +21,7 @@ from importlib.metadata import EntryPoint, entry_points
 from batchd.config import ModelRoute, Settings
 from batchd.errors import ConfigError
 from batchd.providers.base import Provider
+from batchd.providers.table import ModelTable
 
 __all__ = ["ENTRY_POINT_GROUP", "ProviderRegistry", "build_providers"]
 
@@ -116,15 +117,18 @@ class ProviderRegistry:
             provider_cls = self.get(route.provider)
         except ConfigError as exc:
             raise ConfigError(f"model {route.name!r}: {exc.message}") from None
-        return provider_cls.from_route(route, env)
+        provider = provider_cls.from_route(route, env)
+        provider.aliases = frozenset(route.aliases)
+        return provider
 
 
 def build_providers(
     settings: Settings,
     env: Mapping[str, str] | None = None,
     registry: ProviderRegistry | None = None,
-) -> dict[str, Provider]:
-    """One provider per ``[[models]]`` route, by model name (none started).
+) -> ModelTable:
+    """One provider per ``[[models]]`` route, by route name, found by its aliases too (none
+    started).
 
     ``env`` is the environment secrets such as ``api_key_env`` are resolved from, passed in by
     the caller (the CLI passes ``os.environ``); ``registry`` defaults to
@@ -132,4 +136,5 @@ def build_providers(
     """
     env = {} if env is None else env
     registry = ProviderRegistry.default() if registry is None else registry
-    return {route.name: registry.build(route, env) for route in settings.models}
+    providers = {route.name: registry.build(route, env) for route in settings.models}
+    return ModelTable(providers, settings.model_names)

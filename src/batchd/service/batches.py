@@ -45,6 +45,8 @@ class NewBatch:
     """Seconds the output and error files live (``None``: the server's default)."""
     deadline: bool = True
     """Whether the batch expires after its completion window (``batchd run``: no deadline)."""
+    dialect: str = "openai"
+    """The API asking (``openai`` or ``azure``; see :attr:`BatchRecord.dialect`)."""
 
 
 class EngineHooks(Protocol):
@@ -160,6 +162,7 @@ class BatchService:
             metadata=new.metadata,
             output_expires_after=new.output_expires_after,
             project=project,
+            dialect=new.dialect,
         )
         limits = self.settings.limits_for(project)
         admission = BatchAdmission(

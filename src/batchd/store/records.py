@@ -20,10 +20,14 @@ class FileRecord:
     purpose: FilePurpose
     sha256: str
     expires_at: int | None = None
-    status: Literal["processed"] = "processed"
+    status: Literal["processed", "error"] = "processed"
+    """``error`` for a batch file whose validation while it was uploaded found errors (Azure
+    shows it; OpenAI's answers keep ``processed``, as a batch on it fails with the errors)."""
     deleted_at: int | None = None
     purged_at: int | None = None
     project: str = "default"
+    status_details: str | None = None
+    """Why the status is ``error``: the count and the first errors."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +58,9 @@ class BatchRecord:
     output_expires_after: int | None = None
     project: str = "default"
     enqueued_tokens: int = 0
+    dialect: str = "openai"
+    """The API that created the batch: ``openai`` (``/v1``, ``/openai/v1``) or ``azure`` (the
+    ``api-version`` routes, whose batches always publish an error file, empty on success)."""
     ending: BatchEnding | None = None
     """How the running batch ends, once decided (see :mod:`batchd.core.lifecycle`)."""
 

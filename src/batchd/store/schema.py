@@ -33,6 +33,8 @@ files = sa.Table(
     sa.Column("validation", sa.JSON(), nullable=True),
     # The project of the API key that uploaded it (see batchd.auth); "default" without keys.
     sa.Column("project", sa.String(128), nullable=False, server_default="default"),
+    # Why a batch file's status is "error" (see FileRecord.status_details).
+    sa.Column("status_details", sa.Text(), nullable=True),
     sa.Index("ix_files_purpose", "purpose"),
     sa.Index("ix_files_project", "project"),
 )
@@ -77,6 +79,8 @@ batches = sa.Table(
     # Estimated prompt tokens, counted against the project's enqueued-token quota while the
     # batch is in progress (see batchd.validation.ValidationResult.estimated_tokens).
     sa.Column("enqueued_tokens", sa.BigInteger(), nullable=False, server_default="0"),
+    # The API that created the batch (openai or azure; see BatchRecord.dialect).
+    sa.Column("dialect", sa.String(16), nullable=False, server_default="openai"),
     sa.Index("ix_batches_status", "status"),
     sa.Index("ix_batches_project", "project"),
 )

@@ -13,6 +13,8 @@ size of the response bodies.
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -253,6 +255,8 @@ class ResultColumns:
     status: str
     error: str
     usage: tuple[str, str, str] | None
+    renamed: tuple[tuple[str, str], ...] = ()
+    """The JSON fields whose column is not ``prefix + field`` (a name taken): (field, column)."""
 
     @property
     def names(self) -> list[str]:
@@ -309,7 +313,7 @@ def _json_keys(spec: str | None, results: Results) -> list[str]:
     if keys != ["*"]:
         if not keys or "*" in keys:
             raise TableError("--json-fields takes field names, e.g. categories,summary, or '*'")
-        return keys
+        return list(dict.fromkeys(keys))
     seen: dict[str, None] = {}
     for result in results.by_id.values():
         if result.ok:
@@ -326,13 +330,54 @@ def result_columns(
     prefix: str,
     usage: bool,
 ) -> ResultColumns:
+    """The columns ``join`` adds to a table of ``table_columns``.
+
+    The columns batchd adds (content, finish_reason, status, error, ...) keep their names, each
+    after ``prefix``; a JSON field is the column ``prefix + field`` too, unless that name is
+    taken (by the table, by a column batchd adds, by another field), and then
+    ``prefix + "json_" + field`` (with ``_2``, ``_3``, ... until free): listed in
+    :attr:`ResultColumns.renamed`. What cannot be renamed so is a :class:`TableError` whose
+    hint works: an added column that the table has (a ``--prefix`` it is checked for), or a
+    ``--content-column`` that names another added column.
+    """
     keys = _json_keys(json_fields, results)
     with_embeddings = any(result.embedding is not None for result in results.by_id.values())
-    columns = ResultColumns(
+    added = _added_columns(
+        prefix,
+        content_column=content_column,
+        parse_error=json_fields is not None,
+        embedding=with_embeddings,
+        usage=usage,
+    )
+    names = added.names
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise TableError(
+            f"--content-column {content_column!r} is the name of another column that batchd "
+            f"adds ({', '.join(map(repr, repeated))}): choose another, e.g. "
+            "--content-column answer"
+        )
+    taken = [name for name in names if name in table_columns]
+    if taken:
+        bases = [name.removeprefix(prefix) for name in names]
+        raise TableError(
+            f"the table already has the column{'s' if len(taken) > 1 else ''} "
+            f"{', '.join(map(repr, taken))} that batchd adds: name the added columns apart "
+            f"with --prefix, e.g. --prefix {_free_prefix(table_columns, bases)}"
+        )
+    fields, renamed = _field_columns(keys, prefix, reserved={*table_columns, *names})
+    return dataclasses.replace(added, fields=fields, renamed=renamed)
+
+
+def _added_columns(
+    prefix: str, *, content_column: str, parse_error: bool, embedding: bool, usage: bool
+) -> ResultColumns:
+    """The columns batchd adds, without the JSON fields."""
+    return ResultColumns(
         content=prefix + content_column,
-        fields=tuple((key, prefix + key) for key in keys),
-        parse_error=prefix + "parse_error" if json_fields is not None else None,
-        embedding=prefix + "embedding" if with_embeddings else None,
+        fields=(),
+        parse_error=prefix + "parse_error" if parse_error else None,
+        embedding=prefix + "embedding" if embedding else None,
         finish_reason=prefix + "finish_reason",
         status=prefix + "status",
         error=prefix + "error",
@@ -342,11 +387,35 @@ def result_columns(
             else None
         ),
     )
-    names = columns.names
-    taken = sorted({name for name in names if name in table_columns or names.count(name) > 1})
-    if taken:
-        raise TableError(
-            f"the joined table would have two columns named {', '.join(map(repr, taken))}: "
-            "name the added columns apart with --prefix, e.g. --prefix result_"
-        )
-    return columns
+
+
+def _free_prefix(table_columns: Sequence[str], bases: Sequence[str]) -> str:
+    """A ``--prefix`` that puts none of the columns ``bases`` on a column of the table."""
+    for number in itertools.count(1):
+        candidate = "result_" if number == 1 else f"result{number}_"
+        if not any(candidate + base in table_columns for base in bases):
+            return candidate
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _field_columns(
+    keys: Sequence[str], prefix: str, *, reserved: set[str]
+) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]:
+    """The column of each JSON field ``keys``, and those not named ``prefix + key``."""
+    plain = [prefix + key for key in keys]  # keys are unique: so are these
+    clashes = {name for name in plain if name in reserved}
+    used = reserved | set(plain)
+    fields: list[tuple[str, str]] = []
+    renamed: list[tuple[str, str]] = []
+    for key, name in zip(keys, plain, strict=True):
+        if name in clashes:
+            base = f"{prefix}json_{key}"
+            name = next(
+                candidate
+                for candidate in (base if n == 1 else f"{base}_{n}" for n in itertools.count(1))
+                if candidate not in used
+            )
+            used.add(name)
+            renamed.append((key, name))
+        fields.append((key, name))
+    return tuple(fields), tuple(renamed)
