@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from openai import OpenAI
 
-from tests.engine_support import model_route, to_jsonl, wait_for_batch
-from tests.serverproc import BatchdServer, write_config
+from tests.engine_support import model_route, sdk, start_server, to_jsonl, wait_for_batch
+from tests.serverproc import BatchdServer
 from tests.upstream import answers
 from tests.upstream.process import UpstreamProcess
 
@@ -79,26 +79,27 @@ def upstream_view(body: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpstreamProcess]:
-    with UpstreamProcess(tmp_path_factory.mktemp("vision-upstream"), latency_ms=2) as up:
-        yield up
-
-
-@pytest.fixture(scope="module")
-def server(
-    tmp_path_factory: pytest.TempPathFactory, upstream: UpstreamProcess
-) -> Iterator[BatchdServer]:
+def vision(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BatchdServer, OpenAI]]:
+    """A batchd server with one vision route (alias ``gpt-4o``) on a fake upstream; a client."""
     root = tmp_path_factory.mktemp("vision")
-    vision = model_route(upstream, name=ROUTE, aliases=["gpt-4o"], upstream_model=UPSTREAM_MODEL)
-    srv = BatchdServer(root / "data", write_config(root / "batchd.toml", models=[vision])).start()
-    yield srv
-    srv.stop()
+    with UpstreamProcess(root, latency_ms=2) as upstream:
+        route = model_route(upstream, name=ROUTE, aliases=["gpt-4o"], upstream_model=UPSTREAM_MODEL)
+        srv = start_server(root / "batchd", upstream, route)
+        try:
+            with sdk(srv) as client:
+                yield srv, client
+        finally:
+            srv.stop()
 
 
 @pytest.fixture
-def client(server: BatchdServer) -> Iterator[OpenAI]:
-    with OpenAI(base_url=server.api_url, api_key="-", max_retries=0) as c:
-        yield c
+def server(vision: tuple[BatchdServer, OpenAI]) -> BatchdServer:
+    return vision[0]
+
+
+@pytest.fixture
+def client(vision: tuple[BatchdServer, OpenAI]) -> OpenAI:
+    return vision[1]
 
 
 def test_the_captioning_batch_reaches_the_upstream_untouched(

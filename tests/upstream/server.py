@@ -53,12 +53,8 @@ Respond = Callable[[], Awaitable[web.StreamResponse]]
 _MAX_DIMENSIONS = 8192
 
 
-class BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
+#: A request the fake rejects with a 400 (one class with the vision checks').
+BadRequest = vision.InvalidRequest
 
 
 def error_body(
@@ -285,7 +281,7 @@ class Upstream:
         entry["model"] = parsed.get("model")
         try:
             self._validate(endpoint, parsed)
-        except (BadRequest, vision.InvalidRequest) as exc:
+        except BadRequest as exc:
             return (
                 "400",
                 "validation",
