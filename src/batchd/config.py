@@ -149,6 +149,13 @@ AZURE_API_VERSIONS = (
     "latest",
 )
 
+#: A database URL's plain scheme → its async driver (an explicit driver is kept as it is).
+_ASYNC_DRIVERS = {
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+}
+
 PROJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
 
@@ -228,7 +235,8 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=default_data_dir)
     database_url: str | None = Field(
         default=None,
-        description="SQLAlchemy async URL; default: a SQLite file in the data directory.",
+        description="The metadata store, e.g. postgresql://user@host/db (asyncpg; "
+        "BATCHD_DATABASE_URL); default: a SQLite file in the data directory.",
     )
     log_level: str = "info"
 
@@ -407,7 +415,12 @@ class Settings(BaseSettings):
 
     @property
     def resolved_database_url(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.sqlite_path}"
+        """The SQLAlchemy async URL: ``database_url`` with its async driver (``postgresql://``
+        means asyncpg, ``sqlite://`` aiosqlite), or the data directory's SQLite file."""
+        if self.database_url is None:
+            return f"sqlite+aiosqlite:///{self.sqlite_path}"
+        scheme, sep, rest = self.database_url.partition("://")
+        return _ASYNC_DRIVERS.get(scheme, scheme) + sep + rest
 
     @property
     def model_names(self) -> ModelNames:

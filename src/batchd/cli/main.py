@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from batchd import __version__
-from batchd.cli import client, keys, prepare_join, run, serve
+from batchd.cli import client, db, keys, prepare_join, run, serve
 
 __all__ = ["app", "main"]
 
@@ -45,7 +45,7 @@ def _root(
     """batchd: a self-hosted, OpenAI-compatible Batch API."""
 
 
-# The commands, in the order `batchd --help` lists them (the `keys` group comes last).
+# The commands, in the order `batchd --help` lists them (the `keys` and `db` groups come last).
 for _command in (
     serve.serve,
     client.submit,
@@ -60,6 +60,7 @@ for _command in (
 ):
     app.command()(_command)
 app.add_typer(keys.keys)
+app.add_typer(db.db)
 
 
 def main() -> None:

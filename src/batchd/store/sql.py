@@ -83,7 +83,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def _store_error(exc: SQLAlchemyError, what: str | None = None) -> StoreError:
+def _store_error(exc: SQLAlchemyError | OSError, what: str | None = None) -> StoreError:
     """A foreign exception as a :class:`StoreError` that says when the disk is the cause."""
     text = str(getattr(exc, "orig", None) or exc)  # the driver's words, without SQL or links
     error = StoreError(f"{what}: {text}" if what else text)
@@ -118,6 +118,10 @@ def _ending_of(m: sa.RowMapping) -> BatchEnding | None:
     )
 
 
+#: The PostgreSQL advisory lock held while migrating ("batchd" and 1, as a 64-bit key).
+MIGRATION_LOCK_KEY = 0x6261_7463_6864_0001
+
+
 class SQLStore:
     """The store over an SQLAlchemy async engine. Build with a URL, then ``await open()``."""
 
@@ -134,12 +138,27 @@ class SQLStore:
         return self._engine
 
     async def open(self) -> None:
-        """Bring the schema to the newest migration."""
+        """Bring the schema to the newest migration. On PostgreSQL, processes starting together
+        migrate one at a time: each takes a transaction-scoped advisory lock first, so the
+        others wait and then find the schema at its head."""
         try:
             async with self._engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    lock = sa.text("SELECT pg_advisory_xact_lock(:key)")
+                    await conn.execute(lock, {"key": MIGRATION_LOCK_KEY})
                 await conn.run_sync(migrate.upgrade_to_head)
-        except SQLAlchemyError as exc:
-            raise _store_error(exc, f"cannot open the metadata store at {self.url}") from exc
+        except (SQLAlchemyError, OSError) as exc:  # OSError: a server that cannot be reached
+            raise _store_error(exc, f"cannot open the metadata store at {self.safe_url}") from exc
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its password, for messages."""
+        return self._engine.url.render_as_string(hide_password=True)
+
+    async def schema_revision(self) -> str | None:
+        """The migration the database is at (``None`` before the first)."""
+        rows = await self._fetch(sa.text("SELECT version_num FROM alembic_version"))
+        return str(rows[0][0]) if rows else None
 
     async def close(self) -> None:
         """Wait for the transactions under way (their callers may be gone), then close."""
