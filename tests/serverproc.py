@@ -16,6 +16,8 @@ from typing import Any
 __all__ = [
     "DEFAULT_MODELS",
     "BatchdServer",
+    "batchd",
+    "clean_env",
     "free_port",
     "models_at",
     "stop_process",
@@ -45,6 +47,31 @@ def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float)
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment without any ``BATCHD_*`` setting, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
+    env.update(extra or {})
+    return env
+
+
+def batchd(
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``batchd ARGS`` to its end in a subprocess (no ``BATCHD_*`` but ``env``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "batchd", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean_env(env),
+        cwd=cwd,
+        check=False,
+    )
 
 
 def free_port() -> int:
@@ -109,8 +136,7 @@ class BatchdServer:
         return cmd
 
     def start(self, timeout: float = 30.0) -> BatchdServer:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-        env.update(self.env)
+        env = clean_env(self.env)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()

@@ -3,24 +3,11 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-
-def batchd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "batchd", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=full_env,
-        check=False,
-    )
+from tests.serverproc import batchd
 
 
 def test_help_explains_every_serve_option() -> None:

@@ -5,9 +5,7 @@ database (they migrate one at a time, under an advisory lock)."""
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,8 +13,8 @@ import pytest
 from batchd.config import Settings
 from batchd.store import SQLStore
 from tests.pg import fresh_database
+from tests.serverproc import batchd
 
-BATCHD = [sys.executable, "-m", "batchd"]
 VERSIONS = Path(__file__).resolve().parents[1] / "src" / "batchd" / "store" / "migrations"
 HEAD = max(p.name.split("_", 1)[0] for p in (VERSIONS / "versions").glob("0*.py"))
 
@@ -41,16 +39,7 @@ def test_the_default_is_the_data_directorys_sqlite(tmp_path: Path) -> None:
 
 
 def db_upgrade(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-    full.update(env or {})
-    return subprocess.run(
-        [*BATCHD, "db", "upgrade", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=full,
-    )
+    return batchd("db", "upgrade", *args, env=env, timeout=120)
 
 
 def test_db_upgrade_on_a_data_directory(tmp_path: Path) -> None:

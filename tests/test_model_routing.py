@@ -9,9 +9,6 @@ model (vLLM's own example batch file) with no editing and no config file.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,11 +24,10 @@ from batchd.providers.table import ModelTable
 from batchd.validation import Validator
 from tests.cookbook import cookbook_task
 from tests.engine_support import chat_body, model_route, request_line, to_jsonl, wait_for_batch
-from tests.serverproc import BatchdServer, write_config
+from tests.serverproc import BatchdServer, batchd, write_config
 from tests.upstream import answers
 from tests.upstream.process import UpstreamProcess
 
-BATCHD = [sys.executable, "-m", "batchd"]
 #: vLLM's example batch file for ``vllm run-batch`` (examples/offline_inference/openai_batch/
 #: openai_example_batch.jsonl in vllm-project/vllm, Apache-2.0), as it is.
 VLLM_EXAMPLE = Path(__file__).with_name("data") / "vllm_openai_example_batch.jsonl"
@@ -228,13 +224,8 @@ def test_an_aliased_upstream_route_answers_with_its_own_name(
 
 def run_file(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Any:
     out = tmp_path / "out.jsonl"
-    cmd = [*BATCHD, "run", str(VLLM_EXAMPLE), "-o", str(out), "--progress-interval", "0.2", *args]
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-    full_env.update(env or {})
-    done = subprocess.run(
-        cmd, capture_output=True, text=True, timeout=600, check=False, env=full_env, cwd=tmp_path
-    )
-    return done, out
+    args = ("run", str(VLLM_EXAMPLE), "-o", str(out), "--progress-interval", "0.2", *args)
+    return batchd(*args, env=env, timeout=600, cwd=tmp_path), out
 
 
 def test_vllms_example_file_fails_without_a_route_and_says_so(

@@ -4,26 +4,16 @@ before any model loads; a server that starts listens on the sockets it bound."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
-from tests.serverproc import BatchdServer, write_config
+from tests.serverproc import BatchdServer, batchd, write_config
 
 
 def serve(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BATCHD_")}
-    return subprocess.run(
-        [sys.executable, "-m", "batchd", "serve", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=env,
-        check=False,
-    )
+    return batchd("serve", *args)
 
 
 def test_a_port_in_use_is_said_before_migrations_run(tmp_path: Path) -> None:
