@@ -12,6 +12,7 @@ from openai import AsyncOpenAI, OpenAI
 
 from batchd.store import SQLStore
 from tests.pg import fresh_database
+from tests.s3 import s3_server, storage  # noqa: F401 - fixtures: SeaweedFS, each Storage
 from tests.serverproc import BatchdServer, models_at, write_config
 from tests.upstream.process import UpstreamProcess
 

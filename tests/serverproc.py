@@ -16,6 +16,7 @@ from typing import Any
 __all__ = [
     "DEFAULT_MODELS",
     "BatchdServer",
+    "BatchdWorker",
     "batchd",
     "clean_env",
     "free_port",
@@ -112,11 +113,14 @@ class BatchdServer:
         *,
         env: dict[str, str] | None = None,
         port: int | None = None,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.data_dir = data_dir
         self.config = config
         self.port = port or free_port()
         self.env = env or {}
+        self.args = args
+        """More options of ``batchd serve``, e.g. ``("--no-engine",)``."""
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"batchd-{self.port}.log"
 
@@ -133,7 +137,7 @@ class BatchdServer:
         cmd += ["--data-dir", str(self.data_dir)]
         if self.config is not None:
             cmd += ["--config", str(self.config)]
-        return cmd
+        return [*cmd, *self.args]
 
     def start(self, timeout: float = 30.0) -> BatchdServer:
         env = clean_env(self.env)
@@ -153,6 +157,50 @@ class BatchdServer:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"batchd did not become ready in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        return stop_process(self.proc, sig, timeout)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+class BatchdWorker:
+    """``batchd worker`` in a subprocess; ``start()`` waits for its "ready" log line."""
+
+    def __init__(self, data_dir: Path, config: Path, *, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.config = config
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = data_dir.parent / f"worker-{free_port()}.log"
+
+    def start(self, timeout: float = 30.0) -> BatchdWorker:
+        cmd = [sys.executable, "-m", "batchd", "worker", "--config", str(self.config)]
+        cmd += ["--data-dir", str(self.data_dir)]
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, env=clean_env(self.env)
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"batchd worker exited with {self.proc.returncode}:\n{self.log()}"
+                )
+            if " ready" in self.log():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"batchd worker did not become ready in {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

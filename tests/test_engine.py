@@ -6,6 +6,7 @@ with a scripted provider (end-to-end tests against real upstream processes live 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -29,6 +30,8 @@ from batchd.providers.base import DispatchLimits, Provider, ProviderRequest, Pro
 from batchd.service import BatchService
 from batchd.storage import LocalStorage
 from batchd.store import BatchRecord, SQLStore
+from batchd.store.work import ResultRow, SharedWork
+from tests.pg import fresh_database
 from tests.test_manager import MODEL, new_batch, submit, upload, wait_status
 
 pytestmark = pytest.mark.anyio
@@ -190,9 +193,14 @@ class ScriptedProvider(Provider):
         self.called = asyncio.Event()
 
     async def wait_calls(self, count: int) -> None:
-        while len(self.calls) < count:
-            self.called.clear()
-            await self.called.wait()
+        """Until ``count`` calls were made (15 s at most: then the test fails)."""
+        try:
+            async with asyncio.timeout(15):
+                while len(self.calls) < count:
+                    self.called.clear()
+                    await self.called.wait()
+        except TimeoutError:
+            raise AssertionError(f"{len(self.calls)} calls after 15 s, not {count}") from None
 
     def limits(self) -> DispatchLimits:
         return DispatchLimits(
@@ -244,23 +252,35 @@ def line(i: int, **body: Any) -> bytes:
     return orjson.dumps({**record, "body": payload}) + b"\n"
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[tuple[SQLStore, LocalStorage, Settings]]:
-    settings = Settings.load(
-        data_dir=tmp_path,
-        models=[{"name": MODEL, "provider": "openai"}],
-        retry_base_seconds=0.01,
-        retry_cap_seconds=0.02,
-        max_attempts=3,
-        cancel_grace_seconds=0.05,
-        progress_interval_seconds=0.02,
-    )
-    store = SQLStore(settings.resolved_database_url)
-    await store.open()
-    storage = LocalStorage(tmp_path / "files")
-    await storage.open()
-    yield store, storage, settings
-    await store.close()
+@pytest.fixture(params=["local", "shared-sqlite", "shared-postgres"])
+async def env(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[SQLStore, LocalStorage, Settings]]:
+    """One process with its journals (``local``), or shared mode (ranges of 7 requests, result
+    rows in the database) on SQLite and on PostgreSQL."""
+    async with contextlib.AsyncExitStack() as stack:
+        shared: dict[str, Any] = {}
+        if request.param == "shared-sqlite":
+            shared = {"database_url": f"sqlite:///{tmp_path}/shared.sqlite3", "range_size": 7}
+        elif request.param == "shared-postgres":
+            url = await stack.enter_async_context(fresh_database())
+            shared = {"database_url": url, "range_size": 7}
+        settings = Settings.load(
+            data_dir=tmp_path,
+            models=[{"name": MODEL, "provider": "openai"}],
+            retry_base_seconds=0.01,
+            retry_cap_seconds=0.02,
+            max_attempts=3,
+            cancel_grace_seconds=0.05,
+            progress_interval_seconds=0.02,
+            **shared,
+        )
+        store = SQLStore(settings.resolved_database_url)
+        await store.open()
+        stack.push_async_callback(store.close)
+        storage = LocalStorage(tmp_path / "files")
+        await storage.open()
+        yield store, storage, settings
 
 
 async def run_batch(
@@ -277,6 +297,24 @@ async def run_batch(
     batch = new_batch(file.id)
     await submit(store, manager, batch)
     return manager, await wait_status(store, batch.id, statuses)
+
+
+async def keep_results(
+    env: tuple[SQLStore, LocalStorage, Settings], batch: BatchRecord, entries: list[JournalEntry]
+) -> None:
+    """Make ``entries`` durable as a crashed engine left them: in the batch's journal, or (shared
+    mode) as result rows counted in the batch's request_counts."""
+    store, _storage, settings = env
+    if not settings.shared:
+        journal = await Journal.open(
+            settings.data_dir / "journals" / f"{batch.id}.journal", batch.total
+        )
+        for entry in entries:
+            await journal.append(entry)
+        await journal.close()
+        return
+    work, rows = SharedWork(store), [ResultRow(e.index, e.ok, e.output_line()) for e in entries]
+    await store._transaction(lambda conn: work._insert_results(conn, batch.id, rows))
 
 
 async def file_lines(storage: LocalStorage, file_id: str | None) -> list[dict[str, Any]]:
@@ -369,7 +407,9 @@ async def test_groups_reach_the_provider_whole(
     try:
         assert batch.status == "completed"
         assert batch.completed == 10
-        assert sorted(len(call) for call in provider.calls) == [2, 4, 4]
+        # groups never cross a range of a batch (shared mode: ranges of 7 requests)
+        expected = [3, 3, 4] if env[2].shared else [2, 4, 4]
+        assert sorted(len(call) for call in provider.calls) == expected
         assert sorted(i for call in provider.calls for i in call) == list(range(10))
     finally:
         await manager.stop()
@@ -386,11 +426,16 @@ async def test_a_restart_sends_only_requests_without_a_durable_result(
     )
     await manager.stop()  # in-flight requests are abandoned, nothing is recorded
     # results 0..4 became durable before the "crash"
-    journal = await Journal.open(settings.data_dir / "journals" / f"{batch.id}.journal", 8)
-    for i in range(5):
-        body = {"choices": [{"message": {"content": f"kept {i}"}}]}
-        await journal.append(JournalEntry.from_response(i, f"r{i}", 200, f"req_old{i}", body))
-    await journal.close()
+    await keep_results(
+        env,
+        batch,
+        [
+            JournalEntry.from_response(
+                i, f"r{i}", 200, f"req_old{i}", {"choices": [{"message": {"content": f"k{i}"}}]}
+            )
+            for i in range(5)
+        ],
+    )
 
     again = ScriptedProvider()
     manager = BatchManager(store, storage, settings, {MODEL: again})
@@ -440,7 +485,8 @@ async def test_a_batch_past_its_window_expires_with_finished_results_kept(
     try:
         data = line(0) + b"".join(line(i, hold=True) for i in range(1, 4))
         file = await upload(store, storage, data)
-        batch = dataclasses.replace(new_batch(file.id), expires_at=int(time.time()) + 1)
+        # expires_at is in whole seconds: + 2 leaves at least a second to send the first two
+        batch = dataclasses.replace(new_batch(file.id), expires_at=int(time.time()) + 2)
         await submit(store, manager, batch)
         await provider.wait_calls(2)  # the rest hangs past expires_at
         done = await wait_status(store, batch.id, TERMINAL)
@@ -484,11 +530,16 @@ async def test_a_crash_while_finalizing_ends_the_batch_with_the_recorded_file_id
     )
     await manager.stop()
     # the "crashed" process had every result and had recorded its ending and file ids
-    journal = await Journal.open(settings.data_dir / "journals" / f"{batch.id}.journal", 3)
-    for i in range(3):
-        body = {"choices": [{"message": {"content": f"a{i}"}}]}
-        await journal.append(JournalEntry.from_response(i, f"r{i}", 200, f"req_{i}", body))
-    await journal.close()
+    await keep_results(
+        env,
+        batch,
+        [
+            JournalEntry.from_response(
+                i, f"r{i}", 200, f"req_{i}", {"choices": [{"message": {"content": f"a{i}"}}]}
+            )
+            for i in range(3)
+        ],
+    )
     files = [new_file_id(), new_file_id()]
     moved = await lifecycle.transition(
         store,
@@ -530,14 +581,19 @@ async def test_progress_and_state_changes_are_logged(
         statuses={"in_progress"},
     )
     try:
-        await asyncio.sleep(0.3)  # a few progress periods pass while the first request is held
+        # a few progress periods pass while the first request is held (shared mode: the
+        # batches of the ranges an engine runs are read twice a second)
+        await asyncio.sleep(1.2 if settings.shared else 0.3)
         provider.gate.set()
         await wait_status(store, batch.id, TERMINAL)
     finally:
         await manager.stop()
     text = caplog.text
     assert f"batch {batch.id}: in_progress (3 requests for {MODEL})" in text
-    assert f"batch {batch.id}: running (3 requests)" in text
+    running = (
+        "running (3 requests; ranges to claim: 1)" if settings.shared else "running (3 requests)"
+    )
+    assert f"batch {batch.id}: {running}" in text
     assert f"batch {batch.id}: 0/3 done (0 ok, 0 failed)" in text
     assert f"batch {batch.id}: completed (3 ok, 0 failed)" in text
 

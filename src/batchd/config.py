@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import os
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -239,6 +240,18 @@ class Settings(BaseSettings):
         "BATCHD_DATABASE_URL); default: a SQLite file in the data directory.",
     )
     log_level: str = "info"
+    storage_url: str | None = Field(
+        default=None,
+        description="Where file contents are kept: s3://bucket or s3://bucket/prefix, an "
+        "S3-compatible bucket (credentials and region from AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION; BATCHD_STORAGE_URL); default: "
+        "the data directory's files/ folder.",
+    )
+    storage_endpoint_url: str | None = Field(
+        default=None,
+        description="The endpoint of the storage_url bucket when it is not AWS, e.g. "
+        "http://127.0.0.1:9000 for MinIO (BATCHD_STORAGE_ENDPOINT_URL, else AWS_ENDPOINT_URL).",
+    )
 
     # Files
     max_upload_bytes: int = Field(default=512 * MB, gt=0)
@@ -279,6 +292,13 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         description="How long a claim on a batch lasts without renewal (renewed every third).",
+    )
+    range_size: int = Field(
+        default=10_000,
+        gt=0,
+        description="The most requests per claimable range of a batch when several engines "
+        "share the database: a batch is cut into four ranges per live engine, of 500 "
+        "requests at least and range_size at most; each engine runs two of a batch at once.",
     )
     progress_interval_seconds: float = Field(
         default=0.5, gt=0, description="How often live request_counts reach the store."
@@ -324,6 +344,40 @@ class Settings(BaseSettings):
         description="Serve every request with this route (a name or an alias), whatever its "
         "body.model: `batchd run --model`, `batchd serve --model`.",
     )
+
+    @field_validator("storage_url")
+    @classmethod
+    def _s3_url(cls, url: str | None) -> str | None:
+        if not url:  # unset, or set empty
+            return None
+        from batchd.storage.s3 import parse_s3_url
+
+        parse_s3_url(url)  # its ValueError says what is wrong
+        return url
+
+    @field_validator("storage_endpoint_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if not url:
+            return None
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return url
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aws_endpoint(cls, values: Any) -> Any:
+        """With a ``storage_url``, ``storage_endpoint_url`` defaults to ``AWS_ENDPOINT_URL`` (the
+        S3 client itself reads the other ``AWS_*`` settings)."""
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        if (
+            endpoint
+            and isinstance(values, dict)
+            and values.get("storage_url")
+            and not values.get("storage_endpoint_url")
+        ):
+            return {**values, "storage_endpoint_url": endpoint}
+        return values
 
     @field_validator("api_keys")
     @classmethod
@@ -412,6 +466,12 @@ class Settings(BaseSettings):
     @property
     def sqlite_path(self) -> Path:
         return self.data_dir / "batchd.sqlite3"
+
+    @property
+    def shared(self) -> bool:
+        """Whether engines share the work through the database (``database_url`` set): ranges
+        of requests claimed with fenced leases, results as rows of the database."""
+        return self.database_url is not None
 
     @property
     def resolved_database_url(self) -> str:

@@ -27,7 +27,8 @@ defined in another module names that module (relative to ``batchd``).
     │   └── StorageQuotaExceeded      max_stored_bytes
     ├── StorageFault                  the data cannot be written now (the work waits)
     │   ├── StorageFull               no space left
-    │   └── StorageReadOnly           read-only
+    │   ├── StorageReadOnly           read-only
+    │   └── StorageUnreachable        the object store (S3) does not answer
     ├── ProviderError                 a provider failed; handled in the provider or the API
     │   ├── RequestError              a request llama.cpp cannot serve: its 400 error line
     │   │                             (providers.llamacpp_params)
@@ -36,16 +37,19 @@ defined in another module names that module (relative to ``batchd``).
     ├── IllegalTransition             a status change the lifecycle forbids (core.lifecycle)
     ├── RequestIndexError             a request index cannot be read (core.request_index)
     ├── JournalError                  a batch's result journal cannot be used (engine.journal)
+    ├── LeaseLost                     another engine took a range or batch over: this one
+    │                                 writes nothing more to it (store.work)
     ├── RunError                      `batchd run` cannot start or go on (localrun)
     └── TableError                    a table, template or results file of `batchd prepare` or
                                       `batchd join` cannot be used (tabular.formats)
 
-Two are not BatchdErrors: signals caught where they are raised and turned into one of the above
-or into a request's result, never shown as they are:
+Three are not BatchdErrors: signals caught where they are raised and turned into one of the
+above or into a request's result, never shown as they are:
 
     Exception
     ├── BlobTooLarge                  a blob writer's size limit: PayloadTooLarge or RunError
     │                                 (storage.base)
+    ├── _Aborted                      aborts a multipart upload from its source (storage.s3)
     └── _Invalid                      one embeddings request refused: its 400 result
                                       (providers.sentence_transformers)
 """
@@ -74,6 +78,7 @@ __all__ = [
     "StorageFull",
     "StorageQuotaExceeded",
     "StorageReadOnly",
+    "StorageUnreachable",
     "StoreError",
     "TokenQuotaExceeded",
     "Unauthorized",
@@ -267,3 +272,10 @@ class StorageReadOnly(StorageFault):
     """Where batchd keeps its data is read-only."""
 
     reason = "storage_read_only"
+
+
+class StorageUnreachable(StorageFault):
+    """The object store where batchd keeps its files does not answer: the connection failed,
+    timed out, or the store answered with a server error (5xx) after the retries."""
+
+    reason = "storage_unreachable"

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 from batchd.auth import Authenticator
 from batchd.config import Settings
 from batchd.engine import BatchManager
+from batchd.errors import ConfigError
 from batchd.lock import DataDirLock
 from batchd.providers import ModelTable, Provider
 from batchd.service import BatchService, FileService
-from batchd.storage import LocalStorage, Storage
-from batchd.store import SQLStore, Store
+from batchd.service.batches import EngineHooks
+from batchd.storage import Storage, open_storage
+from batchd.store import BatchRecord, SQLStore, Store
 
 __all__ = ["Services", "open_services"]
 
@@ -27,8 +29,9 @@ class Services:
     settings: Settings
     store: Store
     storage: Storage
-    manager: BatchManager
-    """The engine: validation, the scheduler and its runners, purging."""
+    manager: BatchManager | None
+    """The engine: validation, the scheduler and its runners, purging (``None`` in an API
+    process without one, ``batchd serve --no-engine``)."""
     providers: ModelTable
     """One started provider per ``[[models]]`` route, by route name or alias."""
     batches: BatchService
@@ -43,24 +46,36 @@ async def open_services(
     providers: Mapping[str, Provider],
     *,
     lock: DataDirLock | None = None,
+    engine: bool = True,
 ) -> AsyncIterator[Services]:
-    """Lock the data directory (unless ``lock``, already held, is given), open the store and the
-    storage, start the providers and the batch manager (which resumes unfinished batches); on
-    exit stop them in the reverse order."""
+    """Lock the data directory (unless ``lock``, already held, is given; not at all when the
+    database is shared: :attr:`Settings.shared`), open the store and the storage, start the
+    providers and, with ``engine``, the batch manager (which resumes unfinished batches); on
+    exit stop them in the reverse order. Without ``engine`` (an API process), the engines of
+    other processes take the batches, woken by the database's notifications."""
     table = providers if isinstance(providers, ModelTable) else ModelTable(providers)
     _log_routes(table)
-    data_lock = lock or DataDirLock(settings.data_dir)
-    data_lock.acquire()
+    if not engine and not settings.shared:
+        raise ConfigError(
+            "an API process without an engine needs a shared database: set database_url "
+            "(BATCHD_DATABASE_URL, e.g. postgresql://user@host/db) and run `batchd worker` "
+            "processes on it"
+        )
+    data_lock = None if settings.shared else (lock or DataDirLock(settings.data_dir))
+    if data_lock is not None:
+        data_lock.acquire()
     store = SQLStore(settings.resolved_database_url)
-    storage = LocalStorage(settings.data_dir / "files")
     try:
+        storage = open_storage(settings)
         await store.open()
         await storage.open()
         async with contextlib.AsyncExitStack() as stack:
             for provider in table.values():
                 await stack.enter_async_context(provider)
-            manager = BatchManager(store, storage, settings, table)
-            await manager.start()
+            manager = BatchManager(store, storage, settings, table) if engine else None
+            hooks: EngineHooks = manager if manager is not None else _NoEngine()
+            if manager is not None:
+                await manager.start()
             try:
                 yield Services(
                     settings,
@@ -68,15 +83,31 @@ async def open_services(
                     storage,
                     manager,
                     table,
-                    batches=BatchService(store, settings, manager),
-                    files=FileService(store, storage, settings, manager),
+                    batches=BatchService(store, settings, hooks),
+                    files=FileService(store, storage, settings, hooks),
                     auth=Authenticator(settings, store),
                 )
             finally:
-                await manager.stop()
+                if manager is not None:
+                    await manager.stop()
     finally:
         await store.close()
-        data_lock.release()
+        if data_lock is not None:
+            data_lock.release()
+
+
+class _NoEngine:
+    """The engine hooks of an API process without an engine: nothing to do, as the status
+    change itself (its ``NOTIFY``) wakes the engines of the worker processes."""
+
+    def batch_created(self, batch: BatchRecord) -> None:
+        return None
+
+    def batch_cancelled(self, batch: BatchRecord) -> None:
+        return None
+
+    def files_deleted(self) -> None:
+        return None
 
 
 def _log_routes(table: ModelTable) -> None:

@@ -28,16 +28,19 @@ def create_app(
     *,
     lock: DataDirLock | None = None,
     env: Mapping[str, str] | None = None,
+    engine: bool = True,
 ) -> FastAPI:
     """Build the app. ``lock`` is a data-directory lock the caller already holds; without one the
     lifespan takes it (and fails with :class:`~batchd.errors.DataDirLocked` if it cannot).
     ``env`` is where provider secrets (``api_key_env``) are read from; the CLI passes
-    ``os.environ``. The providers are built here, so a bad routing table fails at once."""
+    ``os.environ``. The providers are built here, so a bad routing table fails at once. Without
+    ``engine`` the process serves the API only (``batchd serve --no-engine``): the workers of the
+    shared database run the batches."""
     providers = build_providers(settings, env or {})
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_services(settings, providers, lock=lock) as services:
+        async with open_services(settings, providers, lock=lock, engine=engine) as services:
             app.state.services = services
             log.info("batchd %s ready (data directory %s)", __version__, settings.data_dir)
             try:

@@ -73,6 +73,12 @@ _FAULTS = {
         "storage_unavailable",
         "batchd's storage failed. Nothing was stored; retry shortly.",
     ),
+    "storage_unreachable": (
+        503,
+        "storage_unreachable",
+        "batchd cannot reach the object store where it keeps files. Nothing was stored; the "
+        "request may be retried shortly.",
+    ),
 }
 _FAULT_RETRY_AFTER = "30"
 

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from batchd import __version__
-from batchd.cli import client, db, keys, prepare_join, run, serve
+from batchd.cli import client, db, keys, prepare_join, run, serve, worker
 
 __all__ = ["app", "main"]
 
@@ -48,6 +48,8 @@ def _root(
 # The commands, in the order `batchd --help` lists them (the `keys` and `db` groups come last).
 for _command in (
     serve.serve,
+    worker.worker,
+    worker.workers,
     client.submit,
     client.wait,
     client.status,

@@ -157,6 +157,15 @@ def serve(
     model: ModelOption = None,
     upstream: UpstreamOption = None,
     upstream_model: UpstreamModelOption = None,
+    no_engine: Annotated[
+        bool,
+        typer.Option(
+            "--no-engine",
+            help="Serve the API only, e.g. several API processes on one PostgreSQL database "
+            "(database_url) while `batchd worker` processes run the batches.",
+            show_default=False,
+        ),
+    ] = False,
 ) -> None:
     """Serve the Files and Batches API, e.g. `batchd serve --port 8080 --data-dir ./data`.
 
@@ -187,17 +196,25 @@ def serve(
         logging.basicConfig(
             level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
         )
+        if no_engine and not settings.shared:
+            raise ConfigError(
+                "--no-engine serves the API while `batchd worker` processes run the batches: "
+                "they share a database, so set database_url (--config, BATCHD_DATABASE_URL, "
+                "e.g. postgresql://batchd@db/batchd)"
+            )
         sockets = _listen(settings.host, settings.port)
-        lock = DataDirLock(settings.data_dir)
+        lock = None if settings.shared else DataDirLock(settings.data_dir)
         try:
-            lock.acquire()
+            if lock is not None:
+                lock.acquire()
         except BaseException:
             _close(sockets)
             raise
         try:
             _check_exposure(settings)
         except BaseException:
-            lock.release()
+            if lock is not None:
+                lock.release()
             _close(sockets)
             raise
     except BatchdError as exc:
@@ -212,7 +229,7 @@ def serve(
         raise typer.Exit(2) from None
     try:
         try:
-            application = create_app(settings, lock=lock, env=os.environ)
+            application = create_app(settings, lock=lock, env=os.environ, engine=not no_engine)
         except BatchdError as exc:
             typer.echo(f"batchd: {exc}", err=True)
             raise typer.Exit(2) from None
@@ -234,7 +251,8 @@ def serve(
         server.run(sockets=sockets)
     finally:
         _close(sockets)
-        lock.release()
+        if lock is not None:
+            lock.release()
     if not server.started:
         raise typer.Exit(1)
 

@@ -165,6 +165,9 @@ class StatusChange:
     at: int
     update: BatchUpdate
     quota: TokenQuota | None = None
+    lease: tuple[str, int] | None = None
+    """``(owner, epoch)`` of the engine's lease on the batch: the change is refused (``None``)
+    once the batch was claimed by another engine since (fencing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +209,7 @@ async def transition(
     expected: Collection[BatchStatus],
     at: int,
     quota: TokenQuota | None = None,
+    lease: tuple[str, int] | None = None,
     **update: Unpack[BatchUpdate],
 ) -> BatchRecord | None:
     """Move the batch to ``to`` if it is in one of ``expected`` (compare-and-set), with
@@ -217,16 +221,22 @@ async def transition(
     and nothing changes.
     """
     check_transition(expected, to)
-    change = StatusChange(batch_id, frozenset(expected), to, at, update, quota)
+    change = StatusChange(batch_id, frozenset(expected), to, at, update, quota, lease)
     return await store.apply(change)
 
 
 async def record_ending(
-    store: Store, batch_id: str, *, status: BatchStatus, ending: BatchEnding, at: int
+    store: Store,
+    batch_id: str,
+    *,
+    status: BatchStatus,
+    ending: BatchEnding,
+    at: int,
+    lease: tuple[str, int] | None = None,
 ) -> BatchRecord | None:
     """Store how a running batch will end, while it stays in ``status`` (a runnable one); the
     batch after that, or ``None`` when it is no longer in ``status``."""
     if status not in RUNNABLE:
         raise IllegalTransition(f"a batch in {status!r} is not running: it has no ending")
-    change = StatusChange(batch_id, frozenset({status}), None, at, {"ending": ending})
+    change = StatusChange(batch_id, frozenset({status}), None, at, {"ending": ending}, lease=lease)
     return await store.apply(change)

@@ -139,11 +139,15 @@ class RequestIndex:
     def close(self) -> None:
         self._fh.close()
 
-    def entries(self) -> Iterator[RequestEntry]:
-        """Every entry, in request order."""
+    def entries(
+        self, *, start: int = 0, offset: int = 0, stop: int | None = None
+    ) -> Iterator[RequestEntry]:
+        """The entries in request order: every one, or those of ``[start, stop)`` when the
+        entry of request ``start`` lies at byte ``offset`` (from :meth:`offsets`)."""
         fh, models, end = self._fh, self.models, self._entries_end
-        fh.seek(0)
-        position = index = 0
+        last = self.total if stop is None else min(stop, self.total)
+        fh.seek(offset)
+        position, index = offset, start
         pending = b""
         size = _ENTRY.size
         while position < end:
@@ -157,6 +161,8 @@ class RequestIndex:
                 offset, length, id_length, model = _ENTRY.unpack_from(data, at)
                 if at + size + id_length > len(data):
                     break
+                if index >= last:
+                    return
                 custom_id = data[at + size : at + size + id_length].decode()
                 yield RequestEntry(index, offset, length, custom_id, models[model])
                 index += 1
@@ -164,5 +170,31 @@ class RequestIndex:
             pending = data[at:]
             if position >= end and pending:
                 raise RequestIndexError("the request index ends inside an entry")
-        if index != self.total:
+        if index != last:
             raise RequestIndexError(f"the request index has {index} entries, not {self.total}")
+
+    def offsets(self, step: int) -> Iterator[tuple[int, int]]:
+        """``(request, byte offset of its entry)`` of requests 0, ``step``, ``2 * step``…: where
+        each range of ``step`` requests starts (see :meth:`entries`)."""
+        fh, end = self._fh, self._entries_end
+        fh.seek(0)
+        position = index = 0
+        pending = b""
+        size = _ENTRY.size
+        while position < end:
+            chunk = fh.read(min(_READ, end - position))
+            if not chunk:
+                raise RequestIndexError("the request index is shorter than its footer says")
+            base = position - len(pending)
+            data = pending + chunk
+            position += len(chunk)
+            at = 0
+            while at + size <= len(data):
+                id_length = _ENTRY.unpack_from(data, at)[2]
+                if at + size + id_length > len(data):
+                    break
+                if index % step == 0:
+                    yield index, base + at
+                index += 1
+                at += size + id_length
+            pending = data[at:]

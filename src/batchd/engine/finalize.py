@@ -6,10 +6,12 @@ import fcntl
 import os
 from pathlib import Path
 
-from batchd.engine.journal import CHUNK, JournalError, is_ok, out_of_range, records
+import anyio.to_thread
+
+from batchd.engine.journal import CHUNK, Journal, JournalError, is_ok, out_of_range, records
 from batchd.engine.results import LineSink, ResultIndex
 
-__all__ = ["CANCELLED", "EXPIRED", "LineSink", "write_results"]
+__all__ = ["CANCELLED", "EXPIRED", "JournalResults", "LineSink", "write_results"]
 
 CANCELLED = ("batch_cancelled", "The batch was cancelled before this request executed.")
 EXPIRED = (
@@ -53,3 +55,17 @@ def write_results(
             raise JournalError(f"the journal {journal_path} changed: {exc}") from exc
     finally:
         os.close(fd)
+
+
+class JournalResults(Journal):
+    """A journal as the runner's result log: it writes the batch's files and is removed once
+    they are published."""
+
+    async def write_files(self, output: LineSink, errors: LineSink) -> tuple[int, int]:
+        """:func:`write_results` of this (closed) journal, in a worker thread."""
+        return await anyio.to_thread.run_sync(
+            write_results, self.path, self.total, output, errors, self.results
+        )
+
+    async def discard(self) -> None:
+        await anyio.to_thread.run_sync(lambda: self.path.unlink(missing_ok=True))

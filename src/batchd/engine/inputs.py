@@ -15,7 +15,8 @@ import collections
 import contextlib
 import logging
 from collections.abc import Iterator
-from typing import Any, BinaryIO
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Protocol
 
 import anyio.to_thread
 import orjson
@@ -27,18 +28,42 @@ from batchd.core.request_index import (
     RequestIndexWriter,
     index_key,
 )
-from batchd.engine.journal import Journal
 from batchd.providers.base import ProviderRequest
 from batchd.storage import Storage
 from batchd.validation import index_stream
 
-__all__ = ["Feed", "InputReader", "open_index", "request_ids"]
+__all__ = ["Done", "Feed", "InputReader", "Span", "open_index", "plan_ranges", "request_ids"]
 
 log = logging.getLogger("batchd.engine")
 
 _READ_CHUNK = 512  # requests read from the input file per worker-thread call
 _SPAN = 4 << 20  # the most bytes one read covers
 _GAP = 64 << 10  # done requests between two pending ones read through rather than skipped
+
+
+@dataclass(frozen=True, slots=True)
+class Span:
+    """Requests ``[start, stop)`` of a batch, the first one's entry at byte ``index_offset`` of
+    the request index (a claimed range, in shared mode)."""
+
+    start: int
+    stop: int
+    index_offset: int
+
+
+class Done(Protocol):
+    """Which requests have a durable result (a journal, a range's result rows)."""
+
+    @property
+    def total(self) -> int: ...
+
+    def is_done(self, index: int) -> bool: ...
+
+
+def _entries(index: RequestIndex, span: Span | None) -> Iterator[RequestEntry]:
+    if span is None:
+        return index.entries()
+    return index.entries(start=span.start, offset=span.index_offset, stop=span.stop)
 
 
 def _build_index(storage: Storage, file_id: str, max_line_bytes: int) -> None:
@@ -83,10 +108,17 @@ def open_index(storage: Storage, file_id: str, total: int, max_line_bytes: int) 
 
 
 class InputReader:
-    """The requests of a batch without a durable result, in request order, ``count`` at a time
-    (:meth:`read`), with their bodies parsed."""
+    """The requests of a batch (of ``span``) without a durable result, in request order,
+    ``count`` at a time (:meth:`read`), with their bodies parsed."""
 
-    def __init__(self, storage: Storage, file_id: str, journal: Journal, max_line_bytes: int):
+    def __init__(
+        self,
+        storage: Storage,
+        file_id: str,
+        journal: Done,
+        max_line_bytes: int,
+        span: Span | None = None,
+    ):
         self._index = open_index(storage, file_id, journal.total, max_line_bytes)
         try:
             self._fh: BinaryIO = storage.open_binary(file_id)
@@ -94,7 +126,7 @@ class InputReader:
             self._index.close()
             raise
         self._pending = (
-            entry for entry in self._index.entries() if not journal.is_done(entry.index)
+            entry for entry in _entries(self._index, span) if not journal.is_done(entry.index)
         )
 
     def read(self, count: int) -> list[tuple[int, str, dict[str, Any]]]:
@@ -133,12 +165,13 @@ class InputReader:
 
 
 def request_ids(
-    storage: Storage, file_id: str, total: int, max_line_bytes: int
+    storage: Storage, file_id: str, total: int, max_line_bytes: int, span: Span | None = None
 ) -> Iterator[tuple[int, str]]:
-    """``(index, custom_id)`` of every request of the input file, from its index alone."""
+    """``(index, custom_id)`` of every request of the input file (of ``span``), from its index
+    alone."""
     index = open_index(storage, file_id, total, max_line_bytes)
     try:
-        for entry in index.entries():
+        for entry in _entries(index, span):
             yield entry.index, entry.custom_id
     finally:
         index.close()
@@ -174,3 +207,17 @@ class Feed:
                         ]
                     )
         return self._queue.popleft()
+
+
+def plan_ranges(
+    storage: Storage, file_id: str, total: int, max_line_bytes: int, size: int
+) -> list[Span]:
+    """The batch's requests cut into ranges of ``size`` (shared mode), each with where its
+    first entry lies in the request index."""
+    index = open_index(storage, file_id, total, max_line_bytes)
+    try:
+        return [
+            Span(start, min(start + size, total), offset) for start, offset in index.offsets(size)
+        ]
+    finally:
+        index.close()

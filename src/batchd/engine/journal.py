@@ -56,7 +56,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 import anyio.to_thread
 import orjson
@@ -470,7 +470,7 @@ class Journal:
     @classmethod
     async def open(
         cls, path: Path, total: int, *, max_delay: float = 0.02, max_group: int = 1024
-    ) -> Journal:
+    ) -> Self:
         """Open (or create) the journal of a batch of ``total`` requests and rebuild its state.
 
         A torn or garbled tail left by a crash is cut off (logged); for an index recorded more

@@ -16,6 +16,8 @@ One :class:`ModelLimiter` per configured model, shared by every batch of that mo
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -25,7 +27,14 @@ import orjson
 
 from batchd.providers.base import DispatchLimits, Provider
 
-__all__ = ["Limiters", "ModelLimiter", "TokenBucket", "UpstreamGate", "estimate_tokens"]
+__all__ = [
+    "Limiters",
+    "ModelLimiter",
+    "Slots",
+    "TokenBucket",
+    "UpstreamGate",
+    "estimate_tokens",
+]
 
 log = logging.getLogger("batchd.engine")
 
@@ -69,6 +78,62 @@ class TokenBucket:
         """Take ``amount`` more (or give back a negative amount) without waiting."""
         self._refill()
         self._tokens = min(self.capacity, self._tokens - amount)
+
+    def rescale(self, per_minute: int) -> None:
+        """Change the budget to ``per_minute`` (a share of a limit held by several engines):
+        what is available now is capped by the new capacity, never raised."""
+        self._refill()
+        self.capacity = float(max(1, per_minute))
+        self.rate = self.capacity / 60.0
+        self._tokens = min(self._tokens, self.capacity)
+
+
+class Slots:
+    """A semaphore whose size can change while it is in use (``async with slots:`` holds one).
+
+    :meth:`resize` takes effect for the next acquisitions: holders above a smaller size keep
+    their slot until they release it, then nobody new gets one until the count is below it."""
+
+    __slots__ = ("_waiters", "in_use", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    async def __aenter__(self) -> None:
+        if self.in_use < self.limit and not self._waiters:
+            self.in_use += 1
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # _wake counted the slot as ours before waking us
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        self.in_use -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_use < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_use += 1
+                waiter.set_result(None)
+
+    def resize(self, limit: int) -> None:
+        self.limit = limit
+        self._wake()
 
 
 class UpstreamGate:
@@ -123,9 +188,28 @@ class ModelLimiter:
         self.model = model
         self.limits = limits
         self.gate = gate
-        self.slots = asyncio.Semaphore(limits.max_concurrency)
+        self.slots = Slots(limits.max_concurrency)
         self.requests = TokenBucket(limits.rpm) if limits.rpm else None
         self.tokens = TokenBucket(limits.tpm) if limits.tpm else None
+
+    def share(self, part: int, parts: int) -> tuple[int, int | None, int | None]:
+        """Take share ``part`` (0-based) of ``parts`` equal shares of this model's limits (when
+        ``parts`` engines share them): the concurrency, rpm and tpm it gets. Shares add up to the
+        limit; each is at least 1, so with more engines than slots the sum exceeds the limit."""
+
+        def of(limit: int) -> int:
+            return max(1, limit // parts + (1 if part < limit % parts else 0))
+
+        limits = self.limits
+        self.slots.resize(of(limits.max_concurrency))
+        rpm = tpm = None
+        if self.requests is not None and limits.rpm:
+            rpm = of(limits.rpm)
+            self.requests.rescale(rpm)
+        if self.tokens is not None and limits.tpm:
+            tpm = of(limits.tpm)
+            self.tokens.rescale(tpm)
+        return self.slots.limit, rpm, tpm
 
     @property
     def ready(self) -> bool:
@@ -179,3 +263,7 @@ class Limiters:
 
     def get(self, model: str) -> ModelLimiter | None:
         return self._limiters.get(model)
+
+    def models(self) -> list[str]:
+        """The models limited, by route name."""
+        return sorted(self._limiters)

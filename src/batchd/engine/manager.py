@@ -27,11 +27,13 @@ from batchd.core import lifecycle
 from batchd.core.files import purge_blobs
 from batchd.core.request_index import RequestIndexWriter, index_key
 from batchd.engine.scheduler import Scheduler
+from batchd.engine.shared_scheduler import SharedScheduler
 from batchd.engine.throttle import Throttle
 from batchd.errors import StorageFault, StoreError, TokenQuotaExceeded
 from batchd.providers.base import Provider
 from batchd.storage import Storage
-from batchd.store import BatchRecord, Store
+from batchd.store import BatchRecord, SQLStore, Store
+from batchd.store.work import SharedWork
 from batchd.validation import ValidationResult, validate_stream, validation_key
 
 __all__ = ["BatchManager"]
@@ -55,7 +57,15 @@ class BatchManager:
         clock: Callable[[], float] = time.time,
         purge_interval: float = 60.0,
     ) -> None:
-        self.scheduler = Scheduler(store, storage, settings, providers or {}, clock=clock)
+        self.scheduler: Scheduler
+        if settings.shared and isinstance(store, SQLStore):
+            shared = SharedScheduler(
+                store, storage, settings, providers or {}, work=SharedWork(store), clock=clock
+            )
+            shared.validate = self._validate_claimed
+            self.scheduler = shared
+        else:
+            self.scheduler = Scheduler(store, storage, settings, providers or {}, clock=clock)
         self.store = store
         self.storage = storage
         self.settings = settings
@@ -74,16 +84,23 @@ class BatchManager:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Resume what a previous process left unfinished, and start the purger."""
-        for batch in await self.store.batches_with_status(["validating"]):
-            log.info("batch %s: resuming validation", batch.id)
-            self._spawn(self._validate(batch.id), f"validate-{batch.id}")
-        for batch in await self.store.batches_with_status(["cancelling"]):
-            if batch.in_progress_at is None:  # cancelled while validating; others: the scheduler
-                log.info("batch %s: resuming cancellation", batch.id)
-                self._spawn(self._finish_cancel(batch.id), f"cancel-{batch.id}")
+        """Resume what a previous process left unfinished, and start the purger. In shared mode
+        the scheduler claims that work instead (any engine may take it)."""
+        if not self.shared:
+            for batch in await self.store.batches_with_status(["validating"]):
+                log.info("batch %s: resuming validation", batch.id)
+                self._spawn(self._validate(batch.id), f"validate-{batch.id}")
+            for batch in await self.store.batches_with_status(["cancelling"]):
+                if batch.in_progress_at is None:  # cancelled while validating; else: scheduler
+                    log.info("batch %s: resuming cancellation", batch.id)
+                    self._spawn(self._finish_cancel(batch.id), f"cancel-{batch.id}")
         await self.scheduler.start()
         self._spawn(self._purge_loop(), "purge-files")
+
+    @property
+    def shared(self) -> bool:
+        """Whether engines share the work through the database (see :mod:`batchd.store.work`)."""
+        return isinstance(self.scheduler, SharedScheduler)
 
     async def stop(self) -> None:
         """Stop background work; unfinished batches stay as they are in the store."""
@@ -113,7 +130,10 @@ class BatchManager:
     # -- what the service tells the engine ----------------------------------------------------
 
     def batch_created(self, batch: BatchRecord) -> None:
-        """Validate a new ``validating`` batch in the background."""
+        """Validate a new ``validating`` batch in the background (shared mode: claim it)."""
+        if self.shared:
+            self.scheduler.wake()
+            return
         self._spawn(self._validate(batch.id), f"validate-{batch.id}")
 
     def batch_cancelled(self, batch: BatchRecord) -> None:
@@ -121,8 +141,8 @@ class BatchManager:
         flag = self._stop_flags.get(batch.id)
         if flag is not None:
             flag.set()  # the validator stops; _validate then finishes the cancel
-        elif batch.in_progress_at is not None:
-            self.scheduler.cancel(batch.id)  # its runner ends it
+        elif batch.in_progress_at is not None or self.shared:
+            self.scheduler.cancel(batch.id)  # its runner ends it (shared mode: any engine)
         else:
             self._spawn(self._finish_cancel(batch.id), f"cancel-{batch.id}")
 
@@ -131,6 +151,10 @@ class BatchManager:
         self._purge_wakeup.set()
 
     # -- validation -------------------------------------------------------------------------
+
+    async def _validate_claimed(self, batch: BatchRecord) -> None:
+        """Validate a batch the shared scheduler claimed (it gives the lease back after)."""
+        await self._validate(batch.id)
 
     async def _validate(self, batch_id: str) -> None:
         """Validate a batch and move it on. A failure of the metadata store (a database briefly
@@ -304,7 +328,12 @@ class BatchManager:
                 await self.store.mark_purged(file.id, now=now)
                 purged += 1
             if len(due) < 100:
-                return purged
+                break
+        if isinstance(self.scheduler, SharedScheduler):  # rows of batches that ended in a crash
+            work = self.scheduler.work
+            for batch_id in await work.ended_with_rows(limit=20):
+                await work.discard(batch_id)
+        return purged
 
     async def _purge_loop(self) -> None:
         while True:

@@ -28,15 +28,17 @@ import anyio.to_thread
 
 from batchd.config import Settings
 from batchd.core.lifecycle import TERMINAL
+from batchd.engine.dispatch import Engine
 from batchd.engine.limits import Limiters
 from batchd.engine.retry import RetryStrategy
-from batchd.engine.runner import BatchRunner, Engine
+from batchd.engine.runner import BatchRunner
 from batchd.engine.throttle import Throttle
 from batchd.errors import StorageFault, StoreError
 from batchd.providers.base import Provider
 from batchd.providers.table import ModelTable
 from batchd.storage import Storage
-from batchd.store import Store
+from batchd.store import BatchRecord, Store
+from batchd.store.work import SharedWork
 
 __all__ = ["Scheduler"]
 
@@ -62,6 +64,7 @@ class Scheduler:
         providers: Mapping[str, Provider],
         *,
         clock: Callable[[], float] = time.time,
+        shared: SharedWork | None = None,
     ) -> None:
         self.settings = settings
         self.engine = Engine(
@@ -79,6 +82,8 @@ class Scheduler:
             journal_dir=settings.data_dir / "journals",
             faults=Throttle(log),
             clock=clock,
+            shared=shared,
+            on_pause=self._paused,
         )
         self._runners: dict[str, tuple[BatchRunner, asyncio.Task[None]]] = {}
         self._cooldown: dict[str, float] = {}
@@ -156,6 +161,10 @@ class Scheduler:
             lease_seconds=self.settings.lease_seconds,
             limit=free + len(self._cooldown),
         )
+        await self._start_runners(claimed)
+
+    async def _start_runners(self, claimed: list[BatchRecord]) -> None:
+        """A runner for each claimed batch (the lease is given back if it cools down)."""
         for batch in claimed:
             cooldown = self._cooldown.get(batch.id)
             if len(self._runners) >= self.settings.max_running_batches or (
@@ -168,11 +177,15 @@ class Scheduler:
             task = asyncio.create_task(self._run(runner), name=f"run-{batch.id}")
             self._runners[batch.id] = (runner, task)
 
+    def _paused(self, model: str, seconds: float) -> None:
+        """An upstream of ``model`` answered 429 (one process: its gate is paused already)."""
+
     async def _run(self, runner: BatchRunner) -> None:
         batch_id = runner.batch_id
         renewer = asyncio.create_task(self._renew(runner), name=f"lease-{batch_id}")
         try:
-            if runner.batch.status == "in_progress" and runner.batch.ending is None:
+            batch = runner.batch
+            if batch.status == "in_progress" and batch.ending is None and not self.settings.shared:
                 log.info("batch %s: running (%d requests)", batch_id, runner.batch.total)
             await runner.run()
         except asyncio.CancelledError:

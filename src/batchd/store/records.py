@@ -63,6 +63,9 @@ class BatchRecord:
     ``api-version`` routes, whose batches always publish an error file, empty on success)."""
     ending: BatchEnding | None = None
     """How the running batch ends, once decided (see :mod:`batchd.core.lifecycle`)."""
+    lease_epoch: int = 0
+    """Raised by every claim of the batch: its holder passes it back with each change, which
+    the store refuses once another engine has claimed the batch (fencing)."""
 
 
 @dataclass(frozen=True, slots=True)

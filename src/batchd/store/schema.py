@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
-__all__ = ["api_keys", "batch_events", "batches", "files", "metadata", "projects"]
+__all__ = [
+    "api_keys",
+    "batch_events",
+    "batch_ranges",
+    "batch_results",
+    "batches",
+    "files",
+    "metadata",
+    "model_pauses",
+    "projects",
+    "workers",
+]
 
 metadata = sa.MetaData()
 
@@ -75,6 +86,9 @@ batches = sa.Table(
     # The engine running the batch (see SQLStore.claim_batches); not part of BatchRecord.
     sa.Column("lease_owner", sa.String(128), nullable=True),
     sa.Column("lease_expires_at", sa.Float(), nullable=True),
+    # Raised by every claim, so that a holder whose lease was taken over cannot change the batch
+    # afterwards (fencing: see batchd.core.lifecycle.StatusChange.lease).
+    sa.Column("lease_epoch", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Column("project", sa.String(128), nullable=False, server_default="default"),
     # Estimated prompt tokens, counted against the project's enqueued-token quota while the
     # batch is in progress (see batchd.validation.ValidationResult.estimated_tokens).
@@ -121,4 +135,54 @@ projects = sa.Table(
     metadata,
     sa.Column("name", sa.String(128), primary_key=True),
     sa.Column("created_at", sa.BigInteger(), nullable=False),
+)
+
+# The work of a running batch split into claimable ranges of its requests (shared mode, see
+# batchd.store.work): several workers run one batch at once, each holding a fenced lease on its
+# ranges. ``index_offset`` is where the range's first entry lies in the request index.
+batch_ranges = sa.Table(
+    "batch_ranges",
+    metadata,
+    sa.Column("batch_id", sa.String(64), primary_key=True),
+    sa.Column("start", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("stop", sa.Integer(), nullable=False),
+    sa.Column("index_offset", sa.BigInteger(), nullable=False),
+    sa.Column("done", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("owner", sa.String(128), nullable=True),
+    sa.Column("lease_expires_at", sa.Float(), nullable=True),
+    sa.Column("epoch", sa.BigInteger(), nullable=False, server_default="0"),
+)
+
+# The durable results of running batches in shared mode, one row per request (the first one
+# written wins): the exact output or error line, and the tokens it adds to the batch's usage.
+batch_results = sa.Table(
+    "batch_results",
+    metadata,
+    sa.Column("batch_id", sa.String(64), primary_key=True),
+    sa.Column("idx", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("ok", sa.Boolean(), nullable=False),
+    sa.Column("line", sa.LargeBinary(), nullable=False),
+    sa.Column("input_tokens", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("cached_tokens", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("output_tokens", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("reasoning_tokens", sa.BigInteger(), nullable=False, server_default="0"),
+)
+
+# The live engine processes (shared mode): a heartbeat each, what they run, the models they
+# serve. Limits are shared out between the live workers of a model (batchd.engine.shares).
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("started_at", sa.Float(), nullable=False),
+    sa.Column("heartbeat_at", sa.Float(), nullable=False),
+    sa.Column("info", sa.JSON(), nullable=True),
+)
+
+# A model's upstream paused after a 429, for every worker (shared mode).
+model_pauses = sa.Table(
+    "model_pauses",
+    metadata,
+    sa.Column("model", sa.String(256), primary_key=True),
+    sa.Column("paused_until", sa.Float(), nullable=False),
 )

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from batchd.core.lifecycle import (
@@ -43,7 +43,7 @@ from batchd.store.base import BatchAdmission, Order
 from batchd.store.records import ApiKeyRecord, BatchRecord, FileRecord
 from batchd.store.schema import api_keys, batch_events, batches, files, projects
 
-__all__ = ["SQLStore"]
+__all__ = ["NOTIFY_CHANNEL", "SQLStore"]
 
 _FILE_FIELDS = [f.name for f in dataclasses.fields(FileRecord)]
 _BATCH_FIELDS = [f.name for f in dataclasses.fields(BatchRecord) if f.name != "ending"]
@@ -118,6 +118,10 @@ def _ending_of(m: sa.RowMapping) -> BatchEnding | None:
     )
 
 
+#: The PostgreSQL channel of ``NOTIFY <batch id> <new status>`` at every status change (shared
+#: mode: the workers ``LISTEN`` on it to claim new work and to see cancels at once).
+NOTIFY_CHANNEL = "batchd_events"
+
 #: The PostgreSQL advisory lock held while migrating ("batchd" and 1, as a 64-bit key).
 MIGRATION_LOCK_KEY = 0x6261_7463_6864_0001
 
@@ -127,6 +131,9 @@ class SQLStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        # No pre-ping (on asyncpg it costs three round trips per transaction): after a server
+        # restart, the first use of each pooled connection fails, SQLAlchemy then replaces the
+        # whole pool, and reads are tried once more (see _fetch).
         self._engine: AsyncEngine = create_async_engine(url)
         self._sqlite = self._engine.dialect.name == "sqlite"
         self._writes: set[asyncio.Task[Any]] = set()
@@ -171,11 +178,34 @@ class SQLStore:
     # -- helpers ----------------------------------------------------------------------------
 
     async def _fetch(self, stmt: sa.Executable) -> Sequence[sa.Row[Any]]:
-        try:
-            async with self._engine.connect() as conn:
-                return (await conn.execute(stmt)).all()
-        except SQLAlchemyError as exc:
-            raise _store_error(exc) from exc
+        """Run a read; once more on a new connection when the first was found dead (a server
+        that restarted since it was pooled)."""
+        for attempt in range(2):
+            try:
+                async with self._engine.connect() as conn:
+                    return (await conn.execute(stmt)).all()
+            except DBAPIError as exc:
+                if attempt or not exc.connection_invalidated:
+                    raise _store_error(exc) from exc
+            except SQLAlchemyError as exc:
+                raise _store_error(exc) from exc
+        raise AssertionError("unreachable")
+
+    async def _autocommit(
+        self, stmt: sa.Executable, params: dict[str, Any]
+    ) -> Sequence[sa.Row[Any]]:
+        """Run one statement on its own, atomic without a transaction around it (no BEGIN and
+        COMMIT round trips), shielded from the caller's cancellation; its rows."""
+
+        async def run() -> Sequence[sa.Row[Any]]:
+            try:
+                async with self._engine.connect() as conn:
+                    conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                    return (await conn.execute(stmt, params)).all()
+            except SQLAlchemyError as exc:
+                raise _store_error(exc) from exc
+
+        return await self._shielded(run())
 
     async def _transaction(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``work`` in a transaction that ends (commit, or rollback on error) whatever
@@ -190,11 +220,16 @@ class SQLStore:
             except SQLAlchemyError as exc:
                 raise _store_error(exc) from exc
 
-        task = asyncio.ensure_future(run())
+        return await self._shielded(run())
+
+    def _shielded(self, work: Coroutine[Any, Any, T]) -> Awaitable[T]:
+        """``work`` in a task of its own that runs to its end even if the caller is cancelled
+        (:meth:`close` waits for it)."""
+        task = asyncio.ensure_future(work)
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
         task.add_done_callback(_settle)
-        return await asyncio.shield(task)
+        return asyncio.shield(task)
 
     async def _execute(self, stmt: sa.Executable) -> int:
         """Run one write in its own transaction; the number of rows it matched."""
@@ -233,9 +268,14 @@ class SQLStore:
                 sa.select(projects.c.name).where(projects.c.name == project).with_for_update()
             )
 
-    async def _lock_batch(self, conn: AsyncConnection, batch_id: str) -> tuple[str, str] | None:
-        """The batch's status and project, its row held until the transaction ends."""
-        select = sa.select(batches.c.status, batches.c.project).where(batches.c.id == batch_id)
+    async def _lock_batch(
+        self, conn: AsyncConnection, batch_id: str
+    ) -> tuple[str, str, str | None, int] | None:
+        """The batch's status, project, lease owner and lease epoch, its row held until the
+        transaction ends."""
+        select = sa.select(
+            batches.c.status, batches.c.project, batches.c.lease_owner, batches.c.lease_epoch
+        ).where(batches.c.id == batch_id)
         if self._sqlite:
             await conn.execute(
                 sa.update(batches).where(batches.c.id == batch_id).values(status=batches.c.status)
@@ -243,7 +283,7 @@ class SQLStore:
         else:
             select = select.with_for_update()
         row = (await conn.execute(select)).one_or_none()
-        return None if row is None else (row[0], row[1])
+        return None if row is None else (row[0], row[1], row[2], int(row[3]))
 
     # -- files ------------------------------------------------------------------------------
 
@@ -430,6 +470,10 @@ class SQLStore:
                 created_at=at,
             )
         )
+        if conn.dialect.name == "postgresql":  # wakes the workers when the change commits
+            await conn.execute(
+                sa.select(sa.func.pg_notify(NOTIFY_CHANNEL, f"{batch_id} {change[1]}"))
+            )
 
     async def get_batch(self, batch_id: str, *, project: str | None = None) -> BatchRecord | None:
         stmt = sa.select(*_BATCH_COLUMNS).where(batches.c.id == batch_id)
@@ -476,6 +520,8 @@ class SQLStore:
             current = await self._lock_batch(conn, change.batch_id)
             if current is None or current[0] not in change.expected:
                 return None
+            if change.lease is not None and change.lease != (current[2], current[3]):
+                return None  # claimed by another engine since: fenced off
             status, project = parse_status(current[0]), current[1]
             if change.quota is not None:
                 await self._reserve(conn, project, change.quota, change.at)
@@ -577,7 +623,11 @@ class SQLStore:
             batch = await self._set_lease(
                 batch_id,
                 self._claimable(now),
-                {"lease_owner": owner, "lease_expires_at": now + lease_seconds},
+                {
+                    "lease_owner": owner,
+                    "lease_expires_at": now + lease_seconds,
+                    "lease_epoch": batches.c.lease_epoch + 1,
+                },
             )
             if batch is not None:
                 claimed.append(batch)

@@ -1,0 +1,345 @@
+"""Sending a batch's requests: bounded dispatch, retries, results handed to a durable sink.
+
+A :class:`Dispatch` sends every request of a batch (or of a :class:`Span` of it, in shared mode)
+that its :class:`ResultSink` has no result for: ``max_concurrency`` workers per model, each
+taking the next request group, holding a model slot while it is sent (retries included), then
+handing the final results to the sink and going on with the next group while they are made
+durable. The sink is the batch's journal (one process) or the database's result rows (shared
+mode, :mod:`batchd.engine.shared`). :meth:`Dispatch.execute` runs it until every request has a
+result, or a cancel, the deadline or a stop, and says how the batch ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import anyio.to_thread
+
+from batchd.config import Settings
+from batchd.core.lifecycle import Outcome
+from batchd.engine.inputs import Feed, InputReader, Span, request_ids
+from batchd.engine.journal import JournalEntry, Usage
+from batchd.engine.limits import Limiters, ModelLimiter
+from batchd.engine.retry import RetryStrategy
+from batchd.engine.throttle import Throttle
+from batchd.ids import new_request_id
+from batchd.providers.base import Provider, ProviderRequest, ProviderResult
+from batchd.providers.table import ModelTable
+from batchd.storage import Storage
+from batchd.store import BatchRecord, Store
+from batchd.store.work import SharedWork
+
+__all__ = ["Dispatch", "Engine", "ResultSink", "entry_of"]
+
+log = logging.getLogger("batchd.engine")
+
+
+class ResultSink(Protocol):
+    """Where a dispatch's results go: durable before :meth:`submit`'s awaitable resolves."""
+
+    @property
+    def total(self) -> int:
+        """The batch's number of requests."""
+        ...
+
+    def is_done(self, index: int) -> bool:
+        """Whether request ``index`` has a durable result."""
+        ...
+
+    def submit(self, entry: JournalEntry) -> Awaitable[bool]:
+        """Queue a final result; the awaitable resolves once it is durable."""
+        ...
+
+    async def append_unexecuted(
+        self, requests: Iterable[tuple[int, str]], reason: tuple[str, str]
+    ) -> int:
+        """Record the error ``reason`` (code, message) for each request without a result."""
+        ...
+
+
+@dataclass(frozen=True)
+class Engine:
+    """What every runner of a process shares."""
+
+    store: Store
+    storage: Storage
+    settings: Settings
+    providers: ModelTable
+    """By route name or alias."""
+    limiters: Limiters
+    retry: RetryStrategy
+    owner: str
+    """This engine's lease-owner name."""
+    journal_dir: Path
+    faults: Throttle
+    """Disk and store faults of the runs, logged once a minute per batch."""
+    clock: Callable[[], float] = time.time
+    shared: SharedWork | None = None
+    """The shared-mode queries, when engines share the database (``None``: one process, a
+    journal per batch)."""
+    on_pause: Callable[[str, float], None] | None = None
+    """Told ``(model, seconds)`` when an upstream answered 429 (shared mode: every engine
+    pauses it)."""
+
+    def journal_path(self, batch_id: str) -> Path:
+        return self.journal_dir / f"{batch_id}.journal"
+
+
+def entry_of(request: ProviderRequest, result: ProviderResult) -> JournalEntry:
+    """The journal entry of a request's final result.
+
+    An HTTP answer (2xx, or an error status with the upstream's body) is a ``response``; no
+    answer (timeout, reset, an unreadable 2xx body) is an ``error`` with batchd's code.
+    """
+    status = result.status_code
+    if result.ok or (status is not None and not 200 <= status < 300 and result.body is not None):
+        assert status is not None
+        request_id = result.request_id or new_request_id()
+        return JournalEntry.from_response(
+            request.index, request.custom_id, status, request_id, result.body
+        )
+    return JournalEntry.from_error(
+        request.index,
+        request.custom_id,
+        result.error_code or "server_error",
+        result.error_message or "The request failed without a response.",
+    )
+
+
+class Dispatch:
+    """Sends the requests of ``batch`` (within ``span``, if given) that ``sink`` has no result
+    for; build it, ``await execute(...)``."""
+
+    def __init__(
+        self, engine: Engine, batch: BatchRecord, sink: ResultSink, span: Span | None = None
+    ) -> None:
+        self.engine = engine
+        self.batch = batch
+        self.sink = sink
+        self.span = span
+        self.busy = 0  # request groups in flight
+        self._draining = False
+        self.on_sent_all: Callable[[], None] | None = None
+        """Called once every request was taken for sending (only results are awaited now)."""
+        self.sent_all = False
+        self._deadline: float | None = None  # on the monotonic clock
+
+    async def execute(
+        self, *, cancel: asyncio.Event, stop: asyncio.Event, remaining: float | None
+    ) -> Outcome | None:
+        """Send until every request has a result (``completed``), or ``cancel`` is set
+        (``cancelled``), ``remaining`` seconds pass (``expired``) or ``stop`` is set (``None``:
+        stopped, not ended). In-flight requests get ``cancel_grace_seconds`` after a cancel or
+        the deadline, and a short grace after a stop."""
+        if remaining is not None:
+            self._deadline = time.monotonic() + remaining
+        batch_id = self.batch.id
+        dispatcher = asyncio.create_task(self._dispatch(), name=f"dispatch-{batch_id}")
+        waiters: list[asyncio.Task[Any]] = [  # whichever ends first stops the dispatch
+            asyncio.create_task(cancel.wait()),
+            asyncio.create_task(stop.wait()),
+            asyncio.create_task(asyncio.sleep(remaining if remaining is not None else 1e9)),
+        ]
+        try:
+            await asyncio.wait([dispatcher, *waiters], return_when=asyncio.FIRST_COMPLETED)
+            if dispatcher.done():
+                dispatcher.result()  # a failure of the dispatcher itself propagates
+                return "completed"
+            outcome: Outcome | None
+            if cancel.is_set():
+                outcome = "cancelled"
+            elif stop.is_set():
+                outcome = None
+            else:
+                outcome = "expired"
+            settings = self.engine.settings
+            grace = settings.cancel_grace_seconds if outcome is not None else _SHUTDOWN_GRACE
+            await self._drain(dispatcher, grace)
+            return outcome
+        finally:
+            for task in waiters:
+                task.cancel()
+            await asyncio.gather(*waiters, return_exceptions=True)
+
+    def _sent_all(self) -> None:
+        if not self.sent_all:
+            self.sent_all = True
+            if self.on_sent_all is not None:
+                self.on_sent_all()
+
+    async def _drain(self, dispatcher: asyncio.Task[None], grace: float) -> None:
+        """Stop dispatching, give in-flight requests ``grace`` seconds, cancel the rest."""
+        self._draining = True
+        if self.busy:
+            log.info(
+                "batch %s: waiting up to %gs for %d in-flight requests",
+                self.batch.id,
+                grace,
+                self.busy,
+            )
+        await asyncio.wait([dispatcher], timeout=grace)
+        dispatcher.cancel()
+        await asyncio.gather(dispatcher, return_exceptions=True)
+
+    # -- sending -------------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        """Send every request without a result: ``max_concurrency`` workers, each taking the
+        next request group, holding a model slot while it runs (no task per request)."""
+        batch = self.batch
+        engine = self.engine
+        assert batch.model is not None
+        provider = engine.providers.get(batch.model)  # by name or alias
+        limiter = None if provider is None else engine.limiters.get(provider.model)
+        if provider is None or limiter is None:
+            await self._unroutable()
+            return
+        reader = await anyio.to_thread.run_sync(
+            InputReader,
+            engine.storage,
+            batch.input_file_id,
+            self.sink,
+            engine.settings.max_request_bytes,
+            self.span,
+        )
+        try:
+            feed = Feed(reader, batch.endpoint, max(1, limiter.limits.group_size))
+            try:
+                async with asyncio.TaskGroup() as workers:
+                    for _ in range(limiter.limits.max_concurrency):
+                        workers.create_task(self._work(provider, limiter, feed))
+            except BaseExceptionGroup as group:  # a worker failed: its error says why
+                raise group.exceptions[0] from None
+        finally:
+            await anyio.to_thread.run_sync(reader.close)
+
+    async def _work(self, provider: Provider, limiter: ModelLimiter, feed: Feed) -> None:
+        """Take groups and send them, one at a time. A group holds a model slot while it is sent
+        (retries included); its results are then queued to the sink and the worker goes on
+        to the next group while they are made durable, but waits for them before it queues
+        the next results: at most one group per worker in flight and one being written."""
+        writing: Awaitable[Any] | None = None
+        while not self._draining:
+            group = await feed.next()
+            if group is None:
+                self._sent_all()
+                break
+            async with limiter.slots:  # shared by every batch of the model
+                if self._draining:
+                    break  # taken but not sent: it ends as batch_cancelled/expired
+                self.busy += 1
+                try:
+                    finals = await self._run_group(provider, limiter, group)
+                finally:
+                    self.busy -= 1
+            if writing is not None:
+                await writing
+            writing = self._record(group, finals)
+        if writing is not None:
+            await writing
+
+    def _record(
+        self, group: Sequence[ProviderRequest], finals: Sequence[ProviderResult]
+    ) -> Awaitable[Any]:
+        """Queue the group's final results to the sink; the awaitable is their durability."""
+        sink = self.sink
+        if len(group) == 1:
+            return sink.submit(entry_of(group[0], finals[0]))
+        return asyncio.gather(
+            *(sink.submit(entry_of(r, f)) for r, f in zip(group, finals, strict=True))
+        )
+
+    async def _unroutable(self) -> None:
+        model = self.batch.model or ""
+        message = (
+            f"The model '{model}' is no longer in batchd's routing table. "
+            f"{self.engine.providers.hint(model)} Then create the batch again."
+        )
+        await self.sink.append_unexecuted(self.request_ids(), ("model_not_found", message))
+
+    def request_ids(self) -> Iterator[tuple[int, str]]:
+        """``(index, custom_id)`` of every request, from the request index (read by the
+        journal's writer thread)."""
+        batch, engine = self.batch, self.engine
+        return request_ids(
+            engine.storage,
+            batch.input_file_id,
+            batch.total,
+            engine.settings.max_request_bytes,
+            self.span,
+        )
+
+    async def _run_group(
+        self, provider: Provider, limiter: ModelLimiter, group: Sequence[ProviderRequest]
+    ) -> Sequence[ProviderResult]:
+        """Send a group and retry what failed and may be retried: the final results."""
+        costs = [limiter.cost(request.body) for request in group]
+        results = await self._send(provider, limiter, group, sum(costs), 1)
+        if len(group) == 1:  # the common case, without a task per retry
+            final = results[0]
+            if final.retryable and not final.ok:
+                final = await self._retry(provider, limiter, group[0], final, costs[0])
+            return [final]
+        return await asyncio.gather(
+            *(
+                self._retry(provider, limiter, request, result, cost)
+                for request, result, cost in zip(group, results, costs, strict=True)
+            )
+        )
+
+    async def _send(
+        self,
+        provider: Provider,
+        limiter: ModelLimiter,
+        group: Sequence[ProviderRequest],
+        cost: int,
+        attempt: int,
+    ) -> list[ProviderResult]:
+        if not limiter.ready:
+            await limiter.before_send(cost)
+        upstream_slots = limiter.gate.slots
+        if upstream_slots is None:
+            results = await provider.execute(group)
+        else:
+            async with upstream_slots:
+                results = await provider.execute(group)
+        used = 0
+        for result in results:
+            if result.status_code == 429:
+                pause = result.retry_after
+                seconds = pause if pause is not None else self.engine.retry.backoff(attempt)
+                limiter.gate.pause(seconds)
+                if self.engine.on_pause is not None:
+                    self.engine.on_pause(provider.model, seconds)
+            if result.ok and cost:
+                used += Usage.of_body(result.body).total_tokens
+        if cost:
+            limiter.after_response(cost, used)
+        return results
+
+    async def _retry(
+        self,
+        provider: Provider,
+        limiter: ModelLimiter,
+        request: ProviderRequest,
+        result: ProviderResult,
+        cost: int,
+    ) -> ProviderResult:
+        attempt = 1
+        while not result.ok and result.retryable:
+            decision = self.engine.retry.decide(attempt, result, time.monotonic(), self._deadline)
+            if not decision.retry:
+                break
+            await asyncio.sleep(decision.delay)
+            attempt += 1
+            [result] = await self._send(provider, limiter, [request], cost, attempt)
+        return result
+
+
+_SHUTDOWN_GRACE = 2.0  # seconds in-flight requests get when the process stops
