@@ -17,6 +17,7 @@ against the fake upstream.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ from typing import Any
 
 import openai
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.engine_support import (
     batch_state,
@@ -113,6 +116,18 @@ def cluster(tmp_path: Path, database: str, upstream: UpstreamProcess) -> Iterato
         cluster.stop()
 
 
+def _scalar(database: str, query: str) -> Any:
+    async def run() -> Any:
+        engine = create_async_engine(database)
+        try:
+            async with engine.connect() as conn:
+                return await conn.scalar(sa.text(query))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
 def _lines(count: int, prefix: str = "r") -> list[dict[str, Any]]:
     return [request_line(f"{prefix}{i}", chat_body(f"{prefix} {i}")) for i in range(count)]
 
@@ -154,6 +169,9 @@ def test_three_workers_share_a_batch_and_survive_kill_9(
     # the three workers share the route's max_concurrency (see ARCHITECTURE.md, "Limits
     # across processes": a newcomer waits for the others to shrink first)
     assert stats["max_in_flight"] <= LIMIT, stats["max_in_flight"]
+    # the batch was shared: several workers ran ranges of it
+    ran = [w for w in cluster.workers if f"batch {batch_id}: requests " in w.log()]
+    assert len(ran) >= 3, cluster.logs()
 
 
 def test_workers_reconnect_after_the_database_drops_every_connection(
@@ -211,6 +229,11 @@ def test_a_stopped_worker_hands_its_ranges_back_and_workers_lists_the_live_ones(
     first = cluster.workers[0]
     assert first.stop() == 0, first.log()  # SIGTERM: gives its ranges back at once
     assert "giving its work back" in first.log()
+    held = _scalar(
+        database,
+        "SELECT count(*) FROM batch_ranges WHERE owner IS NOT NULL AND NOT done",
+    )
+    assert held == 0  # before its leases (3 s) could have run out
     started = time.monotonic()
     cluster.add_worker()
     state = wait_for_batch(client, cluster.api, batch_id, timeout=120)

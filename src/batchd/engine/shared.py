@@ -253,7 +253,7 @@ class RangeRunner:
                 await asyncio.gather(renewer, return_exceptions=True)
             finished = outcome == "completed" and sink.done == lease.stop - lease.start
             if await self.work.release_range(lease, done=finished) and finished:
-                log.debug("batch %s: requests %d-%d done", batch.id, lease.start, lease.stop - 1)
+                log.info("batch %s: requests %d-%d done", batch.id, lease.start, lease.stop - 1)
         except LeaseLost as exc:
             log.warning("%s; stopping that range", exc)
 
