@@ -13,7 +13,7 @@ import pytest
 from batchd.config import Settings
 from batchd.store import SQLStore
 from tests.pg import fresh_database
-from tests.serverproc import batchd
+from tests.serverproc import batchd, free_port
 
 VERSIONS = Path(__file__).resolve().parents[1] / "src" / "batchd" / "store" / "migrations"
 HEAD = max(p.name.split("_", 1)[0] for p in (VERSIONS / "versions").glob("0*.py"))
@@ -57,6 +57,28 @@ def test_db_upgrade_of_an_unreachable_store_says_so(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "cannot open the metadata store at postgresql+asyncpg://nobody:***@" in done.stderr
     assert "secret" not in done.stderr
+
+
+@pytest.mark.parametrize("command", [["serve", "--no-engine"], ["worker"], ["workers"]])
+def test_processes_on_an_unreachable_database_say_so_in_one_line(
+    tmp_path: Path, command: list[str]
+) -> None:
+    url = "postgresql://batchd:secret@127.0.0.1:9/batchd"  # nothing listens on port 9
+    args = [*command, "--port", str(free_port())] if command[0] == "serve" else command
+    done = batchd(*args, env={"BATCHD_DATABASE_URL": url, "BATCHD_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 2, done.stderr
+    assert "cannot open the metadata store at postgresql+asyncpg://batchd:***@" in done.stderr
+    assert "secret" not in done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_an_api_process_without_an_engine_needs_a_shared_database(tmp_path: Path) -> None:
+    done = batchd("serve", "--no-engine", "--port", str(free_port()), "--data-dir", str(tmp_path))
+    assert done.returncode == 2
+    assert "set database_url" in done.stderr, done.stderr
+    done = batchd("worker", "--data-dir", str(tmp_path))
+    assert done.returncode == 2
+    assert "set database_url" in done.stderr, done.stderr
 
 
 @pytest.mark.anyio

@@ -37,29 +37,33 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _check_exposure(settings: Settings) -> None:
-    """Refuse a non-loopback address without API keys, unless ``insecure``."""
-    if settings.insecure or _is_loopback(settings.host) or settings.api_keys:
-        return
+def _preflight(settings: Settings) -> None:
+    """Open the store (migrating it) and the storage once before the server starts, so that an
+    unreachable database or bucket is one clear line rather than a startup traceback; and refuse
+    a non-loopback address without API keys, unless ``insecure``."""
     import asyncio
 
+    from batchd.storage import open_storage
     from batchd.store import SQLStore
 
     async def stored_keys() -> bool:
         store = SQLStore(settings.resolved_database_url)
-        await store.open()
         try:
+            await store.open()
+            await open_storage(settings).open()
             return await store.has_api_keys()
         finally:
             await store.close()
 
-    if not asyncio.run(stored_keys()):
-        raise ConfigError(
-            f"refusing to serve on {settings.host} with no API keys: anyone who can reach it "
-            "could read and run every batch. Create a key (`batchd keys create --project NAME`) "
-            "or add [[api_keys]] to the config file; or bind to 127.0.0.1; or pass --insecure "
-            "if something in front of batchd authenticates."
-        )
+    keys = asyncio.run(stored_keys())
+    if settings.insecure or _is_loopback(settings.host) or settings.api_keys or keys:
+        return
+    raise ConfigError(
+        f"refusing to serve on {settings.host} with no API keys: anyone who can reach it "
+        "could read and run every batch. Create a key (`batchd keys create --project NAME`) "
+        "or add [[api_keys]] to the config file; or bind to 127.0.0.1; or pass --insecure "
+        "if something in front of batchd authenticates."
+    )
 
 
 def _listen(host: str, port: int) -> list[socket.socket]:
@@ -211,7 +215,7 @@ def serve(
             _close(sockets)
             raise
         try:
-            _check_exposure(settings)
+            _preflight(settings)
         except BaseException:
             if lock is not None:
                 lock.release()
