@@ -510,7 +510,12 @@ def test_parse_retry_after() -> None:
     ("options", "pattern"),
     [
         ({"base_url": "http://x/v1", "max_concurency": 4}, r"unknown option 'max_concurency'"),
-        ({}, r"option 'base_url': Field required"),
+        ({}, r"base_url is required: the upstream's API root"),
+        (
+            {"base_url": "http://x/v1", "base_urls": ["http://y/v1"]},
+            r"set base_url \(one server\) or base_urls \(several\), not both",
+        ),
+        ({"base_urls": ["ftp://y/v1"]}, r"must start with http:// or https://"),
         ({"base_url": "ftp://x"}, r"option 'base_url'.*http://"),
         ({"base_url": "http://x/v1", "max_concurrency": 0}, r"option 'max_concurrency'"),
         ({"base_url": "http://x/v1", "timeout": -1}, r"option 'timeout'"),
@@ -530,9 +535,20 @@ def test_options_validation(options: dict[str, Any], pattern: str) -> None:
 def test_options_defaults() -> None:
     options = OpenAIOptions(base_url="http://h:1/v1/")
     assert options.base_url == "http://h:1/v1"
-    assert options.max_concurrency == 64
+    assert options.concurrency == 64
     assert options.timeout == 600
     assert options.headers == {}
+    several = OpenAIOptions(
+        base_urls=["http://a/v1", {"url": "http://b/v1/", "max_concurrency": 8, "weight": 2}],
+        api_key_env="KEY",
+    )
+    replicas = several.replicas()
+    assert [(r.url, r.max_concurrency, r.weight, r.api_key_env) for r in replicas] == [
+        ("http://a/v1", 64, 1.0, "KEY"),
+        ("http://b/v1", 8, 2.0, "KEY"),
+    ]
+    assert several.concurrency == 72  # the sum, unless set
+    assert several.model_copy(update={"max_concurrency": 10}).concurrency == 10
 
 
 class EchoProvider(Provider):

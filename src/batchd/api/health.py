@@ -18,7 +18,17 @@ _STATUS = {
         "schema": {
             "type": "object",
             "required": ["status", "version"],
-            "properties": {"status": {"type": "string"}, "version": {"type": "string"}},
+            "properties": {
+                "status": {"type": "string"},
+                "version": {"type": "string"},
+                "replicas": {
+                    "type": "object",
+                    "description": "Per model with several servers (base_urls): each "
+                    "replica's state (closed, open: ejected, half_open: probed), requests "
+                    "in flight, its limit, requests sent and how long it is paused after a 429",
+                    "additionalProperties": {"type": "array", "items": {"type": "object"}},
+                },
+            },
         }
     }
 }
@@ -42,4 +52,13 @@ async def health(request: Request) -> Response:
         return JSONResponse(
             {"status": "store_unavailable", "version": __version__}, status_code=503
         )
-    return JSONResponse({"status": "ok", "version": __version__})
+    body: dict[str, object] = {"status": "ok", "version": __version__}
+    replicas = {
+        name: states()
+        for name, provider in svc.providers.items()
+        if (states := getattr(provider, "replica_states", None)) is not None
+        and len(getattr(provider.options, "base_urls", None) or ()) > 1
+    }
+    if replicas:
+        body["replicas"] = replicas
+    return JSONResponse(body)

@@ -104,9 +104,18 @@ class SharedScheduler(Scheduler):
         self._loop_task = asyncio.create_task(self._loop(), name="batch-scheduler")
 
     async def stop(self) -> None:
-        """Stop claiming and every runner, then give every lease back at once."""
+        """Stop claiming and every runner, then give every lease back at once.
+
+        The claim loop is let to finish its turn rather than cancelled: a claim cut off while
+        its (shielded) transaction commits would hold a range or a batch that no runner of
+        this engine runs, until its lease ran out."""
         self._stopping = True
         self._listening.set()
+        self.wake()
+        loop = self._loop_task
+        if loop is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(loop), 10)
         for runner, _task in self._ranges.values():
             runner.request_stop()
         for task in self._validations.values():
@@ -119,6 +128,7 @@ class SharedScheduler(Scheduler):
         await asyncio.gather(*self._background, return_exceptions=True)
         with contextlib.suppress(StoreError):
             await self.work.release_ranges(self.engine.owner)
+        with contextlib.suppress(StoreError):
             await self.work.remove_worker(self.engine.owner)
 
     def cancel(self, batch_id: str) -> None:

@@ -43,12 +43,13 @@ import asyncio
 import email.utils
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Literal, Self
 
 import orjson
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import PyreqwestError
 from pyreqwest.http import HeaderMap, Url
@@ -66,8 +67,15 @@ from batchd.providers.base import (
     ProviderStream,
     ProviderStreamError,
 )
+from batchd.providers.replicas import Breaker, Replica, ReplicaSet
 
-__all__ = ["ClientFactory", "OpenAIOptions", "OpenAIProvider", "parse_retry_after"]
+__all__ = [
+    "ClientFactory",
+    "OpenAIOptions",
+    "OpenAIProvider",
+    "ReplicaOptions",
+    "parse_retry_after",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +94,53 @@ _MAX_ERROR_TEXT = 1000
 ClientFactory = Callable[[ClientBuilder], Client]
 
 
+def _check_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    value = value.rstrip("/")
+    # Parsed here so that a URL no request could use (no host, a bad port) is a config error at
+    # start-up, not a connection error on every line of every batch.
+    Url(value)
+    return value
+
+
+class ReplicaOptions(ProviderOptions):
+    """One server of ``base_urls`` given as a table: ``{url, api_key_env, max_concurrency,
+    weight}``."""
+
+    url: str = Field(min_length=1)
+    api_key_env: str | None = Field(default=None, min_length=1)
+    """Its own API key's variable (default: the route's ``api_key_env``)."""
+    max_concurrency: int | None = Field(default=None, ge=1)
+    """Its own limit of requests in flight (default: the route's, else 64)."""
+    weight: float = Field(default=1.0, gt=0)
+    """Relative capacity: a replica of weight 2 gets twice the load for the same in-flight count."""
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return _check_url(value)
+
+
 class OpenAIOptions(ProviderOptions):
     """Settings of an ``openai`` route (the extra keys of its ``[[models]]`` entry)."""
 
-    base_url: str = Field(min_length=1)
+    base_url: str | None = Field(default=None, min_length=1)
     """The upstream's API root, e.g. ``http://127.0.0.1:8000/v1``."""
+    base_urls: tuple[str | ReplicaOptions, ...] | None = Field(default=None, min_length=1)
+    """Several servers of the same model (replicas): URLs, or tables with their own
+    ``api_key_env``, ``max_concurrency`` and ``weight``; see :mod:`batchd.providers.replicas`."""
     api_key_env: str | None = Field(default=None, min_length=1)
     """The name of the environment variable holding the API key."""
     upstream_model: str | None = Field(default=None, min_length=1)
     """Sent as ``body.model`` instead of the model name the client used."""
-    max_concurrency: int = Field(default=64, ge=1)
+    max_concurrency: int | None = Field(default=None, ge=1)
+    """Requests in flight over the route (default 64; with ``base_urls``: the sum of the
+    replicas' limits, each 64 by default)."""
+    failure_threshold: int = Field(default=5, ge=1)
+    """Failures in a row (no answer, a timeout, a 5xx) that eject a replica."""
+    eject_seconds: float = Field(default=5.0, gt=0)
+    """How long a replica stays ejected at first (doubled at each ejection, up to 60 s)."""
     upstream_max_concurrency: int | None = Field(default=None, ge=1)
     """Requests in flight to this ``base_url`` over every model routed to it (the smallest
     value set on those models applies)."""
@@ -110,14 +155,55 @@ class OpenAIOptions(ProviderOptions):
 
     @field_validator("base_url")
     @classmethod
-    def _http_url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        value = value.rstrip("/")
-        # Parsed here so that a URL no request could use (no host, a bad port) is a config
-        # error at start-up, not a connection error on every line of every batch.
-        Url(value)
-        return value
+    def _http_url(cls, value: str | None) -> str | None:
+        return None if value is None else _check_url(value)
+
+    @field_validator("base_urls")
+    @classmethod
+    def _http_urls(
+        cls, value: tuple[str | ReplicaOptions, ...] | None
+    ) -> tuple[str | ReplicaOptions, ...] | None:
+        if value is None:
+            return None
+        return tuple(_check_url(item) if isinstance(item, str) else item for item in value)
+
+    @model_validator(mode="after")
+    def _one_kind_of_url(self) -> Self:
+        if self.base_url is None and self.base_urls is None:
+            raise ValueError(
+                "base_url is required: the upstream's API root, e.g. "
+                'base_url = "http://127.0.0.1:8000/v1" (or base_urls = [...] for several '
+                "servers of the model)"
+            )
+        if self.base_url is not None and self.base_urls is not None:
+            raise ValueError("set base_url (one server) or base_urls (several), not both")
+        return self
+
+    def replicas(self) -> list[ReplicaOptions]:
+        """Every server of the route, with its defaults filled in from the route's."""
+        items: tuple[str | ReplicaOptions, ...] = (
+            (self.base_url or "",) if self.base_urls is None else self.base_urls
+        )
+        default = self.max_concurrency if self.base_urls is None else None
+        found: list[ReplicaOptions] = []
+        for item in items:
+            replica = ReplicaOptions(url=item) if isinstance(item, str) else item
+            found.append(
+                replica.model_copy(
+                    update={
+                        "api_key_env": replica.api_key_env or self.api_key_env,
+                        "max_concurrency": replica.max_concurrency or default or 64,
+                    }
+                )
+            )
+        return found
+
+    @property
+    def concurrency(self) -> int:
+        """The route's limit of requests in flight: set, else the sum of its replicas'."""
+        if self.max_concurrency is not None:
+            return self.max_concurrency
+        return sum(r.max_concurrency or 64 for r in self.replicas())
 
     @field_validator("headers")
     @classmethod
@@ -168,8 +254,46 @@ def _describe(exc: PyreqwestError, upstream: str) -> str:
     return text
 
 
+@dataclass(eq=False, slots=True)
+class _Transport:
+    """How to reach one replica: its URLs, its headers (its key), its client."""
+
+    urls: dict[str, Url]
+    headers: HeaderMap
+    client: Client | None = None
+    owns_client: bool = True
+    request_headers: HeaderMap | None = None
+    """Headers sent with each request: only on a client given from outside."""
+
+
+def _reach(replica: Replica) -> tuple[_Transport, Client]:
+    transport = replica.transport
+    if not isinstance(transport, _Transport) or transport.client is None:
+        raise RuntimeError(f"replica {replica.name} is not started")
+    return transport, transport.client
+
+
+Outcome = Literal["ok", "failed", "rate_limited"]
+
+
+def _outcome(result: ProviderResult) -> Outcome:
+    """What a result says of the replica that gave it (see :meth:`ReplicaSet.release`)."""
+    status = result.status_code
+    if status == 429:
+        return "rate_limited"
+    if status is None and not result.ok and result.error_code in _REPLICA_FAULTS:
+        return "failed"
+    if status is not None and status >= 500:
+        return "failed"
+    return "ok"
+
+
+_REPLICA_FAULTS = frozenset({"connection_error", "request_timeout"})
+
+
 class OpenAIProvider(Provider):
-    """Forwards requests to an OpenAI-compatible server, one HTTP request per batch line."""
+    """Forwards requests to an OpenAI-compatible server (or to one of its replicas), one HTTP
+    request per batch line."""
 
     name: ClassVar[str] = "openai"
     endpoints: ClassVar[frozenset[str]] = frozenset(_PATHS)
@@ -186,103 +310,133 @@ class OpenAIProvider(Provider):
         api_key: str | None = None,
         client: Client | None = None,
         build_client: ClientFactory | None = None,
+        replica_keys: Sequence[str | None] | None = None,
     ) -> None:
         """``client`` (used as it is, never closed by the provider; the provider's headers are
         sent with each request) or ``build_client`` (given the provider's configured builder,
-        returns the client the provider then owns) replace the default transport, for tests."""
+        returns the client the provider then owns) replace the default transport, for tests.
+        ``replica_keys``: the API key of each replica (default: ``api_key`` for every one)."""
         super().__init__(model, options)
         if client is not None and build_client is not None:
             raise ValueError("pass a client or build_client, not both")
-        self._api_key = api_key
-        self._key_bytes = api_key.encode() if api_key else None
-        self._client = client
-        self._owns_client = client is None
+        specs = options.replicas()
+        keys = list(replica_keys) if replica_keys is not None else [api_key] * len(specs)
+        self._keys = sorted({key for key in keys if key}, key=len, reverse=True)
         self._build_client = build_client
         self._timeout = timedelta(seconds=options.timeout)
-        headers = HeaderMap(options.headers)
-        headers.insert("Content-Type", "application/json")
-        if api_key:
-            # Sensitive: pyreqwest masks it in the repr of the headers and of the requests.
-            headers.insert("Authorization", f"Bearer {api_key}", is_sensitive=True)
-        self._headers = headers
-        # Parsed once: pyreqwest would parse a string URL on every request.
-        self._urls = {endpoint: Url(options.base_url + path) for endpoint, path in _PATHS.items()}
-        base = Url(options.base_url)
-        #: host:port, for the log (the whole URL could carry a password).
-        self._upstream = f"{base.host_str}:{base.port_or_known_default}"
-        # Headers to send per request: none on our own client, which carries them already.
-        self._request_headers: HeaderMap | None = None if client is None else headers
+        replicas: list[Replica] = []
+        for spec, key in zip(specs, keys, strict=True):
+            headers = HeaderMap(options.headers)
+            headers.insert("Content-Type", "application/json")
+            if key:
+                # Sensitive: pyreqwest masks it in the repr of the headers and of the requests.
+                headers.insert("Authorization", f"Bearer {key}", is_sensitive=True)
+            # Parsed once: pyreqwest would parse a string URL on every request.
+            urls = {endpoint: Url(spec.url + path) for endpoint, path in _PATHS.items()}
+            transport = _Transport(urls, headers)
+            if client is not None:
+                transport.client, transport.owns_client = client, False
+                transport.request_headers = headers
+            base = Url(spec.url)
+            #: host:port, for the log (the whole URL could carry a password).
+            name = f"{base.host_str}:{base.port_or_known_default}"
+            limit = spec.max_concurrency or 64
+            replicas.append(Replica(name, limit, spec.weight, transport=transport))
+        breaker = Breaker(options.failure_threshold, options.eject_seconds)
+        self._replicas = ReplicaSet(model, replicas, breaker)
+        self._upstream = replicas[0].name if len(replicas) == 1 else f"{len(replicas)} replicas"
+        self._started_flag = False
 
     @classmethod
     def from_route(cls, route: ModelRoute, env: Mapping[str, str]) -> Self:
         options = cls.parse_options(route)
         assert isinstance(options, OpenAIOptions)
-        api_key = None
-        if options.api_key_env is not None:
-            api_key = env.get(options.api_key_env)
-            if not api_key:
-                raise ConfigError(
-                    f"model {route.name!r}: the environment variable {options.api_key_env!r} "
-                    "(api_key_env) is not set; set it to the upstream's API key, or remove "
-                    "api_key_env for an upstream that needs none"
-                )
-        return cls(route.name, options, api_key=api_key)
+        keys: list[str | None] = []
+        for spec in options.replicas():
+            api_key = None
+            if spec.api_key_env is not None:
+                api_key = env.get(spec.api_key_env)
+                if not api_key:
+                    raise ConfigError(
+                        f"model {route.name!r}: the environment variable {spec.api_key_env!r} "
+                        "(api_key_env) is not set; set it to the upstream's API key, or remove "
+                        "api_key_env for an upstream that needs none"
+                    )
+            keys.append(api_key)
+        return cls(route.name, options, replica_keys=keys)
 
     def limits(self) -> DispatchLimits:
         options = self.options
+        upstream = options.base_url or "replicas:" + ",".join(
+            spec.url for spec in options.replicas()
+        )
         return DispatchLimits(
-            max_concurrency=options.max_concurrency,
+            max_concurrency=options.concurrency,
             upstream_max_concurrency=options.upstream_max_concurrency,
             rpm=options.rpm,
             tpm=options.tpm,
-            upstream=options.base_url,
+            upstream=upstream,
         )
+
+    def replica_states(self) -> list[dict[str, object]]:
+        """Each replica's health and load (``/health``)."""
+        return self._replicas.describe()
 
     async def start(self) -> None:
-        if self._client is not None:
+        if self._started_flag:
             return
-        builder = (
-            ClientBuilder()
-            # Requests in flight (a stream until read to its end or closed): the bound that
-            # max_concurrency sets on the upstream.
-            .max_connections(self.options.max_concurrency)
-            .default_headers(self._headers)
-            # A stream may rightly last longer than ``timeout`` in all; what must not exceed it
-            # is the wait for the connection, for the status line, and between two chunks. The
-            # total applies per batch request (see _one).
-            .connect_timeout(self._timeout)
-            .read_timeout(self._timeout)
-            # As aiohttp did (trust_env off): no HTTP(S)_PROXY from the environment; an API
-            # client keeps no cookies, which is pyreqwest's default.
-            .no_proxy()
-        )
-        factory = self._build_client
-        self._client = builder.build() if factory is None else factory(builder)
+        for replica in self._replicas.replicas:
+            transport = replica.transport
+            assert isinstance(transport, _Transport)
+            if transport.client is not None:
+                continue
+            builder = (
+                ClientBuilder()
+                # Requests in flight (a stream until read to its end or closed): the bound that
+                # max_concurrency sets on the replica.
+                .max_connections(replica.limit)
+                .default_headers(transport.headers)
+                # A stream may rightly last longer than ``timeout`` in all; what must not exceed
+                # it is the wait for the connection, for the status line, and between two
+                # chunks. The total applies per batch request (see _send).
+                .connect_timeout(self._timeout)
+                .read_timeout(self._timeout)
+                # As aiohttp did (trust_env off): no HTTP(S)_PROXY from the environment; an API
+                # client keeps no cookies, which is pyreqwest's default.
+                .no_proxy()
+            )
+            factory = self._build_client
+            transport.client = builder.build() if factory is None else factory(builder)
+        self._started_flag = True
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and self._owns_client:
-            await client.close()
+        self._started_flag = False
+        for replica in self._replicas.replicas:
+            transport = replica.transport
+            assert isinstance(transport, _Transport)
+            client, owned = transport.client, transport.owns_client
+            if owned:
+                transport.client = None
+            if client is not None and owned:
+                await client.close()
 
-    def _started(self) -> Client:
-        client = self._client
-        if client is None:
+    def _check_started(self) -> None:
+        if not self._started_flag:
             raise RuntimeError(f"{self!r} is not started")
-        return client
 
     async def execute(self, group: Sequence[ProviderRequest]) -> list[ProviderResult]:
-        client = self._started()
+        self._check_started()
         if len(group) == 1:
-            return [await self._one(client, group[0])]
-        return list(await asyncio.gather(*(self._one(client, r) for r in group)))
+            return [await self._one(group[0])]
+        return list(await asyncio.gather(*(self._one(r) for r in group)))
 
     # -- one request ---------------------------------------------------------------------------
 
-    def _url(self, endpoint: str) -> Url | None:
-        url = self._urls.get(endpoint)
-        if url is None:
-            url = self._urls.get("/v1" + endpoint)
-        return url
+    @staticmethod
+    def _path(endpoint: str) -> str | None:
+        if endpoint in _PATHS:
+            return endpoint
+        return "/v1" + endpoint if "/v1" + endpoint in _PATHS else None
 
     def _payload(self, body: Mapping[str, Any]) -> bytes:
         if self.options.upstream_model is not None:
@@ -292,16 +446,19 @@ class OpenAIProvider(Provider):
         return orjson.dumps(body)
 
     def _redact(self, text: str) -> str:
-        return text.replace(self._api_key, "***") if self._api_key else text
+        for key in self._keys:
+            text = text.replace(key, "***")
+        return text
 
     def _describe_error(self, exc: PyreqwestError) -> str:
         """What went wrong, for a message: no URL and no API key in it."""
         return self._redact(_describe(exc, f"the upstream of model '{self.model}'"))
 
-    def _prepare(self, request: ProviderRequest) -> tuple[Url, bytes] | ProviderResult:
-        """The URL and payload of ``request``, or the failure that stops it before sending."""
-        url = self._url(request.endpoint)
-        if url is None:
+    def _prepare(self, request: ProviderRequest) -> tuple[str, bytes] | ProviderResult:
+        """The endpoint key and payload of ``request``, or the failure that stops it before
+        sending."""
+        path = self._path(request.endpoint)
+        if path is None:
             return ProviderResult.failure(
                 request.index,
                 "unsupported_endpoint",
@@ -309,13 +466,13 @@ class OpenAIProvider(Provider):
                 retryable=False,
             )
         try:
-            return url, self._payload(request.body)
+            return path, self._payload(request.body)
         except TypeError as exc:
             return ProviderResult.failure(
                 request.index, "invalid_request", f"body is not JSON: {exc}", retryable=False
             )
 
-    def _unanswered(self, index: int, exc: PyreqwestError) -> ProviderResult:
+    def _unanswered(self, index: int, exc: PyreqwestError, replica: Replica) -> ProviderResult:
         """The result of a request that got no complete answer (a timeout, a reset)."""
         if isinstance(exc, TimeoutError):
             return ProviderResult.failure(
@@ -325,25 +482,67 @@ class OpenAIProvider(Provider):
                 retryable=True,
             )
         message = self._describe_error(exc)
-        logger.debug("model %s (%s): request %d: %s", self.model, self._upstream, index, message)
+        logger.debug("model %s (%s): request %d: %s", self.model, replica.name, index, message)
         return ProviderResult.failure(index, "connection_error", message, retryable=True)
 
-    async def _one(self, client: Client, request: ProviderRequest) -> ProviderResult:
+    async def _one(self, request: ProviderRequest) -> ProviderResult:
+        """Send ``request`` to the least loaded replica; on a failure that is the replica's (no
+        answer, a 5xx, a 429), to another, without it counting as one of the request's
+        attempts, until each was tried once."""
         prepared = self._prepare(request)
         if isinstance(prepared, ProviderResult):
             return prepared
-        url, payload = prepared
+        path, payload = prepared
+
+        async def send(replica: Replica) -> ProviderResult:
+            return await self._send(replica, request.index, path, payload)
+
+        answer = await self._failover(send)
+        assert isinstance(answer, ProviderResult)
+        return answer
+
+    async def _failover(
+        self, attempt: Callable[[Replica], Awaitable[ProviderResult | ProviderStream]]
+    ) -> ProviderResult | ProviderStream:
+        """``attempt`` on the least loaded replica, then on another while the failure is the
+        replica's (no answer, a 5xx, a 429), each replica once; the last answer. A stream keeps
+        its replica's slot until it is closed."""
+        replicas = self._replicas
+        tried: list[Replica] = []
+        result: ProviderResult | None = None
+        while (replica := await replicas.acquire(tried)) is not None:
+            try:
+                answer = await attempt(replica)
+            except BaseException:
+                replicas.release(replica, "ok")  # cancelled: says nothing of the replica
+                raise
+            if isinstance(answer, ProviderStream):
+                return answer
+            result = answer
+            outcome = _outcome(result)
+            replicas.release(replica, outcome, result.retry_after)
+            if outcome == "ok" or len(replicas) == 1:
+                return result
+            tried.append(replica)
+        assert result is not None
+        return result
+
+    async def _send(
+        self, replica: Replica, index: int, path: str, payload: bytes
+    ) -> ProviderResult:
+        transport, client = _reach(replica)
         # No semaphore here: the client's max_connections bounds the requests in flight, and
         # the engine bounds them too; the client carries the headers.
-        builder = client.post(url).body_bytes(payload).timeout(self._timeout)
-        if self._request_headers is not None:
-            builder = builder.headers(self._request_headers)
+        builder = client.post(transport.urls[path])
+        builder = builder.body_bytes(payload).timeout(self._timeout)
+        if transport.request_headers is not None:
+            builder = builder.headers(transport.request_headers)
         try:
             response = await builder.build().send()  # the whole body is read by then
             raw = await response.bytes()
         except PyreqwestError as exc:
-            return self._unanswered(request.index, exc)
-        return self._classify(request.index, response, memoryview(raw))
+            return self._unanswered(index, exc, replica)
+        return self._classify(index, response, memoryview(raw))
 
     # -- one streamed request (the synchronous routes) ---------------------------------------
 
@@ -355,38 +554,51 @@ class OpenAIProvider(Provider):
         The stream keeps one of the ``max_concurrency`` slots until it is closed, as a
         request of a batch would (pyreqwest holds the slot until the body is read or closed).
         An error status is read whole and classified like :meth:`execute` does, so the caller
-        can relay it as an ordinary HTTP error.
+        can relay it as an ordinary HTTP error. A replica that fails before the first byte (no
+        answer, a 5xx, a 429) hands the request to another.
         """
-        client = self._started()
+        self._check_started()
         prepared = self._prepare(ProviderRequest(0, "", endpoint, body))
         if isinstance(prepared, ProviderResult):
             return prepared
-        url, payload = prepared
+        path, payload = prepared
+        return await self._failover(lambda replica: self._open_stream(replica, path, payload))
+
+    async def _open_stream(
+        self, replica: Replica, path: str, payload: bytes
+    ) -> ProviderStream | ProviderResult:
+        transport, client = _reach(replica)
         # A buffer limit of 0: hand each chunk on as it arrives, and return as soon as the
         # status line is in (pyreqwest would otherwise gather up to 64 KiB first).
-        builder = client.post(url).body_bytes(payload).streamed_read_buffer_limit(0)
-        if self._request_headers is not None:
-            builder = builder.headers(self._request_headers)
+        builder = client.post(transport.urls[path])
+        builder = builder.body_bytes(payload).streamed_read_buffer_limit(0)
+        if transport.request_headers is not None:
+            builder = builder.headers(transport.request_headers)
         request = builder.build_streamed()
         # The response outlives this call, so the request's context is entered here and left
         # by the stream's aclose (or below, for an error status).
         try:
             response = await request.__aenter__()
         except PyreqwestError as exc:
-            return self._unanswered(0, exc)
+            return self._unanswered(0, exc, replica)
         if 200 <= response.status < 300:
-            return _HTTPStream(request, response, self._describe_error, self.options.timeout)
+
+            def done() -> None:
+                self._replicas.release(replica, "ok")
+
+            return _HTTPStream(request, response, self._describe_error, self.options.timeout, done)
         try:
             raw = await response.bytes()
         except PyreqwestError as exc:
-            return self._unanswered(0, exc)
+            return self._unanswered(0, exc, replica)
         finally:
             await request.__aexit__(None, None, None)
         return self._classify(0, response, memoryview(raw))
 
     def _classify(self, index: int, response: Response, raw: memoryview) -> ProviderResult:
-        if self._key_bytes is not None and self._key_bytes in bytes(raw):  # an upstream echoed it
-            raw = memoryview(bytes(raw).replace(self._key_bytes, b"***"))
+        for key in self._keys:
+            if key.encode() in bytes(raw):  # an upstream echoed it
+                raw = memoryview(bytes(raw).replace(key.encode(), b"***"))
         status = response.status
         request_id = response.get_header("x-request-id")
         try:
@@ -443,6 +655,7 @@ class _HTTPStream(ProviderStream):
         response: Response,
         describe: Callable[[PyreqwestError], str],
         timeout: float,
+        done: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(
             response.status,
@@ -453,6 +666,7 @@ class _HTTPStream(ProviderStream):
         self._response = response
         self._describe = describe
         self._timeout = timeout
+        self._done = done
 
     async def chunks(self) -> AsyncIterator[bytes]:
         reader = self._response.body_reader
@@ -469,6 +683,9 @@ class _HTTPStream(ProviderStream):
         request, self._request = self._request, None
         if request is None:
             return
+        done, self._done = self._done, None
+        if done is not None:
+            done()  # the replica's slot is free again
         # An unfinished body cannot go back to the pool: pyreqwest drops the connection, and
         # the upstream sees its client leave (it may stop generating); a finished one already
         # went back. Either way the concurrency slot is free again.
