@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -15,11 +17,13 @@ from typing import Any
 
 import pytest
 
-from batchd.config import ModelRoute
+from batchd.config import ModelRoute, Settings
+from batchd.errors import ConfigError
 from batchd.providers.base import ProviderRequest, ProviderStream
 from batchd.providers.openai_http import OpenAIProvider
 from batchd.providers.replicas import Breaker, Replica, ReplicaSet
 from tests import engine_support as support
+from tests.serverproc import BatchdServer, batchd, free_port, write_config
 from tests.upstream.process import UpstreamProcess
 
 pytestmark = pytest.mark.anyio
@@ -211,6 +215,10 @@ def test_a_replica_killed_mid_batch_then_restarted(tmp_path: Path) -> None:
             assert "readmitted" in server.log(), server.log()[-3000:]
             states = _health(server.base_url)["replicas"]["gpt-4o-mini"]
             assert states[1]["state"] == "closed"
+            listed = batchd("models", "--base-url", server.api_url)
+            assert listed.returncode == 0, listed.stderr
+            rows = [row.split() for row in listed.stdout.splitlines() if "gpt-4o-mini" in row]
+            assert [row[2] for row in rows] == ["closed", "closed"], listed.stdout
     finally:
         server.stop()
         a.stop()
@@ -245,3 +253,218 @@ async def test_a_stream_moves_to_another_replica_before_its_first_byte(tmp_path:
     assert [s["in_flight"] for s in states] == [0, 0]  # every slot given back
     assert int(str(states[0]["sent"])) >= 1
     assert int(str(states[1]["sent"])) == 4
+
+
+def test_a_route_that_keeps_failing_falls_back_to_another(tmp_path: Path) -> None:
+    """The only server of ``primary`` answers 500 forever; ``fallback = ["backup"]``: every line
+    is answered by ``backup`` (its name in the answers), after ``primary``'s attempts ran out."""
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "ok").mkdir()
+    with (
+        UpstreamProcess(tmp_path / "bad", fail_first_n=1_000_000, fail_first_kind="500") as bad,
+        UpstreamProcess(tmp_path / "ok", latency_ms=5) as good,
+    ):
+        primary = {
+            **support.model_route(bad, max_concurrency=8),
+            "fallback": ["backup-alias"],
+        }
+        backup = {
+            "name": "backup",
+            "aliases": ["backup-alias"],
+            "provider": "openai",
+            "base_url": good.api_url,
+            "max_concurrency": 8,
+        }
+        root = tmp_path / "srv"
+        root.mkdir()
+        config = write_config(
+            root / "batchd.toml",
+            models=[primary, backup],
+            max_attempts=2,
+            retry_base_seconds=0.01,
+            retry_cap_seconds=0.02,
+        )
+        server = BatchdServer(root / "data", config).start()
+        try:
+            with support.sdk(server) as client:
+                lines = [
+                    support.request_line(f"r{i}", support.chat_body(f"q{i}")) for i in range(40)
+                ]
+                batch_id = support.submit(client, lines)
+                state = support.wait_for_batch(client, server, batch_id, timeout=60)
+                results = support.fetch_results(client, state, [ln["custom_id"] for ln in lines])
+            assert state["error_file_id"] is None
+            assert {line["response"]["body"]["model"] for line in results.output} == {"backup"}
+            assert bad.stats(digests=False)["total"] == 40 * 2  # both attempts on primary first
+            with support.sdk(server) as client:  # the synchronous route falls back too
+                answer = client.chat.completions.create(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
+                )
+            assert answer.model == "backup"
+            assert bad.stats(digests=False)["total"] == 40 * 2 + 1
+        finally:
+            server.stop()
+
+
+def test_a_fallback_must_name_another_route(tmp_path: Path) -> None:
+    route = {"name": "a", "provider": "openai", "base_url": "http://x/v1"}
+    with pytest.raises(ConfigError, match="fallback 'nope' names no route; name another route"):
+        Settings.load(data_dir=tmp_path, models=[{**route, "fallback": ["nope"]}])
+    with pytest.raises(ConfigError, match="fallback 'a' is the route itself"):
+        Settings.load(data_dir=tmp_path, models=[{**route, "fallback": ["a"]}])
+
+
+def test_prefix_affinity_prefers_one_replica_per_prefix_within_a_bounded_load() -> None:
+    replicas = _set(8, 8, 8)
+    key = 12345
+    first = replicas.pick(affinity=key)
+    assert first is not None
+    chosen = [replicas.pick(affinity=key) for _ in range(2)]
+    assert all(r is first for r in chosen)  # 3/8 in flight there, 0 elsewhere: within 0.25+
+    assert replicas.pick(affinity=key) is not first  # 3/8 > 0 + 0.25: the load bound wins
+
+
+async def test_requests_sharing_a_long_prefix_go_to_the_same_replica(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with (
+        UpstreamProcess(tmp_path / "a", latency_ms=5) as a,
+        UpstreamProcess(tmp_path / "b", latency_ms=5) as b,
+    ):
+        async with _provider([a, b], prefix_affinity=True, max_concurrency=16) as provider:
+            landed = []
+            for prefix in range(8):
+                system = f"You are assistant number {prefix}. " * 60  # 2,000 characters
+                before = [int(str(s["sent"])) for s in provider.replica_states()]
+                requests = [
+                    ProviderRequest(
+                        i,
+                        f"r{i}",
+                        "/v1/chat/completions",
+                        {
+                            "model": "gpt-4o-mini",
+                            "messages": [
+                                {"role": "system", "content": system},
+                                {"role": "user", "content": f"question {i}"},
+                            ],
+                        },
+                    )
+                    for i in range(20)
+                ]
+                results = await _run(provider, requests, 2)
+                assert all(r.ok for r in results)
+                after = [int(str(s["sent"])) for s in provider.replica_states()]
+                landed.append([x - y for x, y in zip(after, before, strict=True)])
+        async with _provider([a, b], max_concurrency=16) as plain:  # off by default
+            await _run(plain, _requests(40), 2)
+            spread = [int(str(s["sent"])) for s in plain.replica_states()]
+    assert all(sorted(counts) == [0, 20] for counts in landed), landed  # one replica per prefix
+    assert {counts.index(20) for counts in landed} == {0, 1}  # and both replicas are used
+    assert min(spread) >= 10, spread
+
+
+def test_a_llama_cpp_server_and_a_fake_upstream_serve_one_route(tmp_path: Path) -> None:
+    """A real OpenAI-compatible server (``llama_cpp.server`` on the embedded SmolLM2 GGUF) and
+    the fake upstream as two replicas of one route: a batch is answered by both."""
+    try:
+        import llama_cpp.server.app  # noqa: F401 - its extra: sse-starlette, starlette-context
+
+        from batchd.embedded_models import installed_models
+    except ImportError as exc:
+        pytest.skip(f"llama_cpp.server is not installed ({exc}): pip install 'batchd[dev,local]'")
+    gguf = next(
+        (
+            m.route()["model_path"]
+            for m in installed_models()
+            if m.route()["provider"] == "llamacpp"
+        ),
+        None,
+    )
+    if gguf is None:
+        pytest.skip("the embedded chat model is not installed: pip install 'batchd[local]'")
+    port = free_port()
+    log = open(tmp_path / "llama-server.log", "wb")  # noqa: SIM115 - owned by the process
+    llama = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "llama_cpp.server",
+            "--model",
+            str(gguf),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model_alias",
+            "gpt-4o-mini",
+            "--n_threads",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    (tmp_path / "fake").mkdir()
+    fake = UpstreamProcess(tmp_path / "fake", latency_ms=20).start()
+    server = None
+    try:
+        support.wait_until(
+            lambda: _answers(f"http://127.0.0.1:{port}/v1/models"), 60, "llama_cpp.server to start"
+        )
+        route = {
+            "name": "gpt-4o-mini",
+            "provider": "openai",
+            "base_urls": [
+                {"url": f"http://127.0.0.1:{port}/v1", "max_concurrency": 1},
+                {"url": fake.api_url, "max_concurrency": 2},
+            ],
+            "timeout": 60.0,
+        }
+        server = support.start_server(tmp_path / "srv", fake, route)
+        with support.sdk(server, timeout=120) as client:
+            lines = [
+                support.request_line(
+                    f"r{i}", support.chat_body(f"Say hi to number {i}.", max_tokens=8)
+                )
+                for i in range(12)
+            ]
+            batch_id = support.submit(client, lines)
+            state = support.wait_for_batch(client, server, batch_id, timeout=120)
+            results = support.fetch_results(client, state, [ln["custom_id"] for ln in lines])
+        assert state["error_file_id"] is None
+        sent = [s["sent"] for s in _health(server.base_url)["replicas"]["gpt-4o-mini"]]
+        assert all(n >= 1 for n in sent), sent  # both replicas answered
+        assert len(results.output) == 12
+    finally:
+        if server is not None:
+            server.stop()
+        fake.stop()
+        llama.terminate()
+        llama.wait(30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
+
+
+def test_ejections_are_told_and_heard_between_engines() -> None:
+    clock = Clock()
+    here, there = _set(8, 8, clock=clock), _set(8, 8, clock=clock)
+    told: list[tuple[str, float | None]] = []
+    here.on_change = lambda replica, seconds: told.append((replica.name, seconds))
+    r0 = here.replicas[0]
+    for _ in range(2):
+        here.release(here.pick([here.replicas[1]]) or r0, "failed")
+    assert told == [("r0", 5.0)]
+    there.eject_for("r0", 5.0)  # what the other engine's heartbeat does with it
+    assert there.replicas[0].state == "open"
+    assert all(there.pick() is there.replicas[1] for _ in range(3))
+    clock.now += 5.1
+    probe = here.pick([here.replicas[1]])
+    assert probe is r0
+    here.release(r0, "ok")
+    assert told[-1] == ("r0", None)  # readmitted: the others hear it too

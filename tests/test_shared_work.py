@@ -252,3 +252,14 @@ async def test_rows_of_a_batch_that_ended_are_found_for_the_purge(store: SQLStor
     assert await work.ended_with_rows(limit=10) == [batch.id]
     await work.discard(batch.id)
     assert await work.ended_with_rows(limit=10) == []
+
+
+async def test_replica_ejections_are_shared_and_only_grow(store: SQLStore) -> None:
+    work = SharedWork(store)
+    await work.eject_replica("m", "gpu1:8000", until=150.0)
+    await work.eject_replica("m", "gpu1:8000", until=120.0)  # never shortened
+    await work.eject_replica("m", "gpu2:8000", until=110.0)
+    assert await work.ejections(now=100.0) == {("m", "gpu1:8000"): 150.0, ("m", "gpu2:8000"): 110.0}
+    assert await work.ejections(now=111.0) == {("m", "gpu1:8000"): 150.0}
+    await work.readmit_replica("m", "gpu1:8000")
+    assert await work.ejections(now=100.0) == {("m", "gpu2:8000"): 110.0}

@@ -66,6 +66,9 @@ class ModelRoute(BaseModel):
     aliases: tuple[str, ...] = ()
     """Other names clients may send for this model (``"gpt-4o-mini"``…); answers still name
     the model that really answered."""
+    fallback: tuple[str, ...] = ()
+    """Routes (names or aliases) that take a batch request whose attempts on this route ran out
+    with retryable errors (timeouts, 5xx, 429), in order; off when empty."""
 
     @field_validator("aliases")
     @classmethod
@@ -76,7 +79,8 @@ class ModelRoute(BaseModel):
 
     @property
     def options(self) -> dict[str, Any]:
-        """The provider settings: every key but ``name``, ``provider`` and ``aliases``."""
+        """The provider settings: every key but ``name``, ``provider``, ``aliases`` and
+        ``fallback``."""
         return dict(self.model_extra or {})
 
 
@@ -461,6 +465,7 @@ class Settings(BaseSettings):
             )
         if settings.force_model is not None:
             _check_forced_route(settings.force_model, settings.models)
+        _check_fallbacks(settings.models)
         return settings
 
     @property
@@ -516,6 +521,20 @@ def _embedded_routes(configured: tuple[ModelRoute, ...]) -> tuple[ModelRoute, ..
         aliases = tuple(alias for alias in route.aliases if alias not in taken)
         routes.append(route.model_copy(update={"aliases": aliases}))
     return tuple(routes)
+
+
+def _check_fallbacks(routes: tuple[ModelRoute, ...]) -> None:
+    names = ModelNames(routes)
+    for route in routes:
+        for fallback in route.fallback:
+            target = names.resolve(fallback)
+            if target is None or target == route.name:
+                served = ", ".join(name for name in names.listed() if name != route.name)
+                raise ConfigError(
+                    f"model {route.name!r}: fallback {fallback!r} "
+                    + ("is the route itself" if target else "names no route")
+                    + f"; name another route: {served or 'none is configured'}"
+                )
 
 
 def _check_forced_route(force: str, routes: tuple[ModelRoute, ...]) -> None:

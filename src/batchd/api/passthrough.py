@@ -212,7 +212,24 @@ async def relay(
     provider = _provider_for(svc, _model_name(body), endpoint)
     if streamable and body.get("stream") is True:
         return await _start_stream(provider, endpoint, body)
-    return _result_response(provider.model, await provider.forward(endpoint, body))
+    result = await provider.forward(endpoint, body)
+    for fallback in _fallbacks(svc, provider, endpoint):
+        if result.ok or not result.retryable:
+            break
+        provider = fallback  # the route's fallback (fallback = [...]) takes a failed request
+        result = await provider.forward(endpoint, {**body, "model": provider.model})
+    return _result_response(provider.model, result)
+
+
+def _fallbacks(svc: Services, provider: Provider, endpoint: str) -> list[Provider]:
+    """The providers of the route's fallback routes that serve ``endpoint``, in order."""
+    route = svc.settings.route(provider.model)
+    found = []
+    for name in () if route is None else route.fallback:
+        fallback = svc.providers.get(name)
+        if fallback is not None and endpoint in fallback.endpoints:
+            found.append(fallback)
+    return found
 
 
 def _model_name(body: dict[str, Any]) -> str:

@@ -442,6 +442,40 @@ def ls(
     console.print(table)
 
 
+# -- models ------------------------------------------------------------------------------------
+
+
+def models(
+    base_url: BaseUrlOption = DEFAULT_BASE_URL,
+    api_key: ApiKeyOption = DEFAULT_API_KEY,
+) -> None:
+    """List the models a server serves, and for a route with several servers (base_urls) each
+    replica's state (closed; open: ejected; half_open: probed), load and requests sent, e.g.
+    `batchd models --base-url http://127.0.0.1:8080/v1`."""
+    with _connect(base_url, api_key) as client:
+        names = [model.id for model in client.models.list()]
+        root = base_url.rstrip("/").removesuffix("/v1").removesuffix("/openai")
+        health = client.get(f"{root}/health", cast_to=object)
+    replicas = health.get("replicas", {}) if isinstance(health, dict) else {}
+    table = Table("model", "replica", "state", "in flight", "sent", box=None)
+    for name in names:
+        states = replicas.get(name) or []
+        if not states:
+            table.add_row(name, "", "", "", "")
+        for state in states:
+            table.add_row(
+                name,
+                str(state.get("replica")),
+                str(state.get("state")),
+                f"{state.get('in_flight')}/{state.get('limit')}",
+                str(state.get("sent")),
+            )
+    console = Console(markup=False, highlight=False)
+    if not console.is_terminal:
+        console.width = 200
+    console.print(table)
+
+
 # -- download ----------------------------------------------------------------------------------
 
 

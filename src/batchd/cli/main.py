@@ -55,6 +55,7 @@ for _command in (
     client.status,
     client.cancel,
     client.ls,
+    client.models,
     client.download,
     run.run,
     prepare_join.prepare,

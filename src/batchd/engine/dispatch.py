@@ -124,6 +124,7 @@ class Dispatch:
         self.sink = sink
         self.span = span
         self.busy = 0  # request groups in flight
+        self._fallbacks: tuple[str, ...] = ()
         self._draining = False
         self.on_sent_all: Callable[[], None] | None = None
         """Called once every request was taken for sending (only results are awaited now)."""
@@ -197,6 +198,8 @@ class Dispatch:
         assert batch.model is not None
         provider = engine.providers.get(batch.model)  # by name or alias
         limiter = None if provider is None else engine.limiters.get(provider.model)
+        route = None if provider is None else engine.settings.route(provider.model)
+        self._fallbacks = () if route is None else route.fallback
         if provider is None or limiter is None:
             await self._unroutable()
             return
@@ -238,6 +241,8 @@ class Dispatch:
                     finals = await self._run_group(provider, limiter, group)
                 finally:
                     self.busy -= 1
+            if self._fallbacks and any(_exhausted(final) for final in finals):
+                finals = await self._fall_back(group, finals)  # the route's slot is free
             if writing is not None:
                 await writing
             writing = self._record(group, finals)
@@ -254,6 +259,51 @@ class Dispatch:
         return asyncio.gather(
             *(sink.submit(entry_of(r, f)) for r, f in zip(group, finals, strict=True))
         )
+
+    async def _fall_back(
+        self, group: Sequence[ProviderRequest], finals: Sequence[ProviderResult]
+    ) -> list[ProviderResult]:
+        """The results, with each one whose attempts ran out with retryable errors sent to the
+        route's fallbacks in order (their own slots, budgets and attempts), the model renamed
+        to the fallback's; the first answer that is not such a failure is kept."""
+        return list(
+            await asyncio.gather(
+                *(
+                    self._fall_back_one(request, final) if _exhausted(final) else _same(final)
+                    for request, final in zip(group, finals, strict=True)
+                )
+            )
+        )
+
+    async def _fall_back_one(
+        self, request: ProviderRequest, result: ProviderResult
+    ) -> ProviderResult:
+        engine = self.engine
+        for name in self._fallbacks:
+            provider = engine.providers.get(name)
+            limiter = None if provider is None else engine.limiters.get(provider.model)
+            endpoint = request.endpoint
+            endpoint = endpoint if endpoint.startswith("/v1/") else "/v1" + endpoint
+            if provider is None or limiter is None or endpoint not in provider.endpoints:
+                continue
+            moved = ProviderRequest(
+                request.index,
+                request.custom_id,
+                request.endpoint,
+                {**request.body, "model": provider.model},
+            )
+            async with limiter.slots:
+                cost = limiter.cost(moved.body)
+                [answer] = await self._send(provider, limiter, [moved], cost, 1)
+                if _exhausted(answer):
+                    answer = await self._retry(provider, limiter, moved, answer, cost)
+            if not _exhausted(answer):
+                log.debug(
+                    "batch %s: %s answered by fallback %s", self.batch.id, request.custom_id, name
+                )
+                return answer
+            result = answer
+        return result
 
     async def _unroutable(self) -> None:
         model = self.batch.model or ""
@@ -343,3 +393,12 @@ class Dispatch:
 
 
 _SHUTDOWN_GRACE = 2.0  # seconds in-flight requests get when the process stops
+
+
+def _exhausted(result: ProviderResult) -> bool:
+    """A final result whose attempts ran out with a retryable error (fallback material)."""
+    return not result.ok and result.retryable
+
+
+async def _same(result: ProviderResult) -> ProviderResult:
+    return result

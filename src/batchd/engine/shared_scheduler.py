@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -36,6 +37,7 @@ from batchd.engine.scheduler import Scheduler
 from batchd.engine.shared import RangeRunner
 from batchd.errors import StorageFault, StoreError
 from batchd.providers.base import Provider
+from batchd.providers.replicas import Replica, ReplicaSet
 from batchd.storage import Storage
 from batchd.store import BatchRecord, Store
 from batchd.store.work import SharedWork, WorkerInfo
@@ -95,6 +97,10 @@ class SharedScheduler(Scheduler):
         }
 
     async def start(self) -> None:
+        for provider in self.engine.providers.values():
+            replicas = getattr(provider, "replica_set", None)
+            if isinstance(replicas, ReplicaSet) and len(replicas) > 1:
+                replicas.on_change = functools.partial(self._replica_changed, provider.model)
         stop = self._listening
         self._background = [
             asyncio.create_task(self.work.listen(self._heard, stop=stop), name="listen"),
@@ -318,6 +324,10 @@ class SharedScheduler(Scheduler):
                     limiter = engine.limiters.get(model)
                     if limiter is not None:
                         limiter.gate.pause(until - now)
+                for (model, name), until in (await self.work.ejections(now=now)).items():
+                    replicas = getattr(engine.providers.get(model), "replica_set", None)
+                    if isinstance(replicas, ReplicaSet):
+                        replicas.eject_for(name, until - now)
             except StoreError as exc:
                 engine.faults.warning("heartbeat", "the heartbeat waits for the database: %s", exc)
             await asyncio.sleep(period)
@@ -354,6 +364,17 @@ class SharedScheduler(Scheduler):
                         if value is not None
                     ),
                 )
+
+    def _replica_changed(self, model: str, replica: Replica, seconds: float | None) -> None:
+        """This engine ejected (``seconds``) or readmitted (``None``) a replica: tell the
+        others through the database (best effort; they hear within a heartbeat)."""
+        work = self.work
+        if seconds is None:
+            coro = work.readmit_replica(model, replica.name)
+        else:
+            coro = work.eject_replica(model, replica.name, until=self.engine.clock() + seconds)
+        task = asyncio.create_task(coro)
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
     def _paused(self, model: str, seconds: float) -> None:
         """Pause ``model``'s upstream for every engine (best effort: this one is paused)."""

@@ -67,7 +67,7 @@ from batchd.providers.base import (
     ProviderStream,
     ProviderStreamError,
 )
-from batchd.providers.replicas import Breaker, Replica, ReplicaSet
+from batchd.providers.replicas import Breaker, Replica, ReplicaSet, prefix_hash
 
 __all__ = [
     "ClientFactory",
@@ -141,6 +141,10 @@ class OpenAIOptions(ProviderOptions):
     """Failures in a row (no answer, a timeout, a 5xx) that eject a replica."""
     eject_seconds: float = Field(default=5.0, gt=0)
     """How long a replica stays ejected at first (doubled at each ejection, up to 60 s)."""
+    prefix_affinity: bool = False
+    """Requests whose prompts share their first ``affinity_prefix_chars`` characters prefer the
+    same replica (its prefix cache stays warm)."""
+    affinity_prefix_chars: int = Field(default=1000, ge=32)
     upstream_max_concurrency: int | None = Field(default=None, ge=1)
     """Requests in flight to this ``base_url`` over every model routed to it (the smallest
     value set on those models applies)."""
@@ -266,6 +270,27 @@ class _Transport:
     """Headers sent with each request: only on a client given from outside."""
 
 
+def _prompt_prefix(body: Mapping[str, Any], chars: int) -> str:
+    """The first ``chars`` characters of a request's prompt: the text of its messages in order
+    (chat), its ``prompt`` (completions) or ``input`` (responses, embeddings)."""
+    parts: list[str] = []
+    size = 0
+    messages = body.get("messages")
+    items: list[Any] = (
+        messages if isinstance(messages, list) else [body.get("prompt"), body.get("input")]
+    )
+    for item in items:
+        content = item.get("content") if isinstance(item, dict) else item
+        if isinstance(content, list):
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        if isinstance(content, str):
+            parts.append(content)
+            size += len(content)
+            if size >= chars:
+                break
+    return "".join(parts)[:chars]
+
+
 def _reach(replica: Replica) -> tuple[_Transport, Client]:
     transport = replica.transport
     if not isinstance(transport, _Transport) or transport.client is None:
@@ -377,6 +402,11 @@ class OpenAIProvider(Provider):
             tpm=options.tpm,
             upstream=upstream,
         )
+
+    @property
+    def replica_set(self) -> ReplicaSet:
+        """The route's servers and their health."""
+        return self._replicas
 
     def replica_states(self) -> list[dict[str, object]]:
         """Each replica's health and load (``/health``)."""
@@ -497,12 +527,23 @@ class OpenAIProvider(Provider):
         async def send(replica: Replica) -> ProviderResult:
             return await self._send(replica, request.index, path, payload)
 
-        answer = await self._failover(send)
+        answer = await self._failover(send, self._affinity(request.body))
         assert isinstance(answer, ProviderResult)
         return answer
 
+    def _affinity(self, body: Mapping[str, Any]) -> int | None:
+        """The hash of the prompt's first ``affinity_prefix_chars`` characters, when prefix
+        affinity is on and the prompt is at least that long."""
+        options = self.options
+        if not options.prefix_affinity or len(self._replicas) < 2:
+            return None
+        text = _prompt_prefix(body, options.affinity_prefix_chars)
+        return prefix_hash(text) if len(text) >= options.affinity_prefix_chars else None
+
     async def _failover(
-        self, attempt: Callable[[Replica], Awaitable[ProviderResult | ProviderStream]]
+        self,
+        attempt: Callable[[Replica], Awaitable[ProviderResult | ProviderStream]],
+        affinity: int | None = None,
     ) -> ProviderResult | ProviderStream:
         """``attempt`` on the least loaded replica, then on another while the failure is the
         replica's (no answer, a 5xx, a 429), each replica once; the last answer. A stream keeps
@@ -510,7 +551,7 @@ class OpenAIProvider(Provider):
         replicas = self._replicas
         tried: list[Replica] = []
         result: ProviderResult | None = None
-        while (replica := await replicas.acquire(tried)) is not None:
+        while (replica := await replicas.acquire(tried, affinity)) is not None:
             try:
                 answer = await attempt(replica)
             except BaseException:
@@ -562,7 +603,9 @@ class OpenAIProvider(Provider):
         if isinstance(prepared, ProviderResult):
             return prepared
         path, payload = prepared
-        return await self._failover(lambda replica: self._open_stream(replica, path, payload))
+        return await self._failover(
+            lambda replica: self._open_stream(replica, path, payload), self._affinity(body)
+        )
 
     async def _open_stream(
         self, replica: Replica, path: str, payload: bytes

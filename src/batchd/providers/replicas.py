@@ -13,21 +13,43 @@ timeout, a 5xx) eject it (*open*) for ``eject_seconds`` (doubled at each new eje
 (*closed*), a failure ejects it again. A 429 pauses only that replica, for its ``Retry-After``.
 When every replica is ejected or paused, requests still go to the one that comes back first, so
 that a route never stops on its own; the engine's retries and backoff take it from there.
+
+Prefix affinity (opt-in, ``prefix_affinity = true``): requests whose prompts start with the same
+text (the same system prompt, the same document) prefer the same replica (rendezvous hashing of
+the prefix over the replicas' names), so that its prefix cache stays warm, unless that replica
+is busier than the least loaded one by more than a quarter of its limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["Breaker", "Replica", "ReplicaSet", "ReplicaState"]
+__all__ = ["Breaker", "Replica", "ReplicaSet", "ReplicaState", "prefix_hash"]
 
 log = logging.getLogger("batchd.providers")
+
+# How much busier (in flight / limit) than the least loaded replica the preferred replica of a
+# prompt prefix may be and still get the request.
+_AFFINITY_SLACK = 0.25
+
+
+def prefix_hash(text: str) -> int:
+    """A stable 64-bit hash of a prompt's prefix (the same in every process)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def _rank(key: int, name: str) -> int:
+    """Rendezvous (highest random weight) hashing: each replica's rank for ``key``; adding or
+    removing a replica moves only the keys that ranked it first."""
+    return prefix_hash(f"{key}:{name}")
+
 
 ReplicaState = Literal["closed", "open", "half_open"]
 
@@ -90,6 +112,9 @@ class ReplicaSet:
         self.breaker = breaker or Breaker()
         self._clock = clock
         self._freed = asyncio.Event()
+        self.on_change: Callable[[Replica, float | None], None] | None = None
+        """Told ``(replica, seconds)`` when this set ejects a replica, ``(replica, None)``
+        when it readmits one (shared mode: every engine hears of it)."""
 
     def __len__(self) -> int:
         return len(self.replicas)
@@ -104,16 +129,25 @@ class ReplicaSet:
             replica.probing = False
         return not (replica.state == "half_open" and replica.probing)
 
-    def _choose(self, exclude: Collection[Replica]) -> Replica | None:
+    def _choose(self, exclude: Collection[Replica], affinity: int | None) -> Replica | None:
         now = self._clock()
         best: Replica | None = None
         best_score = 0.0
+        usable: list[Replica] = []
         for replica in self.replicas:
             if replica in exclude or not self._usable(replica, now):
                 continue
+            usable.append(replica)
             score = replica.in_flight / (replica.limit * replica.weight)
             if best is None or score < best_score:
                 best, best_score = replica, score
+        if affinity is not None and len(usable) > 1:
+            # the replica the prompt's prefix hashes to first (rendezvous hashing), unless it
+            # is much busier than the least loaded one (bounded load)
+            for replica in sorted(usable, key=lambda r: _rank(affinity, r.name), reverse=True):
+                score = replica.in_flight / (replica.limit * replica.weight)
+                if score <= best_score + _AFFINITY_SLACK:
+                    return replica
         if best is None and not any(self._healthy(r, now) for r in self.replicas):
             # every replica is ejected or paused: the one that comes back first (with a free
             # slot) still takes requests, so that the route keeps trying
@@ -126,9 +160,13 @@ class ReplicaSet:
         open_now = replica.state == "open" and now < replica.open_until
         return not open_now and replica.paused_until <= now
 
-    def pick(self, exclude: Collection[Replica] = ()) -> Replica | None:
-        """The replica a request goes to now (its slot taken), or ``None`` when all are busy."""
-        replica = self._choose(exclude)
+    def pick(
+        self, exclude: Collection[Replica] = (), affinity: int | None = None
+    ) -> Replica | None:
+        """The replica a request goes to now (its slot taken), or ``None`` when all are busy.
+        ``affinity`` (a hash of the prompt's prefix) prefers the same replica for the same
+        prefix, so that its prefix cache stays warm."""
+        replica = self._choose(exclude, affinity)
         if replica is not None:
             replica.in_flight += 1
             replica.sent += 1
@@ -136,12 +174,14 @@ class ReplicaSet:
                 replica.probing = True
         return replica
 
-    async def acquire(self, exclude: Collection[Replica] = ()) -> Replica | None:
+    async def acquire(
+        self, exclude: Collection[Replica] = (), affinity: int | None = None
+    ) -> Replica | None:
         """:meth:`pick`, waiting for a slot when every usable replica is at its limit; ``None``
         when only ``exclude`` is left."""
         if len(exclude) >= len(self.replicas):
             return None
-        while (replica := self.pick(exclude)) is None:
+        while (replica := self.pick(exclude, affinity)) is None:
             self._freed.clear()
             with contextlib.suppress(TimeoutError):  # an ejection or a pause may end meanwhile
                 await asyncio.wait_for(self._freed.wait(), 0.25)
@@ -165,6 +205,8 @@ class ReplicaSet:
                 replica.state = "closed"
                 replica.ejections = 0
                 log.info("model %s: replica %s readmitted", self.route, replica.name)
+                if self.on_change is not None:
+                    self.on_change(replica, None)
         elif outcome == "rate_limited":
             pause = retry_after if retry_after is not None else 1.0
             replica.paused_until = max(replica.paused_until, now + pause)
@@ -181,6 +223,8 @@ class ReplicaSet:
                 )
                 replica.state = "open"
                 replica.open_until = now + seconds
+                if self.on_change is not None:
+                    self.on_change(replica, seconds)
                 log.warning(
                     "model %s: replica %s ejected for %gs after %d failures in a row",
                     self.route,
@@ -189,6 +233,26 @@ class ReplicaSet:
                     replica.failures,
                 )
         self._freed.set()
+
+    def eject_for(self, name: str, seconds: float) -> None:
+        """Another engine ejected replica ``name`` for ``seconds`` more: do the same here (a
+        probe when it ends readmits it, as for an ejection of this set's own)."""
+        now = self._clock()
+        for replica in self.replicas:
+            if replica.name != name or seconds <= 0:
+                continue
+            if replica.state == "open" and replica.open_until >= now + seconds:
+                continue
+            if replica.state == "closed":
+                log.info(
+                    "model %s: replica %s ejected by another engine for %.0fs",
+                    self.route,
+                    name,
+                    seconds,
+                )
+            replica.state = "open"
+            replica.probing = False
+            replica.open_until = now + seconds
 
     def describe(self) -> list[dict[str, object]]:
         """Each replica's state, for ``/health``."""

@@ -18,6 +18,7 @@ __all__ = [
     "metadata",
     "model_pauses",
     "projects",
+    "replica_ejections",
     "workers",
 ]
 
@@ -185,4 +186,14 @@ model_pauses = sa.Table(
     metadata,
     sa.Column("model", sa.String(256), primary_key=True),
     sa.Column("paused_until", sa.Float(), nullable=False),
+)
+
+# A replica of a route (one server of its base_urls) ejected by an engine's circuit breaker, for
+# every engine (shared mode): until ``open_until``, or until a probe readmits it.
+replica_ejections = sa.Table(
+    "replica_ejections",
+    metadata,
+    sa.Column("model", sa.String(256), primary_key=True),
+    sa.Column("replica", sa.String(256), primary_key=True),
+    sa.Column("open_until", sa.Float(), nullable=False),
 )

@@ -39,7 +39,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from batchd.core.lifecycle import RUNNABLE, TERMINAL
 from batchd.errors import BatchdError
 from batchd.store.records import BatchRecord
-from batchd.store.schema import batch_ranges, batch_results, batches, model_pauses, workers
+from batchd.store.schema import (
+    batch_ranges,
+    batch_results,
+    batches,
+    model_pauses,
+    replica_ejections,
+    workers,
+)
 from batchd.store.sql import _BATCH_COLUMNS, NOTIFY_CHANNEL, SQLStore, _store_error
 
 __all__ = ["LeaseLost", "RangeLease", "ResultRow", "SharedWork", "WorkerInfo"]
@@ -612,18 +619,20 @@ class SharedWork:
             for row in rows
         ]
 
+    async def _keep_later(
+        self, table: sa.Table, keys: dict[str, str], column: str, until: float
+    ) -> None:
+        """Upsert ``keys`` with ``column = until``, never moving an existing time earlier."""
+        later = (sa.func.greatest if self._postgres else sa.func.max)(table.c[column], until)
+        stmt = self._insert(table).values(**keys, **{column: until})
+        await self.store._execute(
+            stmt.on_conflict_do_update(index_elements=list(keys), set_={column: later})
+        )
+
     async def pause_model(self, model: str, *, until: float) -> None:
         """Pause ``model``'s upstream for every engine until ``until`` (extending, never
         shortening, a pause already set)."""
-        stmt = self._insert(model_pauses).values(model=model, paused_until=until)
-        await self.store._execute(
-            stmt.on_conflict_do_update(
-                index_elements=["model"],
-                set_={"paused_until": sa.func.max(model_pauses.c.paused_until, until)}
-                if not self._postgres
-                else {"paused_until": sa.func.greatest(model_pauses.c.paused_until, until)},
-            )
-        )
+        await self._keep_later(model_pauses, {"model": model}, "paused_until", until)
 
     async def pauses(self, *, now: float) -> dict[str, float]:
         """The models paused now, with the time their pause ends."""
@@ -633,6 +642,25 @@ class SharedWork:
             )
         )
         return {str(row.model): float(row.paused_until) for row in rows}
+
+    async def eject_replica(self, model: str, replica: str, *, until: float) -> None:
+        """Record that ``replica`` of ``model`` is ejected until ``until`` (for every engine)."""
+        keys = {"model": model, "replica": replica}
+        await self._keep_later(replica_ejections, keys, "open_until", until)
+
+    async def readmit_replica(self, model: str, replica: str) -> None:
+        await self.store._execute(
+            sa.delete(replica_ejections).where(
+                replica_ejections.c.model == model, replica_ejections.c.replica == replica
+            )
+        )
+
+    async def ejections(self, *, now: float) -> dict[tuple[str, str], float]:
+        """The replicas ejected now: ``(model, replica)`` → when the ejection ends."""
+        rows = await self.store._fetch(
+            sa.select(replica_ejections).where(replica_ejections.c.open_until > now)
+        )
+        return {(str(row.model), str(row.replica)): float(row.open_until) for row in rows}
 
     # -- wake-ups -------------------------------------------------------------------------------
 

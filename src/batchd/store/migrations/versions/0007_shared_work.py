@@ -1,5 +1,6 @@
 """Shared mode (many workers on one database): fenced batch leases, claimable ranges of a batch's
-requests, result rows every worker can read, live workers and shared upstream pauses.
+requests, result rows every worker can read, live workers, shared upstream pauses and replica
+ejections.
 
 Revision ID: 0007
 Revises: 0006
@@ -56,9 +57,16 @@ def upgrade() -> None:
         sa.Column("model", sa.String(256), primary_key=True),
         sa.Column("paused_until", sa.Float(), nullable=False),
     )
+    op.create_table(
+        "replica_ejections",
+        sa.Column("model", sa.String(256), primary_key=True),
+        sa.Column("replica", sa.String(256), primary_key=True),
+        sa.Column("open_until", sa.Float(), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("replica_ejections")
     op.drop_table("model_pauses")
     op.drop_table("workers")
     op.drop_table("batch_results")
