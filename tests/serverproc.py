@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,26 @@ def write_config(
     return path
 
 
-class BatchdServer:
+class _Process:
+    """A batchd process of a test: its log, and how to stop it."""
+
+    proc: subprocess.Popen[bytes] | None
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        return stop_process(self.proc, sig, timeout)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+class BatchdServer(_Process):
     """``batchd serve`` in a subprocess; ``start()`` waits until ``/health`` answers 200."""
 
     def __init__(
@@ -142,38 +162,41 @@ class BatchdServer:
         return [*cmd, *self.args]
 
     def start(self, timeout: float = 30.0) -> BatchdServer:
-        env = clean_env(self.env)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"batchd exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/health", timeout=1) as resp:
-                    if resp.status == 200:
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"batchd did not become ready in {timeout}s:\n{self.log()}")
+        self.proc = _launch(self.command(), self.log_path, self.env)
+        _wait_ready(self, self._healthy, timeout, "batchd")
+        return self
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
-        return stop_process(self.proc, sig, timeout)
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/health", timeout=1) as resp:
+                return bool(resp.status == 200)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
 
 
-class BatchdWorker:
+def _launch(cmd: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` with its output appended to ``log_path`` and no ``BATCHD_*`` but ``env``."""
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=clean_env(env))
+
+
+def _wait_ready(process: _Process, ready: Callable[[], bool], timeout: float, what: str) -> None:
+    """Until ``ready()``; a :class:`RuntimeError` with the log when the process exits first or
+    ``timeout`` seconds pass (then it is stopped)."""
+    proc = process.proc
+    assert proc is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{process.log()}")
+        if ready():
+            return
+        time.sleep(0.05)
+    process.stop()
+    raise RuntimeError(f"{what} did not become ready in {timeout}s:\n{process.log()}")
+
+
+class BatchdWorker(_Process):
     """``batchd worker`` in a subprocess; ``start()`` waits for its "ready" log line."""
 
     def __init__(self, data_dir: Path, config: Path, *, env: dict[str, str] | None = None) -> None:
@@ -187,31 +210,6 @@ class BatchdWorker:
     def start(self, timeout: float = 30.0) -> BatchdWorker:
         cmd = [sys.executable, "-m", "batchd", "worker", "--config", str(self.config)]
         cmd += ["--data-dir", str(self.data_dir)]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=clean_env(self.env)
-        )
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"batchd worker exited with {self.proc.returncode}:\n{self.log()}"
-                )
-            if " ready" in self.log():
-                return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"batchd worker did not become ready in {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
-        return stop_process(self.proc, sig, timeout)
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
+        self.proc = _launch(cmd, self.log_path, self.env)
+        _wait_ready(self, lambda: " ready" in self.log(), timeout, "batchd worker")
+        return self

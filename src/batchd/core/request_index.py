@@ -42,6 +42,8 @@ __all__ = [
 MAGIC = b"BDREQIX1"
 VERSION = 1
 _ENTRY = struct.Struct("<QIIH")
+Entry = tuple[int, int, int, int]
+"""An entry's fixed fields: line offset, line length, custom_id length, model number."""
 _TAIL = struct.Struct("<I8s")
 _FLUSH = 1 << 20  # bytes buffered before a write to the sink
 _READ = 1 << 20  # bytes read at a time
@@ -139,46 +141,13 @@ class RequestIndex:
     def close(self) -> None:
         self._fh.close()
 
-    def entries(
-        self, *, start: int = 0, offset: int = 0, stop: int | None = None
-    ) -> Iterator[RequestEntry]:
-        """The entries in request order: every one, or those of ``[start, stop)`` when the
-        entry of request ``start`` lies at byte ``offset`` (from :meth:`offsets`)."""
-        fh, models, end = self._fh, self.models, self._entries_end
-        last = self.total if stop is None else min(stop, self.total)
-        fh.seek(offset)
-        position, index = offset, start
-        pending = b""
-        size = _ENTRY.size
-        while position < end:
-            chunk = fh.read(min(_READ, end - position))
-            if not chunk:
-                raise RequestIndexError("the request index is shorter than its footer says")
-            data = pending + chunk
-            position += len(chunk)
-            at = 0
-            while at + size <= len(data):
-                offset, length, id_length, model = _ENTRY.unpack_from(data, at)
-                if at + size + id_length > len(data):
-                    break
-                if index >= last:
-                    return
-                custom_id = data[at + size : at + size + id_length].decode()
-                yield RequestEntry(index, offset, length, custom_id, models[model])
-                index += 1
-                at += size + id_length
-            pending = data[at:]
-            if position >= end and pending:
-                raise RequestIndexError("the request index ends inside an entry")
-        if index != last:
-            raise RequestIndexError(f"the request index has {index} entries, not {self.total}")
-
-    def offsets(self, step: int) -> Iterator[tuple[int, int]]:
-        """``(request, byte offset of its entry)`` of requests 0, ``step``, ``2 * step``…: where
-        each range of ``step`` requests starts (see :meth:`entries`)."""
+    def _walk(self, offset: int, index: int) -> Iterator[tuple[int, int, bytes, int, Entry]]:
+        """Every entry from byte ``offset`` (that of request ``index``) on, read 1 MiB at a time:
+        ``(request, byte offset of its entry, buffer, where the entry starts in the buffer, its
+        fixed fields)``; its custom_id follows the fixed fields in the buffer."""
         fh, end = self._fh, self._entries_end
-        fh.seek(0)
-        position = index = 0
+        fh.seek(offset)
+        position = offset
         pending = b""
         size = _ENTRY.size
         while position < end:
@@ -190,11 +159,38 @@ class RequestIndex:
             position += len(chunk)
             at = 0
             while at + size <= len(data):
-                id_length = _ENTRY.unpack_from(data, at)[2]
-                if at + size + id_length > len(data):
+                fields: Entry = _ENTRY.unpack_from(data, at)
+                if at + size + fields[2] > len(data):
                     break
-                if index % step == 0:
-                    yield index, base + at
+                yield index, base + at, data, at, fields
                 index += 1
-                at += size + id_length
+                at += size + fields[2]
             pending = data[at:]
+            if position >= end and pending:
+                raise RequestIndexError("the request index ends inside an entry")
+
+    def entries(
+        self, *, start: int = 0, offset: int = 0, stop: int | None = None
+    ) -> Iterator[RequestEntry]:
+        """The entries in request order: every one, or those of ``[start, stop)`` when the
+        entry of request ``start`` lies at byte ``offset`` (from :meth:`offsets`)."""
+        models, size = self.models, _ENTRY.size
+        last = self.total if stop is None else min(stop, self.total)
+        done = start
+        for index, _where, data, at, (line_offset, length, id_length, model) in self._walk(
+            offset, start
+        ):
+            if index >= last:
+                return
+            custom_id = data[at + size : at + size + id_length].decode()
+            yield RequestEntry(index, line_offset, length, custom_id, models[model])
+            done = index + 1
+        if done != last:
+            raise RequestIndexError(f"the request index has {done} entries, not {self.total}")
+
+    def offsets(self, step: int) -> Iterator[tuple[int, int]]:
+        """``(request, byte offset of its entry)`` of requests 0, ``step``, ``2 * step``…: where
+        each range of ``step`` requests starts (see :meth:`entries`)."""
+        for index, where, _data, _at, _fields in self._walk(0, 0):
+            if index % step == 0:
+                yield index, where

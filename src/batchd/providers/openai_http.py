@@ -347,6 +347,7 @@ class OpenAIProvider(Provider):
         specs = options.replicas()
         keys = list(replica_keys) if replica_keys is not None else [api_key] * len(specs)
         self._keys = sorted({key for key in keys if key}, key=len, reverse=True)
+        self._key_bytes = [key.encode() for key in self._keys]
         self._build_client = build_client
         self._timeout = timedelta(seconds=options.timeout)
         replicas: list[Replica] = []
@@ -639,9 +640,12 @@ class OpenAIProvider(Provider):
         return self._classify(0, response, memoryview(raw))
 
     def _classify(self, index: int, response: Response, raw: memoryview) -> ProviderResult:
-        for key in self._keys:
-            if key.encode() in bytes(raw):  # an upstream echoed it
-                raw = memoryview(bytes(raw).replace(key.encode(), b"***"))
+        if self._key_bytes:
+            data = bytes(raw)  # one copy, only for a route with a key
+            for key in self._key_bytes:
+                if key in data:  # an upstream echoed it
+                    data = data.replace(key, b"***")
+            raw = memoryview(data)
         status = response.status
         request_id = response.get_header("x-request-id")
         try:
