@@ -199,17 +199,26 @@ def _wait_ready(process: _Process, ready: Callable[[], bool], timeout: float, wh
 class BatchdWorker(_Process):
     """``batchd worker`` in a subprocess; ``start()`` waits for its "ready" log line."""
 
-    def __init__(self, data_dir: Path, config: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        config: Path,
+        *,
+        env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         self.data_dir = data_dir
         self.config = config
         self.env = env or {}
+        self.args = args
+        """More options of ``batchd worker``, e.g. ``("--metrics-port", "9464")``."""
         self.proc: subprocess.Popen[bytes] | None = None
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = data_dir.parent / f"worker-{free_port()}.log"
 
     def start(self, timeout: float = 30.0) -> BatchdWorker:
         cmd = [sys.executable, "-m", "batchd", "worker", "--config", str(self.config)]
-        cmd += ["--data-dir", str(self.data_dir)]
+        cmd += ["--data-dir", str(self.data_dir), *self.args]
         self.proc = _launch(cmd, self.log_path, self.env)
         _wait_ready(self, lambda: " ready" in self.log(), timeout, "batchd worker")
         return self

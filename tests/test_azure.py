@@ -154,6 +154,11 @@ def test_the_async_client_cancels_and_lists_pages(server: BatchdServer) -> None:
                 for _ in range(3)
             ]
             ids = {b.id for b in created}
+            for batch in created:  # validated (a batch cancelled while validating has no counts)
+                for _ in range(400):
+                    if (await client.batches.retrieve(batch.id)).status == "in_progress":
+                        break
+                    await asyncio.sleep(0.05)
             for batch in created:
                 cancelling = await client.batches.cancel(batch.id)
                 assert cancelling.status in ("cancelling", "cancelled")

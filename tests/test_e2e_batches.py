@@ -621,7 +621,7 @@ def test_every_response_has_a_request_id(client: OpenAI) -> None:
 
 def test_raw_http_errors_and_health(server: BatchdServer) -> None:
     with httpx2.Client(base_url=server.base_url) as http:
-        for method, path in [("GET", "/v1/nope"), ("POST", "/v1/files/x/y/z"), ("GET", "/")]:
+        for method, path in [("GET", "/v1/nope"), ("POST", "/v1/files/x/y/z"), ("GET", "/nope")]:
             response = http.request(method, path)
             assert response.status_code == 404
             assert response.headers["x-should-retry"] == "false"
@@ -629,6 +629,10 @@ def test_raw_http_errors_and_health(server: BatchdServer) -> None:
             assert set(error) == {"message", "type", "param", "code"}
             assert error["type"] == "invalid_request_error"
             assert path in error["message"]
+
+        root = http.get("/")  # a browser at the server's root is led to the dashboard
+        assert root.status_code == 307
+        assert root.headers["location"] == "/dashboard"
 
         # there is no DELETE /v1/batches/{id}
         response = http.delete("/v1/batches/batch_0123456789abcdef0123456789abcdef")

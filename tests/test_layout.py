@@ -37,7 +37,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "batchd"
 
 LAYERS: dict[str, tuple[str, ...]] = {
-    "batchd.engine": ("batchd.api", "batchd.cli", "batchd.service"),
+    "batchd.engine": ("batchd.api", "batchd.cli", "batchd.service", "batchd.dashboard"),
     "batchd.providers": ("batchd.engine", "batchd.api", "batchd.cli", "batchd.service"),
     "batchd.store": (
         "batchd.engine",
@@ -60,8 +60,23 @@ LAYERS: dict[str, tuple[str, ...]] = {
         "batchd.storage",
         "batchd.service",
     ),
-    "batchd.core": ("batchd.engine", "batchd.api", "batchd.cli", "batchd.service"),
-    "batchd.service": ("batchd.api", "batchd.cli"),
+    "batchd.core": (
+        "batchd.engine",
+        "batchd.api",
+        "batchd.cli",
+        "batchd.service",
+        "batchd.dashboard",
+        "batchd.webhooks",
+    ),
+    "batchd.service": ("batchd.api", "batchd.cli", "batchd.dashboard"),
+    "batchd.webhooks": (
+        "batchd.api",
+        "batchd.cli",
+        "batchd.service",
+        "batchd.engine",
+        "batchd.dashboard",
+    ),
+    "batchd.dashboard": ("batchd.api", "batchd.cli", "batchd.engine"),
 }
 """Package → the packages it must never import."""
 

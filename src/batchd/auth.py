@@ -54,6 +54,7 @@ class Authenticator:
         self, settings: Settings, store: Store, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._configured = {entry.sha256: entry.project for entry in settings.api_keys}
+        self._admins = frozenset(entry.sha256 for entry in settings.api_keys if entry.admin)
         self._store = store
         self._clock = clock
         self._found: dict[str, tuple[float, str | None]] = {}  # digest -> (when, project)
@@ -88,6 +89,11 @@ class Authenticator:
                 code="invalid_api_key",
             )
         return project
+
+    def is_admin(self, key: str) -> bool:
+        """Whether ``key`` is an ``admin = true`` key of the configuration: the dashboard shows
+        it every project. Keys of the store (``batchd keys create``) never are."""
+        return key_digest(key) in self._admins
 
     async def _lookup(self, digest: str) -> str | None:
         configured = self._configured.get(digest)

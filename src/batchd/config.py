@@ -12,7 +12,7 @@ import os
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import platformdirs
 from pydantic import (
@@ -28,6 +28,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from batchd.errors import ConfigError
+from batchd.webhooks.settings import DEFAULT_RETRY_SCHEDULE, WebhookSetting, check_networks
 
 __all__ = [
     "MB",
@@ -204,6 +205,9 @@ class ApiKeySetting(BaseModel):
     name: str | None = Field(default=None, max_length=128)
     limits: ProjectLimits | None = None
     """The limits of this key's project (over ``[project_limits]``)."""
+    admin: bool = False
+    """Whether the key sees every project in the dashboard (``/dashboard``); the API still
+    answers it as a key of ``project``. Keys made with ``batchd keys create`` are never admin."""
 
     @model_validator(mode="after")
     def _one_key(self) -> ApiKeySetting:
@@ -244,6 +248,17 @@ class Settings(BaseSettings):
         "BATCHD_DATABASE_URL); default: a SQLite file in the data directory.",
     )
     log_level: str = "info"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text, or json: one JSON object per log line (timestamp, level, logger, "
+        "message, and the access log's fields as keys; BATCHD_LOG_FORMAT).",
+    )
+    access_log: bool | None = Field(
+        default=None,
+        description="A log line per HTTP request (client, method, path, status, latency, "
+        "request id, project) on the batchd.access logger; default: on unless the server binds "
+        "a loopback address (BATCHD_ACCESS_LOG).",
+    )
     storage_url: str | None = Field(
         default=None,
         description="Where file contents are kept: s3://bucket or s3://bucket/prefix, an "
@@ -324,6 +339,53 @@ class Settings(BaseSettings):
         description="Serve on a non-loopback address with no API keys (anyone who can reach "
         "it can use it).",
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        min_length=16,
+        description="The bearer token /metrics (and `batchd worker --metrics-port`) asks of a "
+        "scrape (BATCHD_METRICS_TOKEN); unset, the metrics are open on a loopback address and "
+        "refused on any other. API keys do not open /metrics.",
+    )
+
+    # Webhooks (Standard Webhooks: batchd.webhooks)
+    webhooks: tuple[WebhookSetting, ...] = ()
+    """``[[webhooks]]``: endpoints of the config file (``batchd webhooks add`` stores others)."""
+    webhook_allow_networks: tuple[str, ...] = Field(
+        default=(),
+        description="Networks (CIDR, or one address) that webhooks may be sent to although they "
+        'are not public, e.g. ["10.0.0.0/8"]: loopback, private, link-local and other '
+        "non-public addresses are refused otherwise.",
+    )
+    webhook_retry_schedule: tuple[float, ...] = Field(
+        default=DEFAULT_RETRY_SCHEDULE,
+        min_length=1,
+        description="Seconds between a failed webhook attempt and the next; after the last, "
+        "the delivery is 'failed'. Default: Standard Webhooks' 5 s, 5 min, 30 min, 2 h, 5 h, "
+        "10 h, 10 h (8 attempts over about 28 h).",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=60,
+        description="How long one webhook attempt may take in all (connecting: 5 s at most).",
+    )
+    webhook_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often a process looks for webhooks to send without a wake-up.",
+    )
+
+    @field_validator("webhook_allow_networks")
+    @classmethod
+    def _networks(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        return check_networks(values)
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _schedule(cls, values: tuple[float, ...]) -> tuple[float, ...]:
+        if any(value < 0 for value in values):
+            raise ValueError("the delays between webhook attempts are seconds, 0 or more")
+        return values
 
     # Azure OpenAI's routes (/openai/...?api-version=)
     azure_api_versions: tuple[str, ...] = Field(

@@ -6,18 +6,20 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from batchd.auth import Authenticator
 from batchd.config import Settings
 from batchd.engine import BatchManager
 from batchd.errors import ConfigError
 from batchd.lock import DataDirLock
+from batchd.metrics import Metrics
 from batchd.providers import ModelTable, Provider
 from batchd.service import BatchService, FileService
 from batchd.service.batches import EngineHooks
 from batchd.storage import Storage, open_storage
 from batchd.store import BatchRecord, SQLStore, Store
+from batchd.webhooks.deliver import Deliverer
 
 __all__ = ["Services", "open_services"]
 
@@ -38,6 +40,8 @@ class Services:
     files: FileService
     auth: Authenticator | None = None
     """Who may call the API (``None``: everyone, as the default project)."""
+    metrics: Metrics = field(default_factory=Metrics)
+    """What ``/metrics`` (and ``batchd worker --metrics-port``) shows of this process."""
 
 
 @contextlib.asynccontextmanager
@@ -72,7 +76,14 @@ async def open_services(
         async with contextlib.AsyncExitStack() as stack:
             for provider in table.values():
                 await stack.enter_async_context(provider)
-            manager = BatchManager(store, storage, settings, table) if engine else None
+            deliverer = Deliverer(store, settings)  # webhooks of the outbox's terminal events
+            await deliverer.start()
+            stack.push_async_callback(deliverer.stop)
+            metrics = Metrics()
+            metrics.watch(table)
+            manager = (
+                BatchManager(store, storage, settings, table, metrics=metrics) if engine else None
+            )
             hooks: EngineHooks = manager if manager is not None else _NoEngine()
             if manager is not None:
                 await manager.start()
@@ -83,9 +94,10 @@ async def open_services(
                     storage,
                     manager,
                     table,
-                    batches=BatchService(store, settings, hooks),
-                    files=FileService(store, storage, settings, hooks),
+                    batches=BatchService(store, settings, hooks, storage=storage),
+                    files=FileService(store, storage, settings, hooks, metrics=metrics),
                     auth=Authenticator(settings, store),
+                    metrics=metrics,
                 )
             finally:
                 if manager is not None:

@@ -9,11 +9,14 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from batchd import __version__
-from batchd.api import azure, batches, files, health, passthrough
+from batchd.api import azure, batches, files, health, metrics, passthrough
+from batchd.api.access import AccessLogMiddleware, access_log_enabled
+from batchd.api.docs import install_docs
 from batchd.api.errors import install_error_handlers
 from batchd.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from batchd.api.openapi import install_openapi
 from batchd.config import Settings
+from batchd.dashboard import install_dashboard
 from batchd.lock import DataDirLock
 from batchd.providers import build_providers
 from batchd.runtime import open_services
@@ -53,13 +56,15 @@ def create_app(
         version=__version__,
         summary="A self-hosted, OpenAI-compatible Batch API.",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # install_docs: the pages' assets from the package, not a CDN
         redoc_url=None,
     )
     app.state.services = None
     install_error_handlers(app)
     install_openapi(app)
+    install_docs(app)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     # One set of routes, three prefixes: OpenAI's /v1, Azure's GA /openai/v1 and Azure's
     # /openai?api-version= (documented once, under /v1).
     azure_version = [Depends(azure.api_version)]
@@ -70,6 +75,9 @@ def create_app(
             router, prefix="/openai", dependencies=azure_version, include_in_schema=False
         )
     app.include_router(azure.deployments, include_in_schema=False)
+    install_dashboard(app)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
+    if access_log_enabled(settings):  # inside the request ids, outside the body limits
+        app.add_middleware(AccessLogMiddleware)
     app.add_middleware(RequestContextMiddleware)  # the outermost
     return app

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from batchd.api.deps import DialectDep, ProjectDep, ServicesDep
 from batchd.api.openapi import answers
@@ -20,6 +21,7 @@ from batchd.errors import InvalidRequest
 from batchd.protocol import BATCH_ENDPOINTS, Batch, BatchList
 from batchd.service import NewBatch
 from batchd.service.batches import COMPLETION_WINDOWS, MAX_METADATA_PAIRS, MAX_METADATA_VALUE
+from batchd.service.partial import PartialResults, Which
 
 __all__ = ["router"]
 
@@ -203,3 +205,87 @@ async def cancel_batch(
     batch_id: str, svc: ServicesDep, project: ProjectDep, dialect: DialectDep
 ) -> Response:
     return JSONResponse(batch_object(await svc.batches.cancel(project, batch_id), dialect))
+
+
+# -- partial results (a batchd extension) ----------------------------------------------------------
+
+#: The headers of a partial read: how many lines its body holds, the batch's status as of the
+#: read, and whether the body is the final file (the batch has ended).
+PARTIAL_LINES, PARTIAL_STATUS, PARTIAL_FINAL = (
+    "x-batchd-partial-lines",
+    "x-batchd-batch-status",
+    "x-batchd-partial-final",
+)
+
+_PARTIAL = answers(
+    None,
+    404,
+    429,
+    ok_content={"application/jsonl": {"schema": {"type": "string", "format": "binary"}}},
+)
+_PARTIAL[200]["description"] = (
+    "The lines of the output (or error) file durable so far, exactly as in the final file: in "
+    "completion order with one process, in request order in shared mode; the whole final file "
+    "once the batch has ended."
+)
+_PARTIAL[200]["headers"] = {
+    PARTIAL_LINES: {
+        "description": "How many lines the body holds (counted on the same snapshot).",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    PARTIAL_STATUS: {
+        "description": "The batch's status as of this read.",
+        "schema": {"type": "string"},
+    },
+    PARTIAL_FINAL: {
+        "description": "`true` when the body is the final file (the batch has ended).",
+        "schema": {"type": "string", "enum": ["true", "false"]},
+    },
+}
+
+
+class _PartialResponse(StreamingResponse):
+    """A partial read's lines; its snapshot is released however the answer ends (a client
+    that goes away included)."""
+
+    def __init__(self, partial: PartialResults) -> None:
+        super().__init__(
+            partial.chunks,
+            media_type="application/jsonl",
+            headers={
+                PARTIAL_LINES: str(partial.lines),
+                PARTIAL_STATUS: partial.batch.status,
+                PARTIAL_FINAL: "true" if partial.final else "false",
+                "cache-control": "no-store",
+                "x-content-type-options": "nosniff",
+            },
+        )
+        self.partial = partial
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.partial.aclose()
+
+
+async def _partial(svc: ServicesDep, project: str, batch_id: str, which: Which) -> Response:
+    return _PartialResponse(await svc.batches.partial(project, batch_id, which))
+
+
+@router.get(
+    "/{batch_id}/partial/output",
+    summary="Read the output lines durable so far (batchd extension)",
+    responses=_PARTIAL,
+)
+async def partial_output(batch_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
+    return await _partial(svc, project, batch_id, "output")
+
+
+@router.get(
+    "/{batch_id}/partial/errors",
+    summary="Read the error lines durable so far (batchd extension)",
+    responses=_PARTIAL,
+)
+async def partial_errors(batch_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
+    return await _partial(svc, project, batch_id, "errors")

@@ -40,10 +40,14 @@ ServicesDep = Annotated[Services, Depends(services)]
 
 
 async def project(request: Request, svc: ServicesDep) -> str:
-    """The project of the request's API key (401 without a valid one, when keys exist)."""
+    """The project of the request's API key (401 without a valid one, when keys exist); left in
+    the request's state for the access log."""
     if svc.auth is None:
-        return DEFAULT_PROJECT
-    return await svc.auth.project(request.headers)
+        found = DEFAULT_PROJECT
+    else:
+        found = await svc.auth.project(request.headers)
+    request.state.project = found
+    return found
 
 
 ProjectDep = Annotated[str, Depends(project)]

@@ -492,6 +492,65 @@ def _save(client: OpenAI, file_id: str, path: Path) -> None:
         raise
 
 
+def download_partial(client: OpenAI, batch_id: str, output_dir: Path) -> None:
+    """``download --partial``: both partial files, through the batchd extension
+    ``GET /batches/{id}/partial/{output,errors}``."""
+    import httpx2
+
+    counts: dict[str, str] = {}
+    status = final = ""
+    with httpx2.Client(
+        base_url=str(client.base_url), headers=client.auth_headers, timeout=client.timeout
+    ) as http:
+        for kind in ("output", "errors"):
+            path = output_dir / f"{batch_id}_{kind}.partial.jsonl"
+            try:
+                output_dir.mkdir(parents=True, exist_ok=True)
+                out = AtomicFile(path)
+            except OSError as exc:
+                fail(f"cannot write to {output_dir}: {exc.strerror or exc}", 2)
+            try:
+                with http.stream("GET", f"batches/{batch_id}/partial/{kind}") as response:
+                    if response.status_code != 200:
+                        message = _error_message(response.read())
+                        fail(
+                            f"{client.base_url} answered {response.status_code}: {message} "
+                            "(partial results are a batchd extension: without --partial, "
+                            "download the batch once it has ended)",
+                            1,
+                        )
+                    for chunk in response.iter_bytes():
+                        out.file.write(chunk)
+                    counts[kind] = response.headers.get("x-batchd-partial-lines", "?")
+                    status = response.headers.get("x-batchd-batch-status", "?")
+                    final = response.headers.get("x-batchd-partial-final", "")
+                out.commit()
+            except httpx2.TransportError as exc:
+                out.discard()
+                fail(f"the connection to {client.base_url} broke ({exc!r}); run it again", 2)
+            except OSError as exc:
+                out.discard()
+                fail(f"cannot write to {output_dir}: {exc.strerror or exc}", 2)
+            except BaseException:
+                out.discard()
+                raise
+            typer.echo(str(path))
+    when = "has ended: these are its final files" if final == "true" else "so far"
+    typer.echo(
+        f"batch {batch_id} is {status}: {counts['output']} output lines and "
+        f"{counts['errors']} error lines ({when}; partial results)",
+        err=True,
+    )
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        error = json.loads(body).get("error", {})
+        return str(error.get("message") or body[:200].decode(errors="replace"))
+    except (ValueError, AttributeError):
+        return body[:200].decode(errors="replace")
+
+
 def download(
     batch_id: BatchIdArgument,
     output_dir: Annotated[
@@ -506,13 +565,28 @@ def download(
     ],
     base_url: BaseUrlOption = DEFAULT_BASE_URL,
     api_key: ApiKeyOption = DEFAULT_API_KEY,
+    partial: Annotated[
+        bool,
+        typer.Option(
+            "--partial",
+            help="Download the results so far of a batch still running (batchd servers only), "
+            "to <batch id>_output.partial.jsonl and <batch id>_errors.partial.jsonl, e.g. "
+            "--partial -o results/. batchd join reads them; rows without a result yet are "
+            "reported as such.",
+        ),
+    ] = False,
 ) -> None:
     """Download a finished batch's output file (successful requests) and error file (the
     others), e.g. `batchd download batch_6a1f... -o results/`; prints the paths written.
 
     A file the batch does not have (no request succeeded, or none failed) is skipped, and said
-    so. A batch still running is refused: wait for it first.
+    so. A batch still running is refused (wait for it first), unless --partial.
     """
+    if partial:
+        with _connect(base_url, api_key) as client:
+            client.batches.retrieve(batch_id)  # a clear message for a batch that is not there
+            download_partial(client, batch_id, output_dir)
+        return
     with _connect(base_url, api_key) as client:
         batch = client.batches.retrieve(batch_id)
         if batch.status not in TERMINAL_STATUSES:

@@ -14,6 +14,7 @@ import typer
 __all__ = [
     "UPSTREAM_KEY_ENV",
     "ConfigOption",
+    "LogFormatOption",
     "ModelOption",
     "UpstreamModelOption",
     "UpstreamOption",
@@ -33,6 +34,17 @@ ConfigOption = Annotated[
         help="TOML config file with settings and the [[models]] routing table, "
         "e.g. --config batchd.toml. Also BATCHD_CONFIG.",
         dir_okay=False,
+    ),
+]
+
+LogFormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        help="text, or json: one JSON object per log line (timestamp, level, logger, message "
+        "and the access log's fields), e.g. --log-format json for a log collector. Default "
+        "text; BATCHD_LOG_FORMAT.",
+        show_default=False,
     ),
 ]
 

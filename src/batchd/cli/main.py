@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from batchd import __version__
-from batchd.cli import client, db, keys, prepare_join, run, serve, worker
+from batchd.cli import client, db, keys, prepare_join, run, serve, webhooks, worker
 
 __all__ = ["app", "main"]
 
@@ -63,6 +63,7 @@ for _command in (
 ):
     app.command()(_command)
 app.add_typer(keys.keys)
+app.add_typer(webhooks.webhooks)
 app.add_typer(db.db)
 
 

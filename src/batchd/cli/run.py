@@ -15,6 +15,7 @@ import typer
 
 from batchd.cli.common import (
     ConfigOption,
+    LogFormatOption,
     ModelOption,
     UpstreamModelOption,
     UpstreamOption,
@@ -24,6 +25,7 @@ from batchd.cli.common import (
 from batchd.cli.progress import ProgressDisplay, Snapshot
 from batchd.config import Settings
 from batchd.errors import BatchdError, DataDirLocked
+from batchd.logs import formatter
 
 if TYPE_CHECKING:
     from batchd.store.records import BatchRecord
@@ -61,12 +63,12 @@ def default_state_dir(output: Path) -> Path:
     return output.with_name(f".{output.name}.batchd")
 
 
-def _log_to(state_dir: Path, level: str) -> None:
+def _log_to(state_dir: Path, level: str, log_format: str = "text") -> None:
     """batchd's log goes to ``<state_dir>/batchd.log``; warnings and errors also to stderr."""
     state_dir.mkdir(parents=True, exist_ok=True)
     root = logging.getLogger()
     root.setLevel(level)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fmt = formatter(log_format)
     to_file = logging.FileHandler(state_dir / "batchd.log")
     to_file.setFormatter(fmt)
     to_stderr = logging.StreamHandler(sys.stderr)
@@ -220,6 +222,7 @@ def run(
         str,
         typer.Option(help="Level of the run's log (STATE_DIR/batchd.log), e.g. --log-level debug."),
     ] = "info",
+    log_format: LogFormatOption = None,
 ) -> None:
     """Run a batch file to its end with no server, e.g.
     `batchd run batch.jsonl -o results.jsonl --config batchd.toml`.
@@ -238,8 +241,8 @@ def run(
     state = (state_dir or default_state_dir(output)).resolve()
     overrides = route_overrides(model, upstream, upstream_model)
     try:
-        settings = run_settings(config, state, log_level, **overrides)
-        _log_to(state, settings.log_level.upper())
+        settings = run_settings(config, state, log_level, log_format=log_format, **overrides)
+        _log_to(state, settings.log_level.upper(), settings.log_format)
         code = asyncio.run(
             _execute(
                 settings, input_path.resolve(), output, errors_path, endpoint, progress_interval

@@ -9,7 +9,6 @@ import ipaddress
 import logging
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +16,7 @@ import typer
 
 from batchd.cli.common import (
     ConfigOption,
+    LogFormatOption,
     ModelOption,
     UpstreamModelOption,
     UpstreamOption,
@@ -24,6 +24,7 @@ from batchd.cli.common import (
 )
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError
+from batchd.logs import configure_logging
 
 __all__ = ["serve"]
 
@@ -158,6 +159,17 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    log_format: LogFormatOption = None,
+    access_log: Annotated[
+        bool | None,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="A log line per HTTP request (client, method, path, status, latency, request "
+            "id, project; never keys or bodies), e.g. --access-log on 127.0.0.1. Default: on "
+            "unless --host is a loopback address; BATCHD_ACCESS_LOG.",
+            show_default=False,
+        ),
+    ] = None,
     model: ModelOption = None,
     upstream: UpstreamOption = None,
     upstream_model: UpstreamModelOption = None,
@@ -193,13 +205,12 @@ def serve(
             port=port,
             data_dir=data_dir,
             log_level=log_level,
+            log_format=log_format,
+            access_log=access_log,
             insecure=insecure or None,
             **route_overrides(model, upstream, upstream_model),
         )
-        level = settings.log_level.upper()
-        logging.basicConfig(
-            level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-        )
+        configure_logging(settings.log_level, settings.log_format)
         if no_engine and not settings.shared:
             raise ConfigError(
                 "--no-engine serves the API while `batchd worker` processes run the batches: "
@@ -243,7 +254,8 @@ def serve(
                 host=settings.host,
                 port=settings.port,
                 log_level=settings.log_level.lower(),
-                access_log=False,
+                log_config=None,  # configure_logging: uvicorn's records in batchd's format
+                access_log=False,  # batchd's own (batchd.api.access), with request id, project
                 timeout_graceful_shutdown=10,
                 # Strict HTTP/1.1 parsing (httptools, or h11 with a bounded header size): a
                 # request with both Content-Length and Transfer-Encoding, two lengths, an

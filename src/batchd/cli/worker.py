@@ -13,15 +13,15 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from batchd.cli.common import (
     ConfigOption,
+    LogFormatOption,
     ModelOption,
     UpstreamModelOption,
     UpstreamOption,
@@ -29,7 +29,11 @@ from batchd.cli.common import (
     route_overrides,
 )
 from batchd.config import Settings
-from batchd.errors import BatchdError
+from batchd.errors import BatchdError, ConfigError
+from batchd.logs import configure_logging
+
+if TYPE_CHECKING:
+    from batchd.runtime import Services
 
 __all__ = ["worker", "workers"]
 
@@ -70,9 +74,26 @@ def worker(
         str | None,
         typer.Option(help="debug, info, warning or error. Default info; BATCHD_LOG_LEVEL."),
     ] = None,
+    log_format: LogFormatOption = None,
     model: ModelOption = None,
     upstream: UpstreamOption = None,
     upstream_model: UpstreamModelOption = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            max=65535,
+            help="Serve this worker's Prometheus metrics at http://HOST:PORT/metrics, e.g. "
+            "--metrics-port 9464 (off by default).",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str,
+        typer.Option(
+            help="The address of --metrics-port, e.g. --metrics-host 0.0.0.0 (then set "
+            "metrics_token, BATCHD_METRICS_TOKEN: scrapes send 'Authorization: Bearer TOKEN').",
+        ),
+    ] = "127.0.0.1",
 ) -> None:
     """Run batches from the shared database, without the HTTP API, e.g. `batchd worker
     --database-url postgresql://batchd@db/batchd`. Run as many as you like, on any machine that
@@ -83,23 +104,31 @@ def worker(
             data_dir=data_dir,
             database_url=database_url,
             log_level=log_level,
+            log_format=log_format,
             **route_overrides(model, upstream, upstream_model),
         )
     except BatchdError as exc:
         fail(str(exc))
     settings = _shared_settings(settings)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    if metrics_port is not None:
+        from batchd.metrics import metrics_access
+
+        refused = metrics_access(settings.metrics_token, metrics_host, None)
+        if refused is not None and refused[0] == 403:
+            fail(
+                f"--metrics-host {metrics_host} is not a loopback address: set metrics_token "
+                "(BATCHD_METRICS_TOKEN, 16 characters at least) so that only scrapes with "
+                "'Authorization: Bearer <metrics_token>' read the metrics, or use "
+                "--metrics-host 127.0.0.1"
+            )
+    configure_logging(settings.log_level, settings.log_format)
     try:
-        asyncio.run(_work(settings))
+        asyncio.run(_work(settings, metrics_host, metrics_port))
     except BatchdError as exc:
         fail(str(exc))
 
 
-async def _work(settings: Settings) -> None:
+async def _work(settings: Settings, metrics_host: str, metrics_port: int | None) -> None:
     from batchd.providers import build_providers
     from batchd.runtime import open_services
 
@@ -111,9 +140,37 @@ async def _work(settings: Settings) -> None:
     async with open_services(settings, providers) as services:
         assert services.manager is not None
         owner = services.manager.scheduler.engine.owner
+        server = None
+        if metrics_port is not None:
+            server = await _metrics_server(services, metrics_host, metrics_port)
         log.info("batchd worker %s ready", owner)
         await stop.wait()
+        if server is not None:
+            server.close()
         log.info("batchd worker %s stopping: giving its work back", owner)
+
+
+async def _metrics_server(services: Services, host: str, port: int) -> asyncio.Server:
+    """Serve the worker's metrics (see :func:`batchd.metrics.serve_metrics`)."""
+    from batchd.metrics import serve_metrics
+
+    try:
+        server = await serve_metrics(
+            services.metrics,
+            services.store.batch_status_counts,
+            host=host,
+            port=port,
+            token=services.settings.metrics_token,
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve the metrics on {host}:{port} ({exc.strerror or exc}): choose "
+            "another --metrics-port or --metrics-host"
+        ) from None
+    for sock in server.sockets:
+        name = sock.getsockname()
+        log.info("metrics at http://%s:%d/metrics", host, name[1])
+    return server
 
 
 async def _live(settings: Settings) -> list[tuple[str, float, float, dict[str, Any]]]:

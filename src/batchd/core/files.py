@@ -15,11 +15,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from batchd.config import Settings
 from batchd.core.request_index import RequestIndexWriter, index_key
+from batchd.metrics import Metrics
 from batchd.protocol import FilePurpose
 from batchd.storage import BlobInfo, BlobWriter, Storage
 from batchd.store import BatchRecord, FileRecord, Store
@@ -55,8 +57,11 @@ class Ingest:
         max_bytes: int,
         validate: bool,
         background: bool = True,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self._metrics = metrics
+        self._validating = 0.0  # seconds spent validating, for the metrics
         self._storage = storage
         self._writer: BlobWriter = storage.writer(max_bytes=max_bytes, background=background)
         self._index_blob: BlobWriter | None = None
@@ -80,16 +85,22 @@ class Ingest:
         :class:`~batchd.errors.StorageFault` as soon as the disk refuses the bytes)."""
         self._writer.write(data)
         if self._validator is not None:
+            started = time.perf_counter()
             self._validator.feed(data)
+            self._validating += time.perf_counter() - started
 
     async def commit(self, file_id: str) -> Ingested:
         """Make the blob durable under ``file_id`` (and its request index, when it validated)."""
         validation = None
         indexed = False
         if self._validator is not None:
+            started = time.perf_counter()
             finished = self._validator.finish()
             if finished is not None:
                 endpoint, result = finished
+                if self._metrics is not None:
+                    seconds = self._validating + time.perf_counter() - started
+                    self._metrics.validated_file("upload", result.total, seconds)
                 validation = result.to_json(validation_key(self.settings, endpoint))
                 indexed = result.ok
         if not indexed:

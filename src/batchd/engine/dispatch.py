@@ -12,10 +12,11 @@ result, or a cancel, the deadline or a stop, and says how the batch ends.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,18 +25,19 @@ import anyio.to_thread
 from batchd.config import Settings
 from batchd.core.lifecycle import Outcome
 from batchd.engine.inputs import Feed, InputReader, Span, request_ids
-from batchd.engine.journal import JournalEntry, Usage
+from batchd.engine.journal import JournalEntry, Usage, usage_tokens
 from batchd.engine.limits import Limiters, ModelLimiter
 from batchd.engine.retry import RetryStrategy
 from batchd.engine.throttle import Throttle
 from batchd.ids import new_request_id
+from batchd.metrics import UNROUTED, Metrics, RequestStats, outcome_of
 from batchd.providers.base import Provider, ProviderRequest, ProviderResult
 from batchd.providers.table import ModelTable
 from batchd.storage import Storage
 from batchd.store import BatchRecord, Store
 from batchd.store.work import SharedWork
 
-__all__ = ["Dispatch", "Engine", "ResultSink", "entry_of"]
+__all__ = ["Dispatch", "Engine", "ResultSink", "entry_of", "route_of"]
 
 log = logging.getLogger("batchd.engine")
 
@@ -86,6 +88,8 @@ class Engine:
     on_pause: Callable[[str, float], None] | None = None
     """Told ``(model, seconds)`` when an upstream answered 429 (shared mode: every engine
     pauses it)."""
+    metrics: Metrics = field(default_factory=lambda: Metrics(process=False))
+    """What the process's ``/metrics`` shows."""
 
     def journal_path(self, batch_id: str) -> Path:
         return self.journal_dir / f"{batch_id}.journal"
@@ -112,18 +116,41 @@ def entry_of(request: ProviderRequest, result: ProviderResult) -> JournalEntry:
     )
 
 
+def route_of(engine: Engine, batch: BatchRecord) -> str:
+    """The route serving ``batch`` (its ``model`` label in the metrics)."""
+    provider = engine.providers.get(batch.model or "")
+    return UNROUTED if provider is None else provider.model
+
+
 class Dispatch:
     """Sends the requests of ``batch`` (within ``span``, if given) that ``sink`` has no result
     for; build it, ``await execute(...)``."""
 
     def __init__(
-        self, engine: Engine, batch: BatchRecord, sink: ResultSink, span: Span | None = None
+        self,
+        engine: Engine,
+        batch: BatchRecord,
+        sink: ResultSink,
+        span: Span | None = None,
+        *,
+        done: int = 0,
     ) -> None:
+        """``done``: the requests (of ``span``) with a result before this run, for the
+        queue-depth gauge."""
         self.engine = engine
         self.batch = batch
         self.sink = sink
         self.span = span
         self.busy = 0  # request groups in flight
+        # for the gauges and counters of /metrics (batchd.metrics)
+        self.route = UNROUTED
+        self.sending = 0  # requests in flight
+        self._unsent = (batch.total if span is None else span.stop - span.start) - done
+        self._stats: RequestStats | None = None  # set once the route is known
+        self._commits = engine.metrics.commit_histogram(
+            "journal" if engine.shared is None else "database"
+        )
+        self._groups = 0  # groups recorded: the commit latency of one in _COMMIT_SAMPLE is timed
         self._fallbacks: tuple[str, ...] = ()
         self._draining = False
         self.on_sent_all: Callable[[], None] | None = None
@@ -141,6 +168,8 @@ class Dispatch:
         if remaining is not None:
             self._deadline = time.monotonic() + remaining
         batch_id = self.batch.id
+        live = self.engine.metrics.live
+        live.add(self)
         dispatcher = asyncio.create_task(self._dispatch(), name=f"dispatch-{batch_id}")
         waiters: list[asyncio.Task[Any]] = [  # whichever ends first stops the dispatch
             asyncio.create_task(cancel.wait()),
@@ -164,9 +193,15 @@ class Dispatch:
             await self._drain(dispatcher, grace)
             return outcome
         finally:
+            live.discard(self)
             for task in waiters:
                 task.cancel()
             await asyncio.gather(*waiters, return_exceptions=True)
+
+    @property
+    def waiting(self) -> int:
+        """Requests not yet taken for sending (the queue-depth gauge)."""
+        return max(0, self._unsent) if not self._draining else 0
 
     def _sent_all(self) -> None:
         if not self.sent_all:
@@ -203,6 +238,8 @@ class Dispatch:
         if provider is None or limiter is None:
             await self._unroutable()
             return
+        self.route = provider.model
+        self._stats = engine.metrics.requests_for(provider.model, batch.project)
         reader = await anyio.to_thread.run_sync(
             InputReader,
             engine.storage,
@@ -233,14 +270,18 @@ class Dispatch:
             if group is None:
                 self._sent_all()
                 break
+            size = len(group)
+            self._unsent -= size
             async with limiter.slots:  # shared by every batch of the model
                 if self._draining:
                     break  # taken but not sent: it ends as batch_cancelled/expired
                 self.busy += 1
+                self.sending += size
                 try:
                     finals = await self._run_group(provider, limiter, group)
                 finally:
                     self.busy -= 1
+                    self.sending -= size
             if self._fallbacks and any(_exhausted(final) for final in finals):
                 finals = await self._fall_back(group, finals)  # the route's slot is free
             if writing is not None:
@@ -253,12 +294,28 @@ class Dispatch:
         self, group: Sequence[ProviderRequest], finals: Sequence[ProviderResult]
     ) -> Awaitable[Any]:
         """Queue the group's final results to the sink; the awaitable is their durability."""
-        sink = self.sink
+        sink, stats = self.sink, self._stats
+        assert stats is not None
+        for final in finals:  # counted for /metrics
+            if final.ok:
+                stats.succeeded += 1
+                tokens = usage_tokens(final.body)
+                if tokens is not None:
+                    stats.input_tokens += tokens[0]
+                    stats.output_tokens += tokens[2]
+            else:
+                stats.add_failed(outcome_of(final))
+        self._groups += 1
+        timed = self._groups % _COMMIT_SAMPLE == 1  # a done callback costs ~1.4 µs: sampled
         if len(group) == 1:
-            return sink.submit(entry_of(group[0], finals[0]))
-        return asyncio.gather(
-            *(sink.submit(entry_of(r, f)) for r, f in zip(group, finals, strict=True))
-        )
+            future = sink.submit(entry_of(group[0], finals[0]))
+            if timed and isinstance(future, asyncio.Future):
+                future.add_done_callback(functools.partial(self._commits.since, _now()))
+            return future
+        futures = [sink.submit(entry_of(r, f)) for r, f in zip(group, finals, strict=True)]
+        if timed and isinstance(futures[-1], asyncio.Future):
+            futures[-1].add_done_callback(functools.partial(self._commits.since, _now()))
+        return asyncio.gather(*futures)
 
     async def _fall_back(
         self, group: Sequence[ProviderRequest], finals: Sequence[ProviderResult]
@@ -311,7 +368,9 @@ class Dispatch:
             f"The model '{model}' is no longer in batchd's routing table. "
             f"{self.engine.providers.hint(model)} Then create the batch again."
         )
-        await self.sink.append_unexecuted(self.request_ids(), ("model_not_found", message))
+        count = await self.sink.append_unexecuted(self.request_ids(), ("model_not_found", message))
+        stats = self.engine.metrics.requests_for(UNROUTED, self.batch.project)
+        stats.add_failed("model_not_found", count)
 
     def request_ids(self) -> Iterator[tuple[int, str]]:
         """``(index, custom_id)`` of every request, from the request index (read by the
@@ -386,6 +445,7 @@ class Dispatch:
             decision = self.engine.retry.decide(attempt, result, time.monotonic(), self._deadline)
             if not decision.retry:
                 break
+            self.engine.metrics.retried(provider.model, outcome_of(result))
             await asyncio.sleep(decision.delay)
             attempt += 1
             [result] = await self._send(provider, limiter, [request], cost, attempt)
@@ -393,6 +453,8 @@ class Dispatch:
 
 
 _SHUTDOWN_GRACE = 2.0  # seconds in-flight requests get when the process stops
+_COMMIT_SAMPLE = 8  # the commit latency of one request group in this many is measured
+_now = time.perf_counter
 
 
 def _exhausted(result: ProviderResult) -> bool:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import fcntl
 import os
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 
 from batchd.engine.journal import CHUNK, Journal, JournalError, is_ok, out_of_range, records
+from batchd.engine.partial import live_journals
 from batchd.engine.results import LineSink, ResultIndex
 
 __all__ = ["CANCELLED", "EXPIRED", "JournalResults", "LineSink", "write_results"]
@@ -60,6 +62,14 @@ def write_results(
 class JournalResults(Journal):
     """A journal as the runner's result log: it writes the batch's files and is removed once
     they are published."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        live_journals.add(self)  # its synced end bounds what partial reads see
+
+    async def close(self) -> None:
+        await super().close()
+        live_journals.remove(self)
 
     async def write_files(self, output: LineSink, errors: LineSink) -> tuple[int, int]:
         """:func:`write_results` of this (closed) journal, in a worker thread."""

@@ -56,7 +56,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, BinaryIO, Self
+from typing import Any, Self
 
 import anyio.to_thread
 import orjson
@@ -358,7 +358,7 @@ class _Fill:
     future: asyncio.Future[int]
 
 
-def records(fh: BinaryIO) -> Iterator[tuple[int, int, bytes, int, dict[str, Any]]]:
+def records(fh: Iterable[bytes]) -> Iterator[tuple[int, int, bytes, int, dict[str, Any]]]:
     """``(offset, length, line, index, record)`` of the well-formed records, up to the first bad
     line (torn tail or garbage), which ends the journal."""
     offset = 0
@@ -537,6 +537,11 @@ class Journal:
         """Where each durable entry's output line lies in the file: complete once the journal is
         closed (for :func:`~batchd.engine.finalize.write_results`)."""
         return self._index
+
+    @property
+    def durable_size(self) -> int:
+        """The bytes of the file that are synced (a reader of the live journal stops there)."""
+        return self._end
 
     @property
     def finished(self) -> bool:

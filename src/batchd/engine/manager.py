@@ -30,6 +30,7 @@ from batchd.engine.scheduler import Scheduler
 from batchd.engine.shared_scheduler import SharedScheduler
 from batchd.engine.throttle import Throttle
 from batchd.errors import StorageFault, StoreError, TokenQuotaExceeded
+from batchd.metrics import Metrics
 from batchd.providers.base import Provider
 from batchd.storage import Storage
 from batchd.store import BatchRecord, SQLStore, Store
@@ -56,16 +57,26 @@ class BatchManager:
         *,
         clock: Callable[[], float] = time.time,
         purge_interval: float = 60.0,
+        metrics: Metrics | None = None,
     ) -> None:
         self.scheduler: Scheduler
         if settings.shared and isinstance(store, SQLStore):
             shared = SharedScheduler(
-                store, storage, settings, providers or {}, work=SharedWork(store), clock=clock
+                store,
+                storage,
+                settings,
+                providers or {},
+                work=SharedWork(store),
+                clock=clock,
+                metrics=metrics,
             )
             shared.validate = self._validate_claimed
             self.scheduler = shared
         else:
-            self.scheduler = Scheduler(store, storage, settings, providers or {}, clock=clock)
+            self.scheduler = Scheduler(
+                store, storage, settings, providers or {}, clock=clock, metrics=metrics
+            )
+        self.metrics = self.scheduler.engine.metrics
         self.store = store
         self.storage = storage
         self.settings = settings
@@ -302,10 +313,14 @@ class BatchManager:
             finally:
                 index_blob.abort_sync()  # nothing once committed
 
+        started = time.perf_counter()
         try:
-            return await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
+            result = await anyio.to_thread.run_sync(run, abandon_on_cancel=True)
         finally:
             self._stop_flags.pop(batch.id, None)
+        if not result.stopped:
+            self.metrics.validated_file("batch", result.total, time.perf_counter() - started)
+        return result
 
     async def _finish_cancel(self, batch_id: str) -> None:
         """End a batch cancelled before validation accepted it: no request ran, no files."""

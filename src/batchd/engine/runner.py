@@ -42,7 +42,7 @@ import anyio.to_thread
 from batchd.core import lifecycle
 from batchd.core.files import publish_output
 from batchd.core.lifecycle import BatchEnding, Outcome
-from batchd.engine.dispatch import Dispatch, Engine, ResultSink, entry_of
+from batchd.engine.dispatch import Dispatch, Engine, ResultSink, entry_of, route_of
 from batchd.engine.finalize import CANCELLED, EXPIRED, JournalResults
 from batchd.engine.journal import Counts, JournalError, Usage
 from batchd.engine.shared import StoredResults
@@ -203,7 +203,7 @@ class BatchRunner:
         if journal.counts.done:
             done = journal.counts.done
             log.info("batch %s: resuming, %d of %d done", batch.id, done, batch.total)
-        self._dispatch = Dispatch(self.engine, batch, journal)
+        self._dispatch = Dispatch(self.engine, batch, journal, done=journal.counts.done)
         progress = asyncio.create_task(self._progress(journal), name=f"progress-{batch.id}")
         try:
             return await self._dispatch.execute(
@@ -277,6 +277,8 @@ class BatchRunner:
                 Dispatch(self.engine, batch, journal).request_ids(), reason
             )
             log.info("batch %s: %d requests recorded as %s", batch.id, filled, reason[0])
+            metrics = self.engine.metrics.requests_for(route_of(self.engine, batch), batch.project)
+            metrics.add_failed(reason[0], filled)
         await journal.close()
         output, errors = await self._write_files(journal, batch.ending)
         output_file = await self._publish(output, f"{batch.id}_output.jsonl")

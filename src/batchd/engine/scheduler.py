@@ -34,6 +34,7 @@ from batchd.engine.retry import RetryStrategy
 from batchd.engine.runner import BatchRunner
 from batchd.engine.throttle import Throttle
 from batchd.errors import StorageFault, StoreError
+from batchd.metrics import Metrics
 from batchd.providers.base import Provider
 from batchd.providers.table import ModelTable
 from batchd.storage import Storage
@@ -65,6 +66,7 @@ class Scheduler:
         *,
         clock: Callable[[], float] = time.time,
         shared: SharedWork | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.engine = Engine(
@@ -84,6 +86,7 @@ class Scheduler:
             clock=clock,
             shared=shared,
             on_pause=self._paused,
+            metrics=metrics or Metrics(process=False),
         )
         self._runners: dict[str, tuple[BatchRunner, asyncio.Task[None]]] = {}
         self._cooldown: dict[str, float] = {}

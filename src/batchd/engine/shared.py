@@ -241,7 +241,7 @@ class RangeRunner:
             sink = RangeResults(engine, self.work, lease, batch.total, done, on_status=self._status)
             renewer = asyncio.create_task(self._renew(), name=f"lease-{self.key}")
             log.debug("range %s: %d to send", self.key, lease.stop - lease.start - len(done))
-            dispatch = self._dispatch = Dispatch(engine, batch, sink, span)
+            dispatch = self._dispatch = Dispatch(engine, batch, sink, span, done=len(done))
             dispatch.on_sent_all = self.on_sent_all
             try:
                 outcome = await dispatch.execute(

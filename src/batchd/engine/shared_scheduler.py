@@ -36,6 +36,7 @@ from batchd.engine.inputs import plan_ranges
 from batchd.engine.scheduler import Scheduler
 from batchd.engine.shared import RangeRunner
 from batchd.errors import StorageFault, StoreError
+from batchd.metrics import Metrics
 from batchd.providers.base import Provider
 from batchd.providers.replicas import Replica, ReplicaSet
 from batchd.storage import Storage
@@ -65,8 +66,11 @@ class SharedScheduler(Scheduler):
         *,
         work: SharedWork,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
-        super().__init__(store, storage, settings, providers, clock=clock, shared=work)
+        super().__init__(
+            store, storage, settings, providers, clock=clock, shared=work, metrics=metrics
+        )
         self.work = work
         self.validate: Callable[[BatchRecord], Awaitable[None]] | None = None
         """Validates a claimed ``validating`` batch (set by the manager)."""

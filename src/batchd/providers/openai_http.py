@@ -553,6 +553,7 @@ class OpenAIProvider(Provider):
         tried: list[Replica] = []
         result: ProviderResult | None = None
         while (replica := await replicas.acquire(tried, affinity)) is not None:
+            started = time.perf_counter()
             try:
                 answer = await attempt(replica)
             except BaseException:
@@ -562,7 +563,7 @@ class OpenAIProvider(Provider):
                 return answer
             result = answer
             outcome = _outcome(result)
-            replicas.release(replica, outcome, result.retry_after)
+            replicas.release(replica, outcome, result.retry_after, started, result.status_code)
             if outcome == "ok" or len(replicas) == 1:
                 return result
             tried.append(replica)

@@ -115,6 +115,9 @@ class ReplicaSet:
         self.on_change: Callable[[Replica, float | None], None] | None = None
         """Told ``(replica, seconds)`` when this set ejects a replica, ``(replica, None)``
         when it readmits one (shared mode: every engine hears of it)."""
+        self.observer: Callable[[str, int | None, float], None] | None = None
+        """Told ``(replica, HTTP status or None, seconds)`` of each attempt that
+        :meth:`release` is given the start of (the metrics)."""
 
     def __len__(self) -> int:
         return len(self.replicas)
@@ -192,10 +195,16 @@ class ReplicaSet:
         replica: Replica,
         outcome: Literal["ok", "failed", "rate_limited"],
         retry_after: float | None = None,
+        started: float | None = None,
+        status: int | None = None,
     ) -> None:
         """The request on ``replica`` ended: an answer (``ok``, any status but 429 and 5xx), no
-        answer or a 5xx (``failed``), or a 429 (``rate_limited``, paused ``retry_after``)."""
+        answer or a 5xx (``failed``), or a 429 (``rate_limited``, paused ``retry_after``).
+        ``started`` (``time.perf_counter()`` when it was sent) and ``status`` (its answer's)
+        go to :attr:`observer`."""
         replica.in_flight -= 1
+        if started is not None and self.observer is not None:
+            self.observer(replica.name, status, time.perf_counter() - started)
         now = self._clock()
         was_probe = replica.state == "half_open" and replica.probing
         replica.probing = False

@@ -14,6 +14,8 @@ from batchd.errors import BatchLimitReached, Conflict, InvalidRequest, NotFound,
 from batchd.ids import is_batch_id, new_batch_id
 from batchd.protocol import BATCH_ENDPOINTS
 from batchd.service.pages import Page, resolve_cursor
+from batchd.service.partial import PartialReader, PartialResults, Which
+from batchd.storage import Storage
 from batchd.store import BatchAdmission, BatchRecord, Store
 from batchd.validation import normalize_url
 
@@ -137,11 +139,14 @@ class BatchService:
         engine: EngineHooks,
         *,
         clock: Callable[[], float] = time.time,
+        storage: Storage | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.engine = engine
         self.clock = clock
+        self.partials = PartialReader(store, storage, settings)
+        """Partial results (``storage``: where an ended batch's files are read)."""
 
     def now(self) -> int:
         return int(self.clock())
@@ -198,6 +203,11 @@ class BatchService:
             after_seq=after_seq, limit=limit, project=project
         )
         return Page(records, has_more)
+
+    async def partial(self, project: str, batch_id: str, which: Which) -> PartialResults:
+        """The results of the batch durable so far (``which``: its ``output`` or ``errors``
+        lines), counted and streamed from one snapshot; see :mod:`batchd.service.partial`."""
+        return await self.partials.read(await self.get(project, batch_id), which)
 
     async def cancel(self, project: str, batch_id: str) -> BatchRecord:
         """Move the batch to ``cancelling`` (a batch already cancelling or cancelled is

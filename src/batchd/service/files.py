@@ -16,6 +16,7 @@ from batchd.errors import (
     StorageQuotaExceeded,
 )
 from batchd.ids import is_file_id, new_file_id
+from batchd.metrics import Metrics
 from batchd.protocol import UPLOAD_PURPOSES, FilePurpose
 from batchd.service.batches import EngineHooks
 from batchd.service.pages import Page, resolve_cursor
@@ -75,12 +76,14 @@ class FileService:
         engine: EngineHooks,
         *,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
         self.storage = storage
         self.settings = settings
         self.engine = engine
         self.clock = clock
+        self.metrics = metrics
 
     def now(self) -> int:
         return int(self.clock())
@@ -105,7 +108,13 @@ class FileService:
         limit = self.settings.max_file_bytes(purpose)
         if cap is not None:
             limit = min(limit, cap.limit)
-        return Ingest(self.storage, self.settings, max_bytes=limit, validate=purpose == "batch")
+        return Ingest(
+            self.storage,
+            self.settings,
+            max_bytes=limit,
+            validate=purpose == "batch",
+            metrics=self.metrics,
+        )
 
     async def create(
         self,

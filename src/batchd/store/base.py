@@ -95,6 +95,9 @@ class Store(Protocol):
         self, *, after_seq: int | None, limit: int, project: str | None = None
     ) -> tuple[list[BatchRecord], bool]: ...
     async def batches_with_status(self, statuses: Iterable[BatchStatus]) -> list[BatchRecord]: ...
+    async def batch_status_counts(self) -> dict[str, int]:
+        """How many batches have each status (those with none are left out)."""
+
     async def apply(self, change: StatusChange) -> BatchRecord | None:
         """Apply a lifecycle change (compare-and-set, the event in the same transaction); the
         batch after it, or ``None`` when the batch is missing or in another status. Use

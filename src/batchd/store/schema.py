@@ -19,6 +19,9 @@ __all__ = [
     "model_pauses",
     "projects",
     "replica_ejections",
+    "webhook_cursor",
+    "webhook_deliveries",
+    "webhook_endpoints",
     "workers",
 ]
 
@@ -196,4 +199,58 @@ replica_ejections = sa.Table(
     sa.Column("model", sa.String(256), primary_key=True),
     sa.Column("replica", sa.String(256), primary_key=True),
     sa.Column("open_until", sa.Float(), nullable=False),
+)
+
+# Webhook endpoints added with `batchd webhooks add` (those of the config file are not stored):
+# the signing secret is kept as given (Standard Webhooks' HMAC needs it), ``events`` NULL for all.
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("seq", _Seq, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("project", sa.String(128), nullable=False),
+    sa.Column("url", sa.Text(), nullable=False),
+    sa.Column("secret", sa.String(256), nullable=False),
+    sa.Column("events", sa.JSON(), nullable=True),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Index("ix_webhook_endpoints_project", "project"),
+)
+
+# One webhook message per (event of the outbox, endpoint), created before anything is sent
+# (see batchd.store.webhooks): ``id`` is its ``webhook-id``, the same on every attempt and
+# replay. Claimed with a lease (shared mode: one process sends it at a time).
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("seq", _Seq, primary_key=True, autoincrement=True),
+    sa.Column("id", sa.String(64), nullable=False, unique=True),
+    sa.Column("endpoint_id", sa.String(64), nullable=False),
+    sa.Column("project", sa.String(128), nullable=False),
+    sa.Column("batch_id", sa.String(64), nullable=False),
+    sa.Column("event_seq", sa.BigInteger(), nullable=False),
+    sa.Column("event_type", sa.String(32), nullable=False),
+    sa.Column("payload", sa.Text(), nullable=False),
+    # pending (to send, now or at next_attempt_at), delivered, failed (every attempt failed).
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.Float(), nullable=True),
+    sa.Column("last_attempt_at", sa.Float(), nullable=True),
+    sa.Column("last_status", sa.Integer(), nullable=True),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.Column("delivered_at", sa.Float(), nullable=True),
+    sa.Column("created_at", sa.BigInteger(), nullable=False),
+    sa.Column("lease_owner", sa.String(128), nullable=True),
+    sa.Column("lease_expires_at", sa.Float(), nullable=True),
+    sa.Column("lease_epoch", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    sa.Index("ix_webhook_deliveries_batch", "batch_id", "endpoint_id"),
+)
+
+# How far the outbox (batch_events) has been fanned out into webhook_deliveries: every event
+# with a ``seq`` up to ``seq`` has its deliveries. One row, locked while it advances.
+webhook_cursor = sa.Table(
+    "webhook_cursor",
+    metadata,
+    sa.Column("name", sa.String(32), primary_key=True),
+    sa.Column("seq", sa.BigInteger(), nullable=False),
 )

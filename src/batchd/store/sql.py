@@ -503,6 +503,12 @@ class SQLStore:
         )
         return [self._batch(r) for r in rows]
 
+    async def batch_status_counts(self) -> dict[str, int]:
+        rows = await self._fetch(
+            sa.select(batches.c.status, sa.func.count().label("n")).group_by(batches.c.status)
+        )
+        return {str(row.status): int(row.n) for row in rows}
+
     async def apply(self, change: StatusChange) -> BatchRecord | None:
         """Apply a lifecycle change: compare-and-set on the status, the event beside it."""
         update = dict(change.update)
