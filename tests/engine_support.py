@@ -7,18 +7,20 @@ server log, so that a missing or stuck engine shows up as a readable failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from openai import OpenAI
 
+from tests.pg import fresh_database_sync
 from tests.schema import check_response
-from tests.serverproc import BatchdServer, write_config
+from tests.serverproc import BatchdServer, BatchdWorker, api_and_worker, write_config
 from tests.upstream import answers
 from tests.upstream.process import UpstreamProcess
 
@@ -36,6 +38,8 @@ __all__ = [
     "model_route",
     "request_line",
     "sdk",
+    "serving",
+    "shared_mode",
     "start_server",
     "submit",
     "to_jsonl",
@@ -96,6 +100,42 @@ def start_server(
 
 def sdk(server: BatchdServer, timeout: float = 30.0) -> OpenAI:
     return OpenAI(base_url=server.api_url, api_key="x", max_retries=0, timeout=timeout)
+
+
+@contextlib.contextmanager
+def serving(
+    root: Path,
+    upstream: UpstreamProcess,
+    route: dict[str, Any] | None = None,
+    **settings: Any,
+) -> Iterator[tuple[BatchdServer, OpenAI]]:
+    """:func:`start_server` and an SDK client on it; the server stopped on the way out."""
+    server = start_server(root, upstream, route, **settings)
+    try:
+        with sdk(server) as client:
+            yield server, client
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def shared_mode(
+    root: Path, upstream: UpstreamProcess, *, worker_args: tuple[str, ...] = ()
+) -> Iterator[tuple[BatchdServer, BatchdWorker]]:
+    """Scaled out on a fresh PostgreSQL database (skipped without one, see ``tests/pg.py``):
+    ``root/batchd.toml`` with one route on ``upstream`` (8 at a time), then an API process
+    without an engine and one worker (``worker_args``) on ``root/data``, started; both stopped
+    on the way out."""
+    with fresh_database_sync() as database:
+        config = write_config(
+            root / "batchd.toml",
+            models=[model_route(upstream, max_concurrency=8)],
+            database_url=database,
+            range_size=500,
+            lease_seconds=3.0,
+        )
+        with api_and_worker(root / "data", config, worker_args=worker_args) as processes:
+            yield processes
 
 
 def submit(client: OpenAI, lines: Sequence[dict[str, Any]], name: str = "in.jsonl") -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -10,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ __all__ = [
     "DEFAULT_MODELS",
     "BatchdServer",
     "BatchdWorker",
+    "api_and_worker",
     "batchd",
     "clean_env",
     "free_port",
@@ -222,3 +224,21 @@ class BatchdWorker(_Process):
         self.proc = _launch(cmd, self.log_path, self.env)
         _wait_ready(self, lambda: " ready" in self.log(), timeout, "batchd worker")
         return self
+
+
+@contextlib.contextmanager
+def api_and_worker(
+    data_dir: Path, config: Path, *, worker_args: tuple[str, ...] = ()
+) -> Iterator[tuple[BatchdServer, BatchdWorker]]:
+    """An API process without an engine (``batchd serve --no-engine``) and one ``batchd worker``
+    (``worker_args``) on ``config`` (a shared database) and the same ``data_dir``, started; both
+    stopped on the way out."""
+    api = BatchdServer(data_dir, config, args=("--no-engine",))
+    worker = BatchdWorker(data_dir, config, args=worker_args)
+    try:
+        api.start()
+        worker.start()
+        yield api, worker
+    finally:
+        worker.stop()
+        api.stop()

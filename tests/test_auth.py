@@ -236,11 +236,30 @@ def test_keys_created_and_revoked_while_the_server_runs(
     c = client(server, key)
     assert project_a["batch"] not in [x.id for x in c.batches.list()]
 
+    admin = keys(server, "create", "--project", "c", "--name", "c-admin", "--admin")
+    assert "admin" in admin.stderr
+    admin_key = admin.stdout.strip()
+    assert status_with(server, admin_key, 200) == 200  # the API: a key of project c
+    assert project_a["batch"] not in [x.id for x in client(server, admin_key).batches.list()]
+    with httpx.Client(base_url=server.base_url) as browser:  # the dashboard: every project
+        browser.post(
+            "/dashboard/login", data={"key": admin_key}, headers={"origin": server.base_url}
+        )
+        assert project_a["batch"] in browser.get("/dashboard").text
+        browser.cookies.clear()
+        browser.post("/dashboard/login", data={"key": key}, headers={"origin": server.base_url})
+        page = browser.get("/dashboard")
+        assert page.status_code == 200
+        assert project_a["batch"] not in page.text
+
     listed = keys(server, "list").stdout
     digest = hashlib.sha256(key.encode()).hexdigest()
     assert digest[:12] in listed
     assert "c-key" in listed
     assert key not in listed  # only digests are stored and shown
+    rows = {line.split()[2]: line for line in listed.splitlines()[1:]}
+    assert " yes " in rows["c-admin"]
+    assert " yes " not in rows["c-key"]
 
     keys(server, "revoke", digest[:12])
     assert status_with(server, key, 401) == 401

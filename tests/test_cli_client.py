@@ -30,8 +30,7 @@ from tests.engine_support import (
     chat_body,
     model_route,
     request_line,
-    sdk,
-    start_server,
+    serving,
     submit,
     to_jsonl,
     wait_for_batch,
@@ -102,18 +101,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("cli-client")
     with UpstreamProcess(root) as upstream:
         route = model_route(upstream, max_concurrency=4, timeout=3.0)
-        server = start_server(
+        with serving(
             root / "batchd",
             upstream,
             route,
             cancel_grace_seconds=0.5,
             progress_interval_seconds=0.1,
-        )
-        try:
-            with sdk(server) as client:
-                yield Env(upstream, server, client)
-        finally:
-            server.stop()
+        ) as (server, client):
+            yield Env(upstream, server, client)
 
 
 @pytest.fixture(scope="module")

@@ -82,10 +82,15 @@ def api(client: TestClient, key: str) -> dict[str, str]:
 
 def submit(client: TestClient, key: str, texts: list[str]) -> str:
     lines = [request_line(f"r{i}", chat_body(text)) for i, text in enumerate(texts)]
+    return submit_file(client, key, to_jsonl(lines))
+
+
+def submit_file(client: TestClient, key: str, content: bytes, name: str = "in.jsonl") -> str:
+    """Upload ``content`` as a batch file and create a batch on it; the batch id."""
     upload = client.post(
         "/v1/files",
         headers=api(client, key),
-        files={"file": ("in.jsonl", to_jsonl(lines))},
+        files={"file": (name, content)},
         data={"purpose": "batch"},
     )
     assert upload.status_code == 200, upload.text
@@ -156,19 +161,7 @@ def objects(app: TestClient) -> dict[str, str]:
     a = submit(app, KEY_A, texts)
     b = submit(app, KEY_B, ["b only"])
     invalid_lines = b'{"custom_id": "x", "method": "POST"}\nnot json\n'
-    upload = app.post(
-        "/v1/files",
-        headers=api(app, KEY_A),
-        files={"file": ("bad.jsonl", invalid_lines)},
-        data={"purpose": "batch"},
-    )
-    assert upload.status_code == 200, upload.text
-    created = app.post(
-        "/v1/batches",
-        headers=api(app, KEY_A),
-        json={"input_file_id": upload.json()["id"], "endpoint": CHAT, "completion_window": "24h"},
-    )
-    invalid = created.json()["id"]
+    invalid = submit_file(app, KEY_A, invalid_lines, "bad.jsonl")
     done_a = wait_status(app, KEY_A, a, {"completed"})
     done_b = wait_status(app, KEY_B, b, {"completed"})
     wait_status(app, KEY_A, invalid, {"failed"})
@@ -380,16 +373,21 @@ def test_an_admin_key_sees_every_project(app: TestClient, objects: dict[str, str
     assert listed == []
 
 
-def test_keys_of_the_store_are_never_admin(app: TestClient, objects: dict[str, str]) -> None:
-    key = "store-made-key-0123456789"
-    record = ApiKeyRecord(sha256=key_digest(key), project="a", created_at=int(time.time()))
+def test_keys_of_the_store_are_admin_only_when_made_so(
+    app: TestClient, objects: dict[str, str]
+) -> None:
     store = app.app.state.services.store
-    app.portal.call(store.create_api_key, record)
-    assert post(app, "/dashboard/login", None, {"key": key}).status_code == 303
-    listing = get(app, "/dashboard", key)
-    assert "project <b>a</b>" in listing.text
-    assert "all projects" not in listing.text
-    assert objects["b"] not in listing.text
+    for key, admin in (("store-made-key-0123456789", False), ("store-admin-key-012345678", True)):
+        record = ApiKeyRecord(
+            sha256=key_digest(key), project="a", created_at=int(time.time()), admin=admin
+        )
+        app.portal.call(store.create_api_key, record)
+        app.cookies.clear()
+        assert post(app, "/dashboard/login", None, {"key": key}).status_code == 303
+        listing = get(app, "/dashboard", key)
+        assert ("all projects" in listing.text) is admin
+        assert (objects["b"] in listing.text) is admin  # another project's batch
+        assert objects["a"] in listing.text
 
 
 def test_models_without_an_engine_show_limits_only(tmp_path: Path) -> None:

@@ -22,8 +22,7 @@ from tests.engine_support import (
     fetch_results,
     model_route,
     request_line,
-    sdk,
-    start_server,
+    serving,
     submit,
     upstream_attempts,
     wait_for_batch,
@@ -81,22 +80,19 @@ class Env:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("faults")
-    with UpstreamProcess(root, **FAULTS) as upstream:
-        route = model_route(upstream, timeout=1.0, max_concurrency=32)
-        server = start_server(
+    with (
+        UpstreamProcess(root, **FAULTS) as upstream,
+        serving(
             root / "batchd",
             upstream,
-            route,
+            model_route(upstream, timeout=1.0, max_concurrency=32),
             max_attempts=MAX_ATTEMPTS,
             retry_base_seconds=0.05,
             retry_cap_seconds=0.2,
             progress_interval_seconds=0.2,
-        )
-        try:
-            with sdk(server) as client:
-                yield Env(upstream, server, client)
-        finally:
-            server.stop()
+        ) as (server, client),
+    ):
+        yield Env(upstream, server, client)
 
 
 @pytest.fixture

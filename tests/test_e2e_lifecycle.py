@@ -26,8 +26,7 @@ from tests.engine_support import (
     fetch_results,
     model_route,
     request_line,
-    sdk,
-    start_server,
+    serving,
     submit,
     upstream_attempts,
     wait_for_batch,
@@ -63,12 +62,8 @@ def module_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("lifecycle")
     with UpstreamProcess(root) as upstream:
         route = model_route(upstream, max_concurrency=CONCURRENCY, timeout=PROVIDER_TIMEOUT)
-        server = start_server(root / "batchd", upstream, route, **SETTINGS)
-        try:
-            with sdk(server) as client:
-                yield Env(upstream, server, client, root)
-        finally:
-            server.stop()
+        with serving(root / "batchd", upstream, route, **SETTINGS) as (server, client):
+            yield Env(upstream, server, client, root)
 
 
 @pytest.fixture
@@ -184,22 +179,17 @@ def test_cancel_with_hung_requests_is_prompt(env: Env) -> None:
 def test_expiry_keeps_finished_results(env: Env) -> None:
     env.upstream.control(latency_ms=800)
     route = model_route(env.upstream, max_concurrency=CONCURRENCY, timeout=10.0)
-    server = start_server(
-        env.root / "expiry", env.upstream, route, **{**SETTINGS, "completion_window_seconds": 3}
-    )
-    try:
-        with sdk(server) as client:
-            bodies = bodies_for("expiry", 30)  # 6 s of work at 4 x 0.8 s: cannot finish in 3 s
-            started = time.monotonic()
-            batch_id = submit(client, run_lines(bodies))
-            created = batch_state(client, batch_id)
-            assert created["expires_at"] == created["created_at"] + 3
-            batch = wait_for_batch(client, server, batch_id, {"expired"}, timeout=20)
-            elapsed = time.monotonic() - started
-            sent = assert_upstream_quiet(env.upstream)
-            results = fetch_results(client, batch, list(bodies))
-    finally:
-        server.stop()
+    settings = {**SETTINGS, "completion_window_seconds": 3}
+    with serving(env.root / "expiry", env.upstream, route, **settings) as (server, client):
+        bodies = bodies_for("expiry", 30)  # 6 s of work at 4 x 0.8 s: cannot finish in 3 s
+        started = time.monotonic()
+        batch_id = submit(client, run_lines(bodies))
+        created = batch_state(client, batch_id)
+        assert created["expires_at"] == created["created_at"] + 3
+        batch = wait_for_batch(client, server, batch_id, {"expired"}, timeout=20)
+        elapsed = time.monotonic() - started
+        sent = assert_upstream_quiet(env.upstream)
+        results = fetch_results(client, batch, list(bodies))
 
     assert 1.5 < elapsed < 3 + GRACE + 5, elapsed
     assert isinstance(batch["expired_at"], int)

@@ -25,8 +25,7 @@ from tests.engine_support import (
     fetch_results,
     model_route,
     request_line,
-    sdk,
-    start_server,
+    serving,
     submit,
     upstream_attempts,
     wait_for_batch,
@@ -83,19 +82,16 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     rows = movie_rows()
     root = tmp_path_factory.mktemp("movies")
     with UpstreamProcess(root, latency_ms=5, jitter_ms=10, seed=1) as upstream:
-        server = start_server(root / "batchd", upstream, model_route(upstream, timeout=10.0))
-        try:
-            with sdk(server) as client:
-                bodies = {custom_id(i): movie_body(row) for i, row in enumerate(rows)}
-                lines = [request_line(cid, body) for cid, body in bodies.items()]
-                started = time.monotonic()
-                batch_id = submit(client, lines, "movies.jsonl")
-                batch = wait_for_batch(client, server, batch_id, {"completed"}, timeout=120)
-                seconds = time.monotonic() - started
-                results = fetch_results(client, batch, list(bodies))
-                yield Run(rows, bodies, batch, results, client, server, upstream, seconds)
-        finally:
-            server.stop()
+        route = model_route(upstream, timeout=10.0)
+        with serving(root / "batchd", upstream, route) as (server, client):
+            bodies = {custom_id(i): movie_body(row) for i, row in enumerate(rows)}
+            lines = [request_line(cid, body) for cid, body in bodies.items()]
+            started = time.monotonic()
+            batch_id = submit(client, lines, "movies.jsonl")
+            batch = wait_for_batch(client, server, batch_id, {"completed"}, timeout=120)
+            seconds = time.monotonic() - started
+            results = fetch_results(client, batch, list(bodies))
+            yield Run(rows, bodies, batch, results, client, server, upstream, seconds)
 
 
 def test_every_movie_is_answered(run: Run) -> None:

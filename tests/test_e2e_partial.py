@@ -16,9 +16,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.engine_support import model_route
-from tests.pg import fresh_database_sync
-from tests.serverproc import BatchdServer, BatchdWorker, batchd, write_config
+from tests.engine_support import model_route, shared_mode
+from tests.serverproc import BatchdServer, batchd, write_config
 from tests.upstream.process import UpstreamProcess
 
 TERMINAL = {"completed", "failed", "expired", "cancelled"}
@@ -203,23 +202,9 @@ def _download_and_join(
 
 def test_partial_reads_in_shared_mode(tmp_path: Path, upstream: UpstreamProcess) -> None:
     """An API process without an engine reads the rows a worker writes (request order)."""
-    with fresh_database_sync() as database:
-        config = write_config(
-            tmp_path / "batchd.toml",
-            models=[model_route(upstream, max_concurrency=8)],
-            database_url=database,
-            range_size=500,
-            lease_seconds=3.0,
-        )
-        api = BatchdServer(tmp_path / "data", config, args=("--no-engine",)).start()
-        worker = BatchdWorker(tmp_path / "data", config, args=("--log-format", "json"))
-        worker.start()
-        try:
-            batch_id = start_batch(api.api_url, 1500)
-            batch = read_while_running(api.api_url, batch_id, 1500, ordered=False)
-            assert batch["request_counts"] == {"total": 1500, "completed": 1350, "failed": 150}
-        finally:
-            worker.stop()
-            api.stop()
-        entries = [orjson.loads(line) for line in worker.log().splitlines() if line.strip()]
-        assert any(batch_id in entry["message"] for entry in entries)  # `batchd worker`: JSON
+    with shared_mode(tmp_path, upstream, worker_args=("--log-format", "json")) as (api, worker):
+        batch_id = start_batch(api.api_url, 1500)
+        batch = read_while_running(api.api_url, batch_id, 1500, ordered=False)
+        assert batch["request_counts"] == {"total": 1500, "completed": 1350, "failed": 150}
+    entries = [orjson.loads(line) for line in worker.log().splitlines() if line.strip()]
+    assert any(batch_id in entry["message"] for entry in entries)  # `batchd worker`: JSON

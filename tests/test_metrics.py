@@ -37,12 +37,12 @@ from tests.engine_support import (
     model_route,
     request_line,
     sdk,
-    start_server,
+    serving,
+    shared_mode,
     submit,
     wait_for_batch,
 )
-from tests.pg import fresh_database_sync
-from tests.serverproc import BatchdServer, BatchdWorker, free_port, write_config
+from tests.serverproc import BatchdServer, free_port, write_config
 from tests.upstream.process import UpstreamProcess
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,8 +99,9 @@ class Ran:
 def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ran]:
     """A faulty batch run to its end, then the upstream's stats and one scrape."""
     root = tmp_path_factory.mktemp("metrics")
-    with UpstreamProcess(root, **FAULTS) as upstream:
-        server = start_server(
+    with (
+        UpstreamProcess(root, **FAULTS) as upstream,
+        serving(
             root / "batchd",
             upstream,
             model_route(upstream, timeout=2.0, max_concurrency=16),
@@ -108,20 +109,17 @@ def ran(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ran]:
             retry_base_seconds=0.02,
             retry_cap_seconds=0.1,
             progress_interval_seconds=0.1,
-        )
-        try:
-            bodies = {f"req-{i:03d}": chat_body(f"metrics request {i}") for i in range(REQUESTS)}
-            for i in range(BAD):
-                bodies[f"req-{i:03d}"] = chat_body(f"please fail FAULT:400 ({i})")
-            with sdk(server) as client:
-                batch_id = submit(client, [request_line(c, b) for c, b in bodies.items()])
-                batch = wait_for_batch(client, server, batch_id, {"completed"}, timeout=60)
-                results = fetch_results(client, batch, list(bodies))
-            stats = upstream.wait_idle(timeout=20)
-            samples = scrape(f"{server.base_url}/metrics")
-            yield Ran(batch, results.errors, stats, samples, server, upstream)
-        finally:
-            server.stop()
+        ) as (server, client),
+    ):
+        bodies = {f"req-{i:03d}": chat_body(f"metrics request {i}") for i in range(REQUESTS)}
+        for i in range(BAD):
+            bodies[f"req-{i:03d}"] = chat_body(f"please fail FAULT:400 ({i})")
+        batch_id = submit(client, [request_line(c, b) for c, b in bodies.items()])
+        batch = wait_for_batch(client, server, batch_id, {"completed"}, timeout=60)
+        results = fetch_results(client, batch, list(bodies))
+        stats = upstream.wait_idle(timeout=20)
+        samples = scrape(f"{server.base_url}/metrics")
+        yield Ran(batch, results.errors, stats, samples, server, upstream)
 
 
 def test_requests_by_outcome_match_the_batch_and_its_error_file(ran: Ran) -> None:
@@ -353,28 +351,18 @@ def test_worker_metrics_server_answers_and_guards() -> None:
 
 
 def test_worker_serves_its_metrics_in_shared_mode(tmp_path: Path) -> None:
-    with fresh_database_sync() as database, UpstreamProcess(tmp_path) as upstream:
-        config = write_config(
-            tmp_path / "batchd.toml",
-            models=[model_route(upstream, max_concurrency=8)],
-            database_url=database,
-            range_size=500,
-            lease_seconds=3.0,
-        )
-        port = free_port()
-        api = BatchdServer(tmp_path / "data", config, args=("--no-engine",)).start()
-        worker = BatchdWorker(tmp_path / "data", config, args=("--metrics-port", str(port))).start()
-        try:
-            assert f"metrics at http://127.0.0.1:{port}/metrics" in worker.log()
-            bodies = {f"s-{i}": chat_body(f"shared {i}") for i in range(20)}
-            with sdk(api) as client:
-                batch_id = submit(client, [request_line(c, b) for c, b in bodies.items()])
-                wait_for_batch(client, api, batch_id, {"completed"}, timeout=60)
-            worker_samples = scrape(f"http://127.0.0.1:{port}/metrics")
-            api_samples = scrape(f"{api.base_url}/metrics")
-        finally:
-            worker.stop()
-            api.stop()
+    port = free_port()
+    with (
+        UpstreamProcess(tmp_path) as upstream,
+        shared_mode(tmp_path, upstream, worker_args=("--metrics-port", str(port))) as (api, worker),
+    ):
+        assert f"metrics at http://127.0.0.1:{port}/metrics" in worker.log()
+        bodies = {f"s-{i}": chat_body(f"shared {i}") for i in range(20)}
+        with sdk(api) as client:
+            batch_id = submit(client, [request_line(c, b) for c, b in bodies.items()])
+            wait_for_batch(client, api, batch_id, {"completed"}, timeout=60)
+        worker_samples = scrape(f"http://127.0.0.1:{port}/metrics")
+        api_samples = scrape(f"{api.base_url}/metrics")
     assert total(worker_samples, "batchd_requests_total", outcome="succeeded") == 20
     assert total(worker_samples, "batchd_upstream_requests_total", code="200") == 20
     assert total(worker_samples, "batchd_result_commit_seconds_count", sink="database") > 0

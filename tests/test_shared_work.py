@@ -15,20 +15,13 @@ from batchd.engine.limits import ModelLimiter, Slots, UpstreamGate
 from batchd.providers.base import DispatchLimits
 from batchd.store import BatchRecord, SQLStore
 from batchd.store.work import LeaseLost, ResultRow, SharedWork
+from tests.records import batch_record
 
 pytestmark = pytest.mark.anyio
 
 
-def _batch(i: int, total: int = 10) -> BatchRecord:
-    return BatchRecord(
-        id=f"batch_{i:032x}",
-        endpoint="/v1/chat/completions",
-        input_file_id=f"file-{i:024d}",
-        completion_window="24h",
-        status="validating",
-        created_at=1000 + i,
-        expires_at=10**10,
-    )
+def _batch(i: int) -> BatchRecord:
+    return batch_record(i, created_at=1000 + i, expires_at=10**10)
 
 
 async def _running(store: SQLStore, i: int, total: int = 10) -> BatchRecord:

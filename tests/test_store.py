@@ -14,6 +14,7 @@ from batchd.core import lifecycle
 from batchd.core.lifecycle import BatchEnding, BatchStatus, StatusChange
 from batchd.store import BatchRecord, FileRecord, SQLStore
 from batchd.store.schema import metadata
+from tests.records import batch_record
 
 pytestmark = pytest.mark.anyio
 
@@ -31,14 +32,7 @@ def _file(i: int, *, purpose: str = "batch", expires_at: int | None = None) -> F
 
 
 def _batch(i: int, status: BatchStatus = "validating") -> BatchRecord:
-    return BatchRecord(
-        id=f"batch_{i:032x}",
-        endpoint="/v1/chat/completions",
-        input_file_id=f"file-{i:024d}",
-        completion_window="24h",
-        status=status,
-        created_at=1000,
-    )
+    return batch_record(i, status=status)
 
 
 async def test_migrations_build_exactly_the_declared_schema(store: SQLStore) -> None:

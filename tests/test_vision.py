@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from openai import OpenAI
 
-from tests.engine_support import model_route, sdk, start_server, to_jsonl, wait_for_batch
+from tests.engine_support import model_route, serving, to_jsonl, wait_for_batch
 from tests.serverproc import BatchdServer
 from tests.upstream import answers
 from tests.upstream.process import UpstreamProcess
@@ -84,12 +84,8 @@ def vision(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[BatchdSer
     root = tmp_path_factory.mktemp("vision")
     with UpstreamProcess(root, latency_ms=2) as upstream:
         route = model_route(upstream, name=ROUTE, aliases=["gpt-4o"], upstream_model=UPSTREAM_MODEL)
-        srv = start_server(root / "batchd", upstream, route)
-        try:
-            with sdk(srv) as client:
-                yield srv, client
-        finally:
-            srv.stop()
+        with serving(root / "batchd", upstream, route) as served:
+            yield served
 
 
 @pytest.fixture

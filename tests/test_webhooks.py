@@ -33,7 +33,7 @@ from tests.engine_support import (
     wait_until,
 )
 from tests.pg import fresh_database_sync
-from tests.serverproc import BatchdServer, BatchdWorker, batchd, write_config
+from tests.serverproc import BatchdServer, api_and_worker, batchd, write_config
 from tests.upstream.process import UpstreamProcess
 from tests.webhook_receiver import WebhookReceiver
 
@@ -236,11 +236,7 @@ def test_shared_mode_sends_each_event_from_one_process(
     with fresh_database_sync() as url:
         hooks = [{"url": receiver.hook("shared"), "secret": SECRET}]
         path = config(tmp_path, upstream, hooks, database_url=url)
-        api = BatchdServer(tmp_path / "data", path, args=("--no-engine",))
-        worker = BatchdWorker(tmp_path / "data", path)  # the same blobs
-        try:
-            api.start()
-            worker.start()
+        with api_and_worker(tmp_path / "data", path) as (api, worker):  # the same blobs
             with sdk(api) as client:
                 batch_ids = {submit(client, lines(f"s{i}", 2)) for i in range(6)}
                 for batch_id in batch_ids:
@@ -252,9 +248,6 @@ def test_shared_mode_sends_each_event_from_one_process(
             assert all(r["verified"] and r["status"] == 200 for r in got)
             sent = [log.count(" delivered (endpoint") for log in (api.log(), worker.log())]
             assert sum(sent) == len(batch_ids), sent
-        finally:
-            worker.stop()
-            api.stop()
 
 
 def test_the_guard_refuses_at_send_time(

@@ -20,8 +20,15 @@ from batchd.errors import ConfigError
 from batchd.store import BatchRecord, SQLStore
 from batchd.store.migrate import alembic_config
 from batchd.store.schema import batch_events, webhook_cursor
-from batchd.store.webhooks import GAP_SECONDS, EndpointRecord, EndpointRef, WebhookStore
+from batchd.store.webhooks import (
+    GAP_SECONDS,
+    DeliveryRecord,
+    EndpointRecord,
+    EndpointRef,
+    WebhookStore,
+)
 from batchd.webhooks import guard, signing
+from tests.records import batch_record
 
 pytestmark = pytest.mark.anyio
 
@@ -139,15 +146,7 @@ async def test_the_guard_allows_public_and_allowed_addresses() -> None:
 
 
 def _batch(i: int, project: str = "default") -> BatchRecord:
-    return BatchRecord(
-        id=f"batch_{i:032x}",
-        endpoint="/v1/chat/completions",
-        input_file_id=f"file-{i:024d}",
-        completion_window="24h",
-        status="validating",
-        created_at=1000,
-        project=project,
-    )
+    return batch_record(i, project=project)
 
 
 async def _end(store: SQLStore, batch: BatchRecord, how: str = "failed") -> None:
@@ -159,6 +158,21 @@ async def _end(store: SQLStore, batch: BatchRecord, how: str = "failed") -> None
     else:
         await lifecycle.transition(store, batch.id, "cancelling", expected={"validating"}, at=now)
         await lifecycle.transition(store, batch.id, "cancelled", expected={"cancelling"}, at=now)
+
+
+async def _delivered(
+    hooks: WebhookStore, delivery: DeliveryRecord, owner: str, at: float, status_code: int = 200
+) -> bool:
+    """Record a successful attempt of a claimed delivery; whether the lease was still held."""
+    return await hooks.record_attempt(
+        delivery,
+        owner=owner,
+        at=at,
+        status_code=status_code,
+        error=None,
+        outcome="delivered",
+        next_attempt_at=None,
+    )
 
 
 async def _cursor(store: SQLStore) -> int:
@@ -280,16 +294,7 @@ async def test_claims_lease_fence_and_keep_the_order_of_a_batch(store: SQLStore)
     [again] = await hooks.claim(owner="b", now=now + 31, lease_seconds=30, limit=10)
     assert again.id == first.id
     assert again.lease_epoch == claimed.lease_epoch + 1
-    kept = await hooks.record_attempt(
-        claimed,
-        owner="a",
-        at=now + 32,
-        status_code=200,
-        error=None,
-        outcome="delivered",
-        next_attempt_at=None,
-    )
-    assert not kept
+    assert not await _delivered(hooks, claimed, owner="a", at=now + 32)
     assert await hooks.record_attempt(
         again,
         owner="b",
@@ -302,15 +307,7 @@ async def test_claims_lease_fence_and_keep_the_order_of_a_batch(store: SQLStore)
     assert await hooks.claim(owner="b", now=now + 35, lease_seconds=30, limit=10) == []
     [retry] = await hooks.claim(owner="b", now=now + 40, lease_seconds=30, limit=10)
     assert (retry.id, retry.attempts, retry.last_status) == (first.id, 1, 500)
-    await hooks.record_attempt(
-        retry,
-        owner="b",
-        at=now + 41,
-        status_code=204,
-        error=None,
-        outcome="delivered",
-        next_attempt_at=None,
-    )
+    assert await _delivered(hooks, retry, owner="b", at=now + 41, status_code=204)
     [second] = await hooks.claim(owner="b", now=now + 41, lease_seconds=30, limit=10)
     assert second.id != first.id
     assert second.event_type == "batch.cancelled"
@@ -350,15 +347,7 @@ async def test_two_stores_claim_each_delivery_once(store: SQLStore) -> None:
                     owner=f"p{which}", now=now, lease_seconds=60, limit=7
                 ):
                     claimed[which].append(d.id)
-                    await hooks[which].record_attempt(
-                        d,
-                        owner=f"p{which}",
-                        at=now,
-                        status_code=200,
-                        error=None,
-                        outcome="delivered",
-                        next_attempt_at=None,
-                    )
+                    await _delivered(hooks[which], d, owner=f"p{which}", at=now)
                 await asyncio.sleep(0)
 
         await asyncio.gather(process(0), process(1))

@@ -57,7 +57,8 @@ class Authenticator:
         self._admins = frozenset(entry.sha256 for entry in settings.api_keys if entry.admin)
         self._store = store
         self._clock = clock
-        self._found: dict[str, tuple[float, str | None]] = {}  # digest -> (when, project)
+        # digest -> (when, project, admin): a store lookup, trusted for _CACHE_SECONDS
+        self._found: dict[str, tuple[float, str | None, bool]] = {}
         self._required: tuple[float, bool] | None = None
 
     async def required(self) -> bool:
@@ -91,9 +92,12 @@ class Authenticator:
         return project
 
     def is_admin(self, key: str) -> bool:
-        """Whether ``key`` is an ``admin = true`` key of the configuration: the dashboard shows
-        it every project. Keys of the store (``batchd keys create``) never are."""
-        return key_digest(key) in self._admins
+        """Whether ``key`` is an admin key (``admin = true`` in the configuration, or made with
+        ``batchd keys create --admin``): the dashboard shows it every project. Ask after
+        :meth:`project` accepted the key (a store key's answer is the one it looked up)."""
+        digest = key_digest(key)
+        found = self._found.get(digest)
+        return digest in self._admins or (found is not None and found[2])
 
     async def _lookup(self, digest: str) -> str | None:
         configured = self._configured.get(digest)
@@ -104,8 +108,9 @@ class Authenticator:
         if cached is not None and now - cached[0] <= _CACHE_SECONDS:
             return cached[1]
         record = await self._store.find_api_key(digest)
-        project = record.project if record is not None and record.revoked_at is None else None
+        valid = record is not None and record.revoked_at is None
+        project = record.project if record is not None and valid else None
         if len(self._found) > 10_000:  # bounded: wrong keys must not grow it forever
             self._found.clear()
-        self._found[digest] = (now, project)
+        self._found[digest] = (now, project, record is not None and valid and record.admin)
         return project

@@ -207,7 +207,8 @@ class ApiKeySetting(BaseModel):
     """The limits of this key's project (over ``[project_limits]``)."""
     admin: bool = False
     """Whether the key sees every project in the dashboard (``/dashboard``); the API still
-    answers it as a key of ``project``. Keys made with ``batchd keys create`` are never admin."""
+    answers it as a key of ``project``. Keys made with ``batchd keys create --admin`` are admin
+    too."""
 
     @model_validator(mode="after")
     def _one_key(self) -> ApiKeySetting:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import hmac
-import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -37,6 +36,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.process_collector import ProcessCollector
 
+from batchd.core.lifecycle import STATUSES
+from batchd.logs import is_loopback
+
 if TYPE_CHECKING:
     from pydantic import SecretStr
 
@@ -48,7 +50,6 @@ __all__ = [
     "LiveWork",
     "Metrics",
     "RequestStats",
-    "is_loopback",
     "metrics_access",
     "outcome_of",
     "serve_metrics",
@@ -262,18 +263,6 @@ class Metrics:
         return self.render(batch_counts)
 
 
-_STATUSES = (
-    "validating",
-    "failed",
-    "in_progress",
-    "finalizing",
-    "completed",
-    "expired",
-    "cancelling",
-    "cancelled",
-)
-
-
 class _Collector:
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
@@ -328,7 +317,7 @@ class _Collector:
         )
         counts = m._batch_counts
         if counts is not None:
-            for status in (*_STATUSES, *sorted(set(counts) - set(_STATUSES))):
+            for status in (*STATUSES, *sorted(set(counts) - set(STATUSES))):
                 batches.add_metric((status,), counts.get(status, 0))
         yield batches
 
@@ -418,16 +407,6 @@ class _Collector:
 
 
 # -- access ------------------------------------------------------------------------------------
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address or ``localhost``) can be reached from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
 
 
 def metrics_access(

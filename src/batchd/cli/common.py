@@ -1,29 +1,45 @@
 """What the ``batchd`` commands share: the ``--config`` option, the one-route options of
-``run`` and ``serve`` (``--model``, ``--upstream``, ``--upstream-model``) and :func:`fail`. It
-imports no command module (each of them imports this one; :mod:`batchd.cli.main` assembles
-them)."""
+``run`` and ``serve`` (``--model``, ``--upstream``, ``--upstream-model``), :func:`fail` and
+:func:`load_settings`. It imports no command module (each of them imports this one;
+:mod:`batchd.cli.main` assembles them)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from batchd.config import Settings
 
 __all__ = [
     "UPSTREAM_KEY_ENV",
     "ConfigOption",
+    "DataDirOption",
     "LogFormatOption",
     "ModelOption",
     "UpstreamModelOption",
     "UpstreamOption",
     "fail",
+    "load_settings",
     "route_overrides",
 ]
 
 #: The environment variable holding the key of ``--upstream`` (sent if it is set).
 UPSTREAM_KEY_ENV = "UPSTREAM_API_KEY"
+
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="The data directory of the server, e.g. --data-dir ./batchd-data. Default: as for "
+        "`batchd serve` (BATCHD_DATA_DIR, the config file, the user data directory); with "
+        "database_url set, that database.",
+        file_okay=False,
+    ),
+]
+"""The data directory of the commands that work on a server's store (keys, webhooks)."""
 
 ConfigOption = Annotated[
     Path | None,
@@ -107,3 +123,15 @@ def fail(message: str, code: int = 2) -> NoReturn:
     """End the command with ``batchd: message`` on stderr and exit status ``code``."""
     typer.echo(f"batchd: {message}", err=True)
     raise typer.Exit(code)
+
+
+def load_settings(config: Path | None, data_dir: Path | None) -> Settings:
+    """The settings of ``config`` with ``data_dir`` (``batchd keys``, ``batchd webhooks``); one
+    that cannot be loaded ends the command with :func:`fail`."""
+    from batchd.config import Settings
+    from batchd.errors import BatchdError
+
+    try:
+        return Settings.load(config, data_dir=data_dir)
+    except BatchdError as exc:
+        fail(str(exc))

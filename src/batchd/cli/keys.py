@@ -17,8 +17,8 @@ from typing import Annotated
 import typer
 
 from batchd.auth import key_digest
-from batchd.cli.common import ConfigOption, fail
-from batchd.config import PROJECT_PATTERN, Settings
+from batchd.cli.common import ConfigOption, DataDirOption, fail, load_settings
+from batchd.config import PROJECT_PATTERN
 from batchd.errors import BatchdError
 from batchd.store import ApiKeyRecord, SQLStore
 
@@ -30,22 +30,9 @@ keys = typer.Typer(
     no_args_is_help=True,
 )
 
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        help="The data directory of the server the keys are for, e.g. --data-dir ./batchd-data. "
-        "Default: as for `batchd serve` (BATCHD_DATA_DIR, the config file, the user data "
-        "directory).",
-        file_okay=False,
-    ),
-]
-
 
 def _store(config: Path | None, data_dir: Path | None) -> SQLStore:
-    try:
-        settings = Settings.load(config, data_dir=data_dir)
-    except BatchdError as exc:
-        fail(str(exc))
+    settings = load_settings(config, data_dir)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return SQLStore(settings.resolved_database_url)
 
@@ -70,6 +57,14 @@ def create(
         str | None,
         typer.Option(help="A name to recognise the key by, e.g. --name ci-nightly."),
     ] = None,
+    admin: Annotated[
+        bool,
+        typer.Option(
+            "--admin",
+            help="The key also sees every project's batches, files and models in the dashboard "
+            "(/dashboard); the API still answers it as a key of --project.",
+        ),
+    ] = False,
     data_dir: DataDirOption = None,
     config: ConfigOption = None,
 ) -> None:
@@ -86,14 +81,18 @@ def create(
         )
     key = "bd-" + secrets.token_urlsafe(32)
     now = int(datetime.now().timestamp())
-    record = ApiKeyRecord(sha256=key_digest(key), project=project, created_at=now, name=name)
+    record = ApiKeyRecord(
+        sha256=key_digest(key), project=project, created_at=now, name=name, admin=admin
+    )
     try:
         asyncio.run(_create(_store(config, data_dir), record))
     except BatchdError as exc:
         fail(str(exc))
     typer.echo(key)
+    role = " (admin: the dashboard shows it every project)" if admin else ""
     typer.echo(
-        f"batchd: key for project {project!r} created; it is shown only this once.", err=True
+        f"batchd: key for project {project!r}{role} created; it is shown only this once.",
+        err=True,
     )
 
 
@@ -120,11 +119,11 @@ def list_keys(data_dir: DataDirOption = None, config: ConfigOption = None) -> No
     if not records:
         typer.echo("no keys (make one with `batchd keys create --project NAME`)", err=True)
         return
-    typer.echo(f"{'sha256':<14}{'project':<20}{'name':<20}{'created':<18}revoked")
+    typer.echo(f"{'sha256':<14}{'project':<20}{'name':<20}{'admin':<7}{'created':<18}revoked")
     for r in records:
         typer.echo(
-            f"{r.sha256[:12]:<14}{r.project:<20}{r.name or '':<20}{_when(r.created_at):<18}"
-            f"{_when(r.revoked_at)}"
+            f"{r.sha256[:12]:<14}{r.project:<20}{r.name or '':<20}{'yes' if r.admin else '':<7}"
+            f"{_when(r.created_at):<18}{_when(r.revoked_at)}"
         )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
 import socket
@@ -24,18 +23,9 @@ from batchd.cli.common import (
 )
 from batchd.config import Settings
 from batchd.errors import BatchdError, ConfigError
-from batchd.logs import configure_logging
+from batchd.logs import configure_logging, is_loopback
 
 __all__ = ["serve"]
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
 
 
 def _preflight(settings: Settings) -> None:
@@ -57,7 +47,7 @@ def _preflight(settings: Settings) -> None:
             await store.close()
 
     keys = asyncio.run(stored_keys())
-    if settings.insecure or _is_loopback(settings.host) or settings.api_keys or keys:
+    if settings.insecure or is_loopback(settings.host) or settings.api_keys or keys:
         return
     raise ConfigError(
         f"refusing to serve on {settings.host} with no API keys: anyone who can reach it "

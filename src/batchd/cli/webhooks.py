@@ -19,7 +19,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from batchd.cli.common import ConfigOption, fail
+from batchd.cli.common import ConfigOption, DataDirOption, fail, load_settings
 from batchd.config import PROJECT_PATTERN, Settings
 from batchd.errors import BatchdError
 from batchd.store import SQLStore
@@ -38,22 +38,9 @@ webhooks = typer.Typer(
 
 T = TypeVar("T")
 
-DataDirOption = Annotated[
-    Path | None,
-    typer.Option(
-        help="The data directory of the server, e.g. --data-dir ./batchd-data. Default: as for "
-        "`batchd serve` (BATCHD_DATA_DIR, the config file, the user data directory); with "
-        "database_url set, that database.",
-        file_okay=False,
-    ),
-]
-
 
 def _settings(config: Path | None, data_dir: Path | None) -> Settings:
-    try:
-        settings = Settings.load(config, data_dir=data_dir)
-    except BatchdError as exc:
-        fail(str(exc))
+    settings = load_settings(config, data_dir)
     if not settings.shared:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     return settings

@@ -205,6 +205,16 @@ async def logout(request: Request, seen: ViewerDep) -> Response:
 # -- batches ------------------------------------------------------------------------------------
 
 
+async def _batch_rows(
+    svc: Services, seen: Viewer, after: str | None
+) -> tuple[float, list[dict[str, Any]], bool]:
+    """A page of the viewer's batches: the time they are shown at, their views, and whether
+    older ones follow."""
+    page = await _monitor(svc).list_batches(seen.scope, after=after, limit=PAGE_SIZE)
+    now = time.time()
+    return now, [batch_view(batch, now) for batch in page.data], page.has_more
+
+
 @router.get("")
 async def batches_page(
     request: Request,
@@ -212,10 +222,8 @@ async def batches_page(
     seen: ViewerDep,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
-    page = await _monitor(svc).list_batches(seen.scope, after=after, limit=PAGE_SIZE)
-    now = time.time()
-    rows = [batch_view(batch, now) for batch in page.data]
-    older = rows[-1]["id"] if page.has_more and rows else None
+    _now, rows, has_more = await _batch_rows(svc, seen, after)
+    older = rows[-1]["id"] if has_more and rows else None
     return _page(request, "batches.html", seen, batches=rows, after=after, older=older)
 
 
@@ -225,9 +233,8 @@ async def batches_json(
     seen: ViewerDep,
     after: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
-    page = await _monitor(svc).list_batches(seen.scope, after=after, limit=PAGE_SIZE)
-    now = time.time()
-    return _json({"now": now, "batches": [batch_view(batch, now) for batch in page.data]})
+    now, rows, _has_more = await _batch_rows(svc, seen, after)
+    return _json({"now": now, "batches": rows})
 
 
 @router.get("/batches/{batch_id}")

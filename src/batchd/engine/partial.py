@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import anyio.to_thread
 
+from batchd.blocks import LineBlocks
 from batchd.engine.journal import CHUNK, is_ok, records
 
 if TYPE_CHECKING:
@@ -110,17 +111,12 @@ class JournalSnapshot:
         self.close()
 
     def _blocks(self) -> Generator[bytes, None, None]:
-        parts: list[bytes] = []
-        size = 0
+        gathered = LineBlocks()
         for _end, line in _first_records(self.fd, self.end, self.total, self.ok):
-            parts.append(line)
-            size += len(line)
-            if size >= CHUNK:
-                yield b"".join(parts)
-                parts.clear()
-                size = 0
-        if parts:
-            yield b"".join(parts)
+            if (block := gathered.add((line,))) is not None:
+                yield block
+        if (block := gathered.rest()) is not None:
+            yield block
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The lines, in the journal's order (completion order), in blocks of about 1 MiB."""

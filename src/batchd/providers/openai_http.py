@@ -67,6 +67,7 @@ from batchd.providers.base import (
     ProviderStream,
     ProviderStreamError,
 )
+from batchd.providers.http_errors import describe
 from batchd.providers.replicas import Breaker, Replica, ReplicaSet, prefix_hash
 
 __all__ = [
@@ -237,25 +238,6 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
         return None
     current = time.time() if now is None else now
     return max(0.0, when.timestamp() - current)
-
-
-def _describe(exc: PyreqwestError, upstream: str) -> str:
-    """``ConnectError on the upstream of model 'm': connection error (Connection refused (os
-    error 111))``.
-
-    pyreqwest's own message is generic; the root of its cause chain says what happened. The
-    outer causes are left out: they repeat the full URL, which could carry userinfo. The message
-    reaches clients (error files, the synchronous routes' 502s), so it names the upstream by its
-    model, not by its host, which is the operator's business (the log has it).
-    """
-    text = f"{type(exc).__name__} on {upstream}: {exc.message}"
-    details = getattr(exc, "details", None)
-    causes = details.get("causes") if isinstance(details, dict) else None
-    if causes:
-        root = causes[-1].get("message")
-        if root and root != exc.message:
-            text += f" ({root})"
-    return text
 
 
 @dataclass(eq=False, slots=True)
@@ -483,7 +465,7 @@ class OpenAIProvider(Provider):
 
     def _describe_error(self, exc: PyreqwestError) -> str:
         """What went wrong, for a message: no URL and no API key in it."""
-        return self._redact(_describe(exc, f"the upstream of model '{self.model}'"))
+        return self._redact(describe(exc, f"the upstream of model '{self.model}'"))
 
     def _prepare(self, request: ProviderRequest) -> tuple[str, bytes] | ProviderResult:
         """The endpoint key and payload of ``request``, or the failure that stops it before

@@ -27,6 +27,8 @@ __all__ = [
     "BatchService",
     "EngineHooks",
     "NewBatch",
+    "find_batch",
+    "list_batches",
 ]
 
 log = logging.getLogger("batchd")
@@ -129,6 +131,30 @@ def _not_found(batch_id: str) -> NotFound:
     return NotFound(f"No batch found with id '{batch_id}'.")
 
 
+async def find_batch(store: Store, scope: str | None, batch_id: str) -> BatchRecord:
+    """The batch ``batch_id`` of ``scope`` (a project, or ``None``: any project), else
+    :class:`NotFound`."""
+    record = await store.get_batch(batch_id, project=scope) if is_batch_id(batch_id) else None
+    if record is None:
+        raise _not_found(batch_id)
+    return record
+
+
+async def list_batches(
+    store: Store, scope: str | None, *, after: str | None, limit: int
+) -> Page[BatchRecord]:
+    """The batches of ``scope`` (a project, or ``None``: every project), newest first, after the
+    batch ``after`` (a cursor)."""
+    after_seq = await resolve_cursor(
+        after,
+        kind="batch",
+        well_formed=is_batch_id,
+        lookup=lambda batch_id: store.batch_cursor(batch_id, project=scope),
+    )
+    records, has_more = await store.list_batches(after_seq=after_seq, limit=limit, project=scope)
+    return Page(records, has_more)
+
+
 class BatchService:
     """Every operation on batches that a dialect or the command line offers."""
 
@@ -184,25 +210,11 @@ class BatchService:
         return record
 
     async def get(self, project: str, batch_id: str) -> BatchRecord:
-        record = (
-            await self.store.get_batch(batch_id, project=project) if is_batch_id(batch_id) else None
-        )
-        if record is None:
-            raise _not_found(batch_id)
-        return record
+        return await find_batch(self.store, project, batch_id)
 
     async def list(self, project: str, *, after: str | None, limit: int) -> Page[BatchRecord]:
         """The project's batches, newest first, after the batch ``after`` (a cursor)."""
-        after_seq = await resolve_cursor(
-            after,
-            kind="batch",
-            well_formed=is_batch_id,
-            lookup=lambda batch_id: self.store.batch_cursor(batch_id, project=project),
-        )
-        records, has_more = await self.store.list_batches(
-            after_seq=after_seq, limit=limit, project=project
-        )
-        return Page(records, has_more)
+        return await list_batches(self.store, project, after=after, limit=limit)
 
     async def partial(self, project: str, batch_id: str, which: Which) -> PartialResults:
         """The results of the batch durable so far (``which``: its ``output`` or ``errors``

@@ -17,11 +17,11 @@ import orjson
 
 from batchd.core.lifecycle import BatchEvent
 from batchd.errors import APIError, NotFound
-from batchd.ids import is_batch_id, is_file_id
+from batchd.ids import is_file_id
 from batchd.providers import Provider
-from batchd.service.batches import BatchService
+from batchd.service.batches import BatchService, find_batch, list_batches
 from batchd.service.files import FileService
-from batchd.service.pages import Page, resolve_cursor
+from batchd.service.pages import Page
 from batchd.store import BatchRecord, FileRecord, Store
 
 if TYPE_CHECKING:
@@ -118,24 +118,10 @@ class MonitorService:
         self, scope: str | None, *, after: str | None, limit: int
     ) -> Page[BatchRecord]:
         """The scope's batches, newest first, after the batch ``after``."""
-        after_seq = await resolve_cursor(
-            after,
-            kind="batch",
-            well_formed=is_batch_id,
-            lookup=lambda batch_id: self.store.batch_cursor(batch_id, project=scope),
-        )
-        records, has_more = await self.store.list_batches(
-            after_seq=after_seq, limit=limit, project=scope
-        )
-        return Page(records, has_more)
+        return await list_batches(self.store, scope, after=after, limit=limit)
 
     async def batch(self, scope: str | None, batch_id: str) -> BatchRecord:
-        record = (
-            await self.store.get_batch(batch_id, project=scope) if is_batch_id(batch_id) else None
-        )
-        if record is None:
-            raise NotFound(f"No batch found with id '{batch_id}'.")
-        return record
+        return await find_batch(self.store, scope, batch_id)
 
     async def events(self, scope: str | None, batch_id: str) -> list[BatchEvent]:
         """The batch's status changes, oldest first."""

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from batchd.blocks import LineBlocks
 from batchd.core.lifecycle import TERMINAL
 from batchd.store.records import BatchRecord
 from batchd.store.schema import batch_results, batches
@@ -29,7 +30,6 @@ from batchd.store.sql import _BATCH_COLUMNS, SQLStore, _store_error
 __all__ = ["RowSnapshot", "open_row_snapshot"]
 
 _ROWS = 2000  # rows fetched per round trip
-_CHUNK = 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -62,18 +62,12 @@ class RowSnapshot:
         )
         try:
             result = await self._conn.stream(stmt)
-            parts: list[bytes] = []
-            size = 0
+            gathered = LineBlocks()
             async for rows in result.partitions(_ROWS):
-                for (line,) in rows:
-                    parts.append(line)
-                    size += len(line)
-                if size >= _CHUNK:
-                    yield b"".join(parts)
-                    parts.clear()
-                    size = 0
-            if parts:
-                yield b"".join(parts)
+                if (block := gathered.add(line for (line,) in rows)) is not None:
+                    yield block
+            if (block := gathered.rest()) is not None:
+                yield block
         except SQLAlchemyError as exc:
             raise _store_error(exc) from exc
         finally:

@@ -77,3 +77,5 @@ class ApiKeyRecord:
     created_at: int
     name: str | None = None
     revoked_at: int | None = None
+    admin: bool = False
+    """Sees every project in the dashboard (``batchd keys create --admin``)."""

@@ -114,6 +114,7 @@ api_keys = sa.Table(
     sa.Column("name", sa.String(128), nullable=True),
     sa.Column("created_at", sa.BigInteger(), nullable=False),
     sa.Column("revoked_at", sa.BigInteger(), nullable=True),
+    sa.Column("admin", sa.Boolean(), nullable=False, server_default=sa.false()),
 )
 
 # The outbox of the batch lifecycle: one row per status change, written in the transaction that

@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from batchd.core.lifecycle import TERMINAL
 from batchd.store.schema import batch_events, webhook_cursor, webhook_deliveries, webhook_endpoints
 from batchd.store.sql import SQLStore
+from batchd.store.work import lease_rows
 
 __all__ = [
     "GAP_SECONDS",
@@ -143,6 +144,50 @@ def _delivery(row: sa.Row[Any]) -> DeliveryRecord:
     values = dict(row._mapping)
     values["status"] = _STATUSES[values["status"]]
     return DeliveryRecord(**{name: values[name] for name in _DELIVERY_FIELDS})
+
+
+async def _endpoints(conn: AsyncConnection, configured: Sequence[EndpointRef]) -> list[EndpointRef]:
+    """The endpoints there are now: ``configured`` and those of the store."""
+    stored = (await conn.execute(sa.select(*_ENDPOINT_COLUMNS))).all()
+    return [*configured, *(_endpoint(row).ref for row in stored)]
+
+
+def _deliveries(
+    batch_id: str,
+    seq: int,
+    kind: str,
+    event: Any,
+    endpoints: Sequence[EndpointRef],
+    now: float,
+) -> list[dict[str, Any]]:
+    """The rows of the deliveries of the event ``seq`` of the batch ``batch_id`` (``event``: its
+    row, with ``project`` and ``created_at``) to the ``endpoints`` that want it."""
+    payload = json.dumps(
+        {
+            "object": "event",
+            "id": event_id(batch_id, seq),
+            "type": kind,
+            "created_at": int(event.created_at),
+            "data": {"id": batch_id},
+        },
+        separators=(",", ":"),
+    )
+    return [
+        {
+            "id": delivery_id(batch_id, seq, endpoint.id),
+            "endpoint_id": endpoint.id,
+            "project": event.project,
+            "batch_id": batch_id,
+            "event_seq": seq,
+            "event_type": kind,
+            "payload": payload,
+            "status": "pending",
+            "next_attempt_at": now,
+            "created_at": int(now),
+        }
+        for endpoint in endpoints
+        if endpoint.wants(event.project, kind)
+    ]
 
 
 def _endpoint(row: sa.Row[Any]) -> EndpointRecord:
@@ -259,8 +304,7 @@ class WebhookStore:
             ).all()
             if not events:
                 return 0
-            stored = (await conn.execute(sa.select(*_ENDPOINT_COLUMNS))).all()
-            endpoints = [*configured, *(_endpoint(row).ref for row in stored)]
+            endpoints = await _endpoints(conn, configured)
             values: list[dict[str, Any]] = []
             advance, expected, gap_seen = cursor, cursor + 1, False
             for event in events:
@@ -273,37 +317,8 @@ class WebhookStore:
                 kind = event_type(event.to_status)
                 if kind is None:
                     continue
-                payload = json.dumps(
-                    {
-                        "object": "event",
-                        "id": event_id(event.batch_id, seq),
-                        "type": kind,
-                        "created_at": int(event.created_at),
-                        "data": {"id": event.batch_id},
-                    },
-                    separators=(",", ":"),
-                )
-                for endpoint in endpoints:
-                    if endpoint.wants(event.project, kind):
-                        values.append(
-                            {
-                                "id": delivery_id(event.batch_id, seq, endpoint.id),
-                                "endpoint_id": endpoint.id,
-                                "project": event.project,
-                                "batch_id": event.batch_id,
-                                "event_seq": seq,
-                                "event_type": kind,
-                                "payload": payload,
-                                "status": "pending",
-                                "next_attempt_at": now,
-                                "created_at": int(now),
-                            }
-                        )
-            made = 0
-            for at in range(0, len(values), 500):
-                stmt = self._insert(webhook_deliveries).values(values[at : at + 500])
-                result = await conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
-                made += max(int(result.rowcount), 0)
+                values += _deliveries(event.batch_id, seq, kind, event, endpoints, now)
+            made = await self._insert_deliveries(conn, values)
             if advance != cursor:
                 await conn.execute(
                     sa.update(webhook_cursor)
@@ -337,42 +352,25 @@ class WebhookStore:
                     .order_by(batch_events.c.seq)
                 )
             ).all()
-            stored = (await conn.execute(sa.select(*_ENDPOINT_COLUMNS))).all()
-            endpoints = [*configured, *(_endpoint(row).ref for row in stored)]
-            made = 0
+            endpoints = await _endpoints(conn, configured)
+            values: list[dict[str, Any]] = []
             for event in events:
                 kind = event_type(event.to_status)
                 assert kind is not None
-                payload = json.dumps(
-                    {
-                        "object": "event",
-                        "id": event_id(batch_id, int(event.seq)),
-                        "type": kind,
-                        "created_at": int(event.created_at),
-                        "data": {"id": batch_id},
-                    },
-                    separators=(",", ":"),
-                )
-                for endpoint in endpoints:
-                    if not endpoint.wants(event.project, kind):
-                        continue
-                    stmt = self._insert(webhook_deliveries).values(
-                        id=delivery_id(batch_id, int(event.seq), endpoint.id),
-                        endpoint_id=endpoint.id,
-                        project=event.project,
-                        batch_id=batch_id,
-                        event_seq=int(event.seq),
-                        event_type=kind,
-                        payload=payload,
-                        status="pending",
-                        next_attempt_at=now,
-                        created_at=int(now),
-                    )
-                    result = await conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
-                    made += max(int(result.rowcount), 0)
-            return made
+                values += _deliveries(batch_id, int(event.seq), kind, event, endpoints, now)
+            return await self._insert_deliveries(conn, values)
 
         return await self.store._transaction(work)
+
+    async def _insert_deliveries(self, conn: AsyncConnection, values: list[dict[str, Any]]) -> int:
+        """Insert the deliveries not made yet (a delivery's id is that of its event and
+        endpoint); the deliveries made."""
+        made = 0
+        for at in range(0, len(values), 500):
+            stmt = self._insert(webhook_deliveries).values(values[at : at + 500])
+            result = await conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))
+            made += max(int(result.rowcount), 0)
+        return made
 
     # -- claims and attempts --------------------------------------------------------------------
 
@@ -407,26 +405,17 @@ class WebhookStore:
         d = webhook_deliveries
 
         async def work(conn: AsyncConnection) -> list[DeliveryRecord]:
-            select = sa.select(d.c.seq).where(self._due(now)).order_by(d.c.seq).limit(limit)
-            if self._postgres:
-                select = select.with_for_update(of=d, skip_locked=True)
-            claimed: list[DeliveryRecord] = []
-            for (seq,) in (await conn.execute(select)).all():
-                row = (
-                    await conn.execute(
-                        sa.update(d)
-                        .where(d.c.seq == seq, self._due(now))
-                        .values(
-                            lease_owner=owner,
-                            lease_expires_at=now + lease_seconds,
-                            lease_epoch=d.c.lease_epoch + 1,
-                        )
-                        .returning(*_DELIVERY_COLUMNS)
-                    )
-                ).one_or_none()
-                if row is not None:
-                    claimed.append(_delivery(row))
-            return claimed
+            rows = await lease_rows(
+                conn,
+                d.c.seq,
+                self._due(now),
+                _DELIVERY_COLUMNS,
+                postgres=self._postgres,
+                owner=owner,
+                expires_at=now + lease_seconds,
+                limit=limit,
+            )
+            return [_delivery(row) for row in rows]
 
         # A read first: most polls find nothing due, and need no transaction that writes.
         if not await self.store._fetch(sa.select(d.c.seq).where(self._due(now)).limit(1)):

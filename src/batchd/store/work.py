@@ -49,11 +49,49 @@ from batchd.store.schema import (
 )
 from batchd.store.sql import _BATCH_COLUMNS, NOTIFY_CHANNEL, SQLStore, _store_error
 
-__all__ = ["LeaseLost", "RangeLease", "ResultRow", "SharedWork", "WorkerInfo"]
+__all__ = ["LeaseLost", "RangeLease", "ResultRow", "SharedWork", "WorkerInfo", "lease_rows"]
 
 log = logging.getLogger("batchd.engine")
 
 _STREAM_ROWS = 2000  # result rows fetched per round trip while finalizing
+
+
+async def lease_rows(
+    conn: AsyncConnection,
+    key: sa.Column[Any],
+    condition: sa.ColumnElement[bool],
+    columns: Sequence[sa.Column[Any]],
+    *,
+    postgres: bool,
+    owner: str,
+    expires_at: float,
+    limit: int,
+) -> list[sa.Row[Any]]:
+    """Lease to ``owner`` up to ``limit`` rows of ``key``'s table (one with ``seq`` and the
+    ``lease_*`` columns) that meet ``condition``, oldest first; the leased rows, as ``columns``.
+    Each row is taken by an update that checks ``condition`` again, so that one another process
+    took in between is passed over; on PostgreSQL the rows are locked, skipping locked ones."""
+    table = key.table
+    select = sa.select(key).where(condition).order_by(table.c.seq).limit(limit)
+    if postgres:
+        select = select.with_for_update(of=table, skip_locked=True)
+    leased: list[sa.Row[Any]] = []
+    for (value,) in (await conn.execute(select)).all():
+        row = (
+            await conn.execute(
+                sa.update(table)
+                .where(key == value, condition)
+                .values(
+                    lease_owner=owner,
+                    lease_expires_at=expires_at,
+                    lease_epoch=table.c.lease_epoch + 1,
+                )
+                .returning(*columns)
+            )
+        ).one_or_none()
+        if row is not None:
+            leased.append(row)
+    return leased
 
 
 _TOKENS = ("input_tokens", "cached_tokens", "output_tokens", "reasoning_tokens")
@@ -517,28 +555,17 @@ class SharedWork:
         free = sa.or_(batches.c.lease_owner.is_(None), batches.c.lease_expires_at < now)
 
         async def work(conn: AsyncConnection) -> list[BatchRecord]:
-            select = (
-                sa.select(batches.c.id).where(condition, free).order_by(batches.c.seq).limit(limit)
+            rows = await lease_rows(
+                conn,
+                batches.c.id,
+                sa.and_(condition, free),
+                _BATCH_COLUMNS,
+                postgres=self._postgres,
+                owner=owner,
+                expires_at=now + lease_seconds,
+                limit=limit,
             )
-            if self._postgres:
-                select = select.with_for_update(skip_locked=True)
-            claimed: list[BatchRecord] = []
-            for (batch_id,) in (await conn.execute(select)).all():
-                row = (
-                    await conn.execute(
-                        sa.update(batches)
-                        .where(batches.c.id == batch_id, condition, free)
-                        .values(
-                            lease_owner=owner,
-                            lease_expires_at=now + lease_seconds,
-                            lease_epoch=batches.c.lease_epoch + 1,
-                        )
-                        .returning(*_BATCH_COLUMNS)
-                    )
-                ).one_or_none()
-                if row is not None:
-                    claimed.append(self.store._batch(row))
-            return claimed
+            return [self.store._batch(row) for row in rows]
 
         return await self.store._transaction(work)
 

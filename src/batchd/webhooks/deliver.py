@@ -28,6 +28,7 @@ from pyreqwest.exceptions import PyreqwestError
 from batchd import __version__
 from batchd.config import Settings
 from batchd.errors import StoreError
+from batchd.providers.http_errors import describe
 from batchd.store.sql import SQLStore
 from batchd.store.webhooks import DeliveryRecord, DeliveryStatus, EndpointRef, WebhookStore
 from batchd.store.work import SharedWork
@@ -51,19 +52,6 @@ class Endpoint:
         self.id = endpoint_id
         self.url = url
         self.secret = secret
-
-
-def _describe(exc: PyreqwestError) -> str:
-    """The error of an attempt without an answer: its kind and the root of its cause (not the
-    outer causes, which repeat the URL)."""
-    text = f"{type(exc).__name__}: {exc.message}"
-    details = getattr(exc, "details", None)
-    causes = details.get("causes") if isinstance(details, dict) else None
-    if causes:
-        root = causes[-1].get("message")
-        if root and root != exc.message:
-            text += f" ({root})"
-    return text
 
 
 class Deliverer:
@@ -243,7 +231,7 @@ class Deliverer:
                 async with request.streamed_read_buffer_limit(0).build_streamed() as response:
                     status = int(response.status)
         except PyreqwestError as exc:
-            return None, _describe(exc)
+            return None, describe(exc)
         except (ValueError, TypeError) as exc:  # a URL or header pyreqwest refuses
             return None, f"the request could not be made: {exc}"
         if 200 <= status < 300:

@@ -105,32 +105,37 @@ def _literal(host: str) -> IPAddress | None:
         return None
 
 
-def _check(
-    url: str, networks: Sequence[IPNetwork], infos: Sequence[str] | None
-) -> tuple[Target | None, str | None]:
+def _check(url: str, networks: Sequence[IPNetwork], infos: Sequence[str] | None) -> Target | str:
     parts = _split(url)
     if isinstance(parts, str):
-        return None, parts
+        return parts
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
     literal = _literal(host)
     addresses = [str(literal)] if literal is not None else list(infos or [])
     if not addresses:
-        return None, f"{host} does not resolve to any address"
+        return f"{host} does not resolve to any address"
     # The first address that may be used is the one connected to (the connection is pinned to
     # it); a name whose every address is refused is refused with the first one's reason.
     problems = []
     for address in addresses:
         problem = address_problem(address, networks, host)
         if problem is None:
-            return Target(host, port, address, literal is not None), None
+            return Target(host, port, address, literal is not None)
         problems.append(problem)
-    return None, problems[0]
+    return problems[0]
 
 
-def _port(url: str) -> int:
-    parts = urlsplit(url)
-    return parts.port or (443 if parts.scheme == "https" else 80)
+def _lookup(url: str) -> tuple[str, int] | None:
+    """The host name and port of ``url`` to resolve; ``None`` when there is none (``url`` names
+    an address, or :func:`_check` refuses it as it stands)."""
+    parts = _split(url)
+    if isinstance(parts, str):
+        return None
+    host = parts.hostname or ""
+    if _literal(host) is not None:
+        return None
+    return host, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _addresses(infos: Iterable[tuple[object, ...]]) -> list[str]:
@@ -146,33 +151,24 @@ def _addresses(infos: Iterable[tuple[object, ...]]) -> list[str]:
 
 async def resolve(url: str, networks: Sequence[IPNetwork]) -> Target | str:
     """The checked target of ``url``, or why it is refused (at send time)."""
-    parts = _split(url)
-    if isinstance(parts, str):
-        return parts
-    host = parts.hostname or ""
+    name = _lookup(url)
     infos: list[str] | None = None
-    if _literal(host) is None:
+    if name is not None:
         try:
             loop = asyncio.get_running_loop()
-            found = await loop.getaddrinfo(host, _port(url), type=socket.SOCK_STREAM)
+            infos = _addresses(await loop.getaddrinfo(*name, type=socket.SOCK_STREAM))
         except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
-            return f"cannot resolve {host}: {exc}"
-        infos = _addresses(found)
-    target, problem = _check(url, networks, infos)
-    return target if target is not None else str(problem)
+            return f"cannot resolve {name[0]}: {exc}"
+    return _check(url, networks, infos)
 
 
 def resolve_sync(url: str, networks: Sequence[IPNetwork]) -> Target | str:
     """:func:`resolve` for the command line (``batchd webhooks add``)."""
-    parts = _split(url)
-    if isinstance(parts, str):
-        return parts
-    host = parts.hostname or ""
+    name = _lookup(url)
     infos: list[str] | None = None
-    if _literal(host) is None:
+    if name is not None:
         try:
-            infos = _addresses(socket.getaddrinfo(host, _port(url), type=socket.SOCK_STREAM))
+            infos = _addresses(socket.getaddrinfo(*name, type=socket.SOCK_STREAM))
         except (OSError, UnicodeError) as exc:  # UnicodeError: a name IDNA cannot encode
-            return f"cannot resolve {host}: {exc}"
-    target, problem = _check(url, networks, infos)
-    return target if target is not None else str(problem)
+            return f"cannot resolve {name[0]}: {exc}"
+    return _check(url, networks, infos)

@@ -1,6 +1,7 @@
 """Webhooks: endpoints added with ``batchd webhooks add``, one delivery row per (event, endpoint)
 with its attempts and lease, and the cursor of the outbox's fan-out (started at the newest event:
-batches that ended before the upgrade send nothing).
+batches that ended before the upgrade send nothing). Admin keys in the store
+(``batchd keys create --admin``).
 
 Revision ID: 0008
 Revises: 0007
@@ -21,6 +22,10 @@ _Seq = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
+    op.add_column(
+        "api_keys",
+        sa.Column("admin", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
     op.create_table(
         "webhook_endpoints",
         sa.Column("seq", _Seq, primary_key=True, autoincrement=True),
@@ -72,6 +77,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("api_keys") as table:
+        table.drop_column("admin")
     op.drop_table("webhook_cursor")
     op.drop_index("ix_webhook_deliveries_batch", "webhook_deliveries")
     op.drop_index("ix_webhook_deliveries_due", "webhook_deliveries")
