@@ -99,7 +99,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-__all__ = ["SentenceTransformersOptions", "SentenceTransformersProvider"]
+__all__ = ["SentenceTransformersOptions", "SentenceTransformersProvider", "embeddings_body"]
 
 logger = logging.getLogger(__name__)
 
@@ -463,21 +463,29 @@ class SentenceTransformersProvider(Provider):
                 norms = np.linalg.norm(vectors, axis=1, keepdims=True)
                 vectors = vectors / np.maximum(norms, np.float32(1e-12))
         vectors = np.ascontiguousarray(vectors, dtype="<f4")
-        embeddings: list[Any]
-        if item.base64:
-            embeddings = [base64.b64encode(row.tobytes()).decode("ascii") for row in vectors]
-        else:  # the shortest decimals of the float32 values, as Python floats
-            embeddings = orjson.loads(orjson.dumps(vectors, option=orjson.OPT_SERIALIZE_NUMPY))
-        tokens = sum(counts)
-        return {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": i, "embedding": embedding}
-                for i, embedding in enumerate(embeddings)
-            ],
-            "model": self.model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        return embeddings_body(self.model, vectors, sum(counts), as_base64=item.base64)
+
+
+def embeddings_body(
+    model: str, vectors: NDArray[np.float32], tokens: int, *, as_base64: bool
+) -> dict[str, Any]:
+    """The ``/v1/embeddings`` answer of ``vectors`` (contiguous little-endian float32 rows):
+    base64 of each row's bytes, or the shortest decimals of its float32 values as Python
+    floats. ``bench/instant_provider.py`` builds its bodies with it too."""
+    embeddings: list[Any]
+    if as_base64:
+        embeddings = [base64.b64encode(row.tobytes()).decode("ascii") for row in vectors]
+    else:
+        embeddings = orjson.loads(orjson.dumps(vectors, option=orjson.OPT_SERIALIZE_NUMPY))
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": embedding}
+            for i, embedding in enumerate(embeddings)
+        ],
+        "model": model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 _INPUT_TYPES = (
