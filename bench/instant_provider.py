@@ -8,8 +8,9 @@ result objects, the journal, finalization, the files). It serves two endpoints:
     The request's vector is row ``index % pool`` of a seeded numpy array (``dimensions``
     float32 values per row, unit vectors, as sentence-transformers models give), turned into the
     response body as the ``sentence-transformers`` provider does today: float vectors as the
-    shortest decimals of the float32 values (``orjson.dumps`` of the numpy rows, read back as
-    Python floats), ``encoding_format: "base64"`` as the little-endian float32 bytes in base64.
+    shortest decimals of the float32 values, ``encoding_format: "base64"`` as the little-endian
+    float32 bytes in base64, the rows of a group encoded at once (its ``encode_rows`` and
+    ``embeddings_body``).
 ``/v1/chat/completions``
     A ``chat.completion`` body whose answer (``answer_tokens`` words, one token each) is one
     of ``pool`` precomputed answers; a body of its own (id) per request, the message shared.
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -46,7 +47,7 @@ from batchd.providers.base import (
     ProviderRequest,
     ProviderResult,
 )
-from batchd.providers.sentence_transformers import embeddings_body
+from batchd.providers.sentence_transformers import embeddings_body, encode_rows
 
 __all__ = [
     "MODULE",
@@ -190,15 +191,30 @@ class InstantProvider(Provider):
         started = time.thread_time()
         if self.first is None:
             self.first = (time.time(), time.process_time())
-        results = [self._one(request) for request in group]
+        # as the sentence-transformers provider does: a group's rows encoded at once
+        rows: dict[bool, list[Any]] = {}
+        if self._vectors is not None:
+            for as_base64 in (False, True):
+                picks = [
+                    request.index % len(self._vectors)
+                    for request in group
+                    if request.endpoint == EMBEDDINGS
+                    and (request.body.get("encoding_format") == "base64") == as_base64
+                ]
+                if picks:
+                    encoded = encode_rows(self._vectors[picks], as_base64=as_base64)
+                    rows[as_base64] = encoded[::-1]  # popped in request order
+        results = [self._one(request, rows) for request in group]
         self.cpu_s += time.thread_time() - started
         self.calls += 1
         self.results += len(group)
         return results
 
-    def _one(self, request: ProviderRequest) -> ProviderResult:
+    def _one(self, request: ProviderRequest, rows: dict[bool, list[Any]]) -> ProviderResult:
         if request.endpoint == EMBEDDINGS and self._vectors is not None:
-            body = self._embedding(request.index, request.body)
+            encoded = rows[request.body.get("encoding_format") == "base64"].pop()
+            # the sentence-transformers provider's own body: the bench measures the real code
+            body = embeddings_body(self.model, [encoded], embedding_tokens(request.index))
         elif request.endpoint == CHAT and self._answers:
             answer = self._answers[request.index % len(self._answers)]
             body = chat_body(request.index, self.model, answer, self.options.answer_tokens)
@@ -208,14 +224,6 @@ class InstantProvider(Provider):
                 request.index, "unsupported_endpoint", message, retryable=False
             )
         return ProviderResult.success(request.index, 200, body)
-
-    def _embedding(self, index: int, request: Mapping[str, Any]) -> dict[str, Any]:
-        pool = self._vectors
-        assert pool is not None
-        rows = pool[index % len(pool) : index % len(pool) + 1]
-        as_base64 = request.get("encoding_format") == "base64"
-        # the sentence-transformers provider's own encoding: the bench measures the real code
-        return embeddings_body(self.model, rows, embedding_tokens(index), as_base64=as_base64)
 
 
 def plugin_dir(where: Path) -> Path:

@@ -606,7 +606,9 @@ def main(argv: list[str] | None = None) -> int:
     WORK_DIR.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="result-path-", dir=WORK_DIR))
     plugins = plugin_dir(work / "plugins")
-    env = clean_env({"PYTHONPATH": str(plugins)})
+    # the plugin before this process's own path (a checkout's src/ to measure, if set)
+    paths = [str(plugins), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = clean_env({"PYTHONPATH": os.pathsep.join(paths)})
     check = subprocess.run(
         [sys.executable, "-c", "from importlib.metadata import entry_points as e; "
          "print(*[p.value for p in e(group='batchd.providers') if p.name == 'instant'])"],

@@ -80,12 +80,16 @@ def read_lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_a_run_writes_output_and_error_files(tmp_path: Path, upstream: UpstreamProcess) -> None:
-    bodies = {f"ok-{i:03d}": chat_body(f"run probe {i}") for i in range(40)}
+def one_failing(tmp_path: Path, upstream: UpstreamProcess, ok: int) -> tuple[dict[str, Any], Path]:
+    """An input of ``ok`` answered requests and one refused (``bad-1``), and its config."""
+    bodies = {f"ok-{i:03d}": chat_body(f"run probe {i}") for i in range(ok)}
     bodies["bad-1"] = chat_body("FAULT:400 refused")
     write_input(tmp_path / "in.jsonl", bodies)
-    config = config_for(tmp_path, upstream)
+    return bodies, config_for(tmp_path, upstream)
 
+
+def test_a_run_writes_output_and_error_files(tmp_path: Path, upstream: UpstreamProcess) -> None:
+    bodies, config = one_failing(tmp_path, upstream, 40)
     done = batchd_run(run_args(tmp_path, config))
 
     assert done.returncode == 0, done.stderr
@@ -104,6 +108,46 @@ def test_a_run_writes_output_and_error_files(tmp_path: Path, upstream: UpstreamP
     assert "40 succeeded, 1 failed" in done.stderr
     assert str(tmp_path / "out.errors.jsonl") in done.stderr
     assert not (tmp_path / ".out.jsonl.batchd").exists()  # the state is removed at the end
+
+
+def test_the_files_are_linked_out_of_a_removed_state_and_copied_out_of_a_kept_one(
+    tmp_path: Path, upstream: UpstreamProcess
+) -> None:
+    """Without ``--keep-state`` the stored files (removed next) are hard-linked into place, not
+    copied; with it, the output is a copy of its own, so an edit cannot reach the state."""
+    bodies, config = one_failing(tmp_path, upstream, 10)
+    linked = batchd_run(run_args(tmp_path, config))
+    assert linked.returncode == 0, linked.stderr
+    # the state's blobs are gone, so the names they had are the outputs' only ones
+    assert (tmp_path / "out.jsonl").stat().st_nlink == 1
+    assert len(read_lines(tmp_path / "out.jsonl")) == 10
+    assert len(read_lines(tmp_path / "out.errors.jsonl")) == 1
+
+    kept = batchd_run(run_args(tmp_path, config, "--keep-state"))
+    assert kept.returncode == 0, kept.stderr
+    state = tmp_path / ".out.jsonl.batchd"
+    blobs = {path.stat().st_ino for path in state.rglob("*") if path.is_file()}
+    for out in (tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl"):
+        assert out.stat().st_nlink == 1
+        assert out.stat().st_ino not in blobs
+    output = read_lines(tmp_path / "out.jsonl")
+    assert [line["custom_id"] for line in output] == [c for c in bodies if c.startswith("ok-")]
+
+
+def test_link_file_links_or_says_it_cannot(tmp_path: Path) -> None:
+    from batchd.localrun import _link_file
+
+    source = tmp_path / "blob"
+    source.write_bytes(b'{"a": 1}\n')
+    target = tmp_path / "out" / "x.jsonl"
+    target.parent.mkdir()
+    target.write_bytes(b"stale")
+    assert _link_file(source, target) is True
+    assert target.stat().st_ino == source.stat().st_ino
+    assert target.read_bytes() == b'{"a": 1}\n'
+    assert [p.name for p in target.parent.iterdir()] == ["x.jsonl"]  # no temporary file left
+    assert _link_file(tmp_path / "missing", tmp_path / "y.jsonl") is False
+    assert not (tmp_path / "y.jsonl").exists()
 
 
 def test_a_file_that_fails_validation_exits_1_with_line_numbers(

@@ -172,10 +172,8 @@ async def test_round_trip_reopen_keeps_state_and_ids(tmp_path: Path) -> None:
     assert errors == [e.output_line() for e in entries if not e.ok]
 
 
-@pytest.mark.anyio
-async def test_append_returns_only_after_the_sync(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def block_syncs(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """``(gate, syncing)``: every sync sets ``syncing`` and waits until ``gate`` is set."""
     gate, syncing = threading.Event(), threading.Event()
     real = getattr(os, SYNC)
 
@@ -185,6 +183,14 @@ async def test_append_returns_only_after_the_sync(
         real(fd)
 
     monkeypatch.setattr(os, SYNC, blocked)
+    return gate, syncing
+
+
+@pytest.mark.anyio
+async def test_append_returns_only_after_the_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate, syncing = block_syncs(monkeypatch)
     journal = await Journal.open(tmp_path / "j", 4, max_delay=0)
     task = asyncio.create_task(journal.append(ok_entry(1)))
     try:
@@ -198,6 +204,51 @@ async def test_append_returns_only_after_the_sync(
     assert await task is True
     assert journal.is_done(1)
     assert journal.counts.done == 1
+    await journal.close()
+
+
+@pytest.mark.anyio
+async def test_submit_many_resolves_once_the_whole_group_is_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One future per group (the dispatch's): it resolves after the sync of the group's last
+    new entry, with every entry counted; entries durable already are left out."""
+    path = tmp_path / "j"
+    journal = await Journal.open(path, 40, max_delay=0, max_group=8)
+    assert await journal.append(ok_entry(3)) is True
+    gate, syncing = block_syncs(monkeypatch)
+    future = journal.submit_many([mixed_entry(i) for i in range(20)])  # 3 is done: 19 new
+    try:
+        await asyncio.sleep(0.05)
+        assert syncing.is_set()  # the first of 3 commits is syncing…
+        assert not future.done()  # …so the group is not durable yet
+        assert not journal.is_done(19)
+    finally:
+        gate.set()
+    assert await future is True
+    assert journal.counts.done == 20
+    assert all(journal.is_done(i) for i in range(20))
+    assert await journal.submit_many([ok_entry(1), ok_entry(2)]) is False  # nothing new
+    with pytest.raises(ValueError, match="out of range"):
+        journal.submit_many([ok_entry(40)])
+    await journal.close()
+    output, errors = results(path, 40)
+    assert len(output) + len(errors) == 20
+
+
+@pytest.mark.anyio
+async def test_submit_many_fails_with_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    journal = await Journal.open(tmp_path / "j", 10, max_delay=0)
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, SYNC, broken)
+    with pytest.raises(JournalError, match="failed"):
+        await journal.submit_many([ok_entry(i) for i in range(5)])
+    assert journal.counts.done == 0
     await journal.close()
 
 

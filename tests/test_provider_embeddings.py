@@ -34,6 +34,7 @@ if _SPEC is None or not _SPEC.submodule_search_locations:
 MODEL_DIR = Path(next(iter(_SPEC.submodule_search_locations))) / "model"
 
 import numpy as np  # noqa: E402 (after the skips: it comes with the local extra)
+import orjson  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 from openai import BadRequestError, OpenAI  # noqa: E402
 from sentence_transformers import SentenceTransformer  # noqa: E402
@@ -94,8 +95,11 @@ async def embed(provider: SentenceTransformersProvider, body: dict[str, Any]) ->
 
 
 def body_of(result: ProviderResult) -> dict[str, Any]:
+    """The body as the output file has it (float vectors are :class:`orjson.Fragment`\\ s until
+    the body is encoded)."""
     assert isinstance(result.body, dict), result
-    return result.body
+    decoded: dict[str, Any] = orjson.loads(orjson.dumps(result.body))
+    return decoded
 
 
 def vectors(result: ProviderResult) -> NDArray[np.float32]:

@@ -16,7 +16,11 @@ stop it with Ctrl-C and start it again.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
+import os
+import secrets
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +33,7 @@ from batchd.protocol import BATCH_ENDPOINTS
 from batchd.runtime import Services
 from batchd.service import NewBatch
 from batchd.storage import BlobTooLarge
+from batchd.storage.local import LocalStorage, fsync_dir
 from batchd.store import BatchRecord
 from batchd.validation import normalize_url
 
@@ -157,30 +162,82 @@ class LocalRun:
                 return
             await asyncio.sleep(interval)
 
-    async def export(self, batch: BatchRecord, output: Path, errors: Path) -> Outcome:
+    async def export(
+        self, batch: BatchRecord, output: Path, errors: Path, *, link: bool = False
+    ) -> Outcome:
         """Copy the batch's output and error files to ``output`` and ``errors`` (each written
         to a temporary file beside it, then renamed); a file the batch does not have is not
-        written, and a stale one at that path is left alone."""
+        written, and a stale one at that path is left alone. With ``link`` (the state
+        directory is removed next, so nothing else will read the stored files) a stored file on
+        the same filesystem is hard-linked into place instead of copied."""
         written: list[Path | None] = []
         for file_id, path in ((batch.output_file_id, output), (batch.error_file_id, errors)):
             if file_id is None:
                 written.append(None)
                 continue
-            await self._copy_out(file_id, path)
+            await self._copy_out(file_id, path, link)
             written.append(path)
         return Outcome(batch, written[0], written[1])
 
-    async def _copy_out(self, file_id: str, path: Path) -> None:
-        _record, chunks = await self.services.files.content(DEFAULT_PROJECT, file_id)
+    async def _copy_out(self, file_id: str, path: Path, link: bool) -> None:
+        record, chunks = await self.services.files.content(DEFAULT_PROJECT, file_id)
+        storage = self.services.storage
         await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        if (
+            link
+            and isinstance(storage, LocalStorage)
+            and await asyncio.to_thread(_link_file, storage.path(record.id), path)
+        ):
+            return
         out = await asyncio.to_thread(AtomicFile, path)
         try:
-            async for chunk in chunks:
-                await asyncio.to_thread(out.file.write, chunk)
+            if isinstance(storage, LocalStorage):
+                # the blob is a local file: the kernel copies it (copy_file_range/sendfile), no
+                # pass of its bytes through Python
+                await asyncio.to_thread(_copy_file, storage.path(record.id), out)
+            else:
+                async for chunk in chunks:
+                    await asyncio.to_thread(out.file.write, chunk)
             await asyncio.to_thread(out.commit)
         except BaseException:
             await asyncio.to_thread(out.discard)
             raise
+
+
+def _link_file(source: Path, path: Path) -> bool:
+    """Hard-link ``source`` to ``path`` (under a temporary name, then renamed over it);
+    ``False`` where the two are on different filesystems or links are not allowed."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        os.link(source, temp)
+    except OSError:
+        return False
+    try:
+        os.replace(temp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return True
+
+
+def _copy_file(source: Path, out: AtomicFile) -> None:
+    """``source``'s bytes into ``out`` by ``sendfile`` (in the kernel), or by reads and writes
+    where the system cannot send to a file."""
+    out.file.flush()
+    with source.open("rb") as fh:
+        size, offset = os.fstat(fh.fileno()).st_size, 0
+        try:
+            while offset < size:
+                sent = os.sendfile(out.file.fileno(), fh.fileno(), offset, size - offset)
+                if not sent:
+                    break
+                offset += sent
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSOCK) or offset:
+                raise
+        fh.seek(offset)
+        shutil.copyfileobj(fh, out.file, _CHUNK)  # what is left (all of it without sendfile)
 
 
 async def _chunks(path: Path) -> AsyncIterator[bytes]:

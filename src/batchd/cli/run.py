@@ -53,6 +53,9 @@ def run_settings(
     return settings.model_copy(update=limits)
 
 
+_POLL = 0.1  # seconds between two looks at the batch (a store read): how late the end is seen
+
+
 def default_errors_path(output: Path) -> Path:
     """``out.jsonl`` → ``out.errors.jsonl``."""
     return output.with_name(f"{output.stem}.errors{output.suffix or '.jsonl'}")
@@ -121,6 +124,7 @@ async def _execute(
     errors: Path,
     endpoint: str | None,
     interval: float,
+    keep_state: bool,
 ) -> int:
     # The engine is imported here: the other commands do not pay for it.
 
@@ -140,12 +144,13 @@ async def _execute(
             )
         batch = started
         with ProgressDisplay(input_path.name, interval=interval) as display:
-            async for batch in local.watch(started.id):
+            async for batch in local.watch(started.id, interval=_POLL):
                 display.update(_snapshot(batch))
         if batch.status == "failed":
             _report_validation(batch, input_path)
             return 1
-        outcome = await local.export(batch, output, errors)
+        # the state directory is removed next unless kept: its files may be linked, not copied
+        outcome = await local.export(batch, output, errors, link=not keep_state)
     done = f"{batch.completed:,} succeeded, {batch.failed:,} failed"
     _say(f"batchd: {batch.id} {batch.status}: {done}")
     if outcome.output is not None:
@@ -245,7 +250,13 @@ def run(
         _log_to(state, settings.log_level.upper(), settings.log_format)
         code = asyncio.run(
             _execute(
-                settings, input_path.resolve(), output, errors_path, endpoint, progress_interval
+                settings,
+                input_path.resolve(),
+                output,
+                errors_path,
+                endpoint,
+                progress_interval,
+                keep_state,
             )
         )
     except KeyboardInterrupt:

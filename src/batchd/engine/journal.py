@@ -52,7 +52,7 @@ import collections
 import fcntl
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -62,6 +62,7 @@ import anyio.to_thread
 import orjson
 
 from batchd.engine.results import ResultIndex
+from batchd.engine.usage import NO_USAGE, Tokens, Usage, usage_tokens
 from batchd.errors import BatchdError, StorageFault
 from batchd.ids import new_batch_request_id
 from batchd.storage.base import storage_fault
@@ -112,85 +113,6 @@ class JournalError(BatchdError):
 
 
 # -- entries ---------------------------------------------------------------------------------
-
-
-def _count(value: object) -> int:
-    """A token count as the upstream reported it; anything but a positive int counts 0."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    return 0
-
-
-def _detail(details: object, key: str) -> int:
-    return _count(details.get(key)) if isinstance(details, dict) else 0
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    """Token usage summed over successful requests, in the shape of the Batch ``usage``."""
-
-    input_tokens: int = 0
-    cached_tokens: int = 0
-    output_tokens: int = 0
-    reasoning_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens
-
-    def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.input_tokens + other.input_tokens,
-            self.cached_tokens + other.cached_tokens,
-            self.output_tokens + other.output_tokens,
-            self.reasoning_tokens + other.reasoning_tokens,
-        )
-
-    @classmethod
-    def of_body(cls, body: object) -> Usage:
-        """The usage a response body reports (see :func:`usage_tokens`)."""
-        tokens = usage_tokens(body)
-        return _NO_USAGE if tokens is None else cls(*tokens)
-
-    def to_json(self) -> dict[str, Any]:
-        """The Batch ``usage`` object (all five keys and both nested ones)."""
-        return {
-            "input_tokens": self.input_tokens,
-            "input_tokens_details": {"cached_tokens": self.cached_tokens},
-            "output_tokens": self.output_tokens,
-            "output_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
-            "total_tokens": self.total_tokens,
-        }
-
-
-_NO_USAGE = Usage()
-
-Tokens = tuple[int, int, int, int]
-"""``(input, cached, output, reasoning)`` tokens, the fields of :class:`Usage` in order."""
-
-
-def usage_tokens(body: object) -> Tokens | None:
-    """The tokens a response body's ``usage`` reports, or ``None`` when it has none.
-
-    Responses API (``input_tokens``/``output_tokens`` and their details) maps 1:1; Chat and
-    Completions map ``prompt_tokens``→input, ``completion_tokens``→output,
-    ``prompt_tokens_details.cached_tokens``, ``completion_tokens_details.reasoning_tokens``;
-    embeddings report only ``prompt_tokens``, so their output is 0. A tuple, not a
-    :class:`Usage`: the journal sums one per result.
-    """
-    usage = body.get("usage") if isinstance(body, dict) else None
-    if not isinstance(usage, dict):
-        return None
-    if "input_tokens" in usage or "output_tokens" in usage:
-        prefix_in, prefix_out = "input_tokens", "output_tokens"
-    else:
-        prefix_in, prefix_out = "prompt_tokens", "completion_tokens"
-    return (
-        _count(usage.get(prefix_in)),
-        _detail(usage.get(prefix_in + "_details"), "cached_tokens"),
-        _count(usage.get(prefix_out)),
-        _detail(usage.get(prefix_out + "_details"), "reasoning_tokens"),
-    )
 
 
 def is_ok(response: dict[str, Any] | None) -> bool:
@@ -251,7 +173,7 @@ class JournalEntry:
     def usage(self) -> Usage:
         """What the entry adds to the batch usage: its body's usage if ok, else nothing."""
         tokens = self.tokens
-        return _NO_USAGE if tokens is None else Usage(*tokens)
+        return NO_USAGE if tokens is None else Usage(*tokens)
 
     @property
     def tokens(self) -> Tokens | None:
@@ -346,7 +268,8 @@ class _Append:
     ok: bool
     tokens: Tokens | None
     line: bytes
-    future: asyncio.Future[bool]
+    future: asyncio.Future[bool] | None
+    """``None`` for all but the last entry of a :meth:`Journal.submit_many` group."""
     queued_at: float
 
 
@@ -596,6 +519,29 @@ class Journal:
         self._enqueue(_Append(entry.index, entry.ok, tokens, line, future, loop.time()))
         return future
 
+    def submit_many(self, entries: Sequence[JournalEntry]) -> asyncio.Future[bool]:
+        """Queue a group of entries: one future, resolved once all of them are durable (it is
+        the last new one's: the flusher writes in queue order); ``False`` when none was new
+        (for :meth:`submit`'s answer per entry, submit them one by one)."""
+        self._check_usable()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        now, last = loop.time(), None
+        for entry in entries:
+            index = entry.index
+            if not 0 <= index < self.total:
+                raise ValueError(f"request index {index} out of range 0..{self.total - 1}")
+            if self.is_done(index):
+                continue
+            line = entry.journal_line()
+            last = _Append(index, entry.ok, _tokens_of(entry.response), line, None, now)
+            self._enqueue(last)
+        if last is None:
+            future.set_result(False)
+        else:
+            last.future = future  # nothing ran in between: the flusher has not seen it yet
+        return future
+
     async def append_unexecuted(
         self, requests: Iterable[tuple[int, str]], reason: tuple[str, str]
     ) -> int:
@@ -713,11 +659,11 @@ class Journal:
                 _add_tokens(tokens, item.tokens)
             else:
                 self._failed += 1
-            if not item.future.done():
+            if item.future is not None and not item.future.done():
                 item.future.set_result(True)
         self._end = end
         for item in stale:
-            if not item.future.done():
+            if item.future is not None and not item.future.done():
                 item.future.set_result(False)
 
     def _fill_sync(self, item: _Fill) -> tuple[bytearray, int]:
@@ -780,6 +726,6 @@ class Journal:
         waiting: list[_Append | _Fill] = [*group, *self._queue]
         self._queue.clear()
         for item in waiting:
-            if not item.future.done():
+            if item.future is not None and not item.future.done():
                 item.future.set_exception(self._failure())
                 item.future.exception()  # retrieved, even if its caller stopped waiting

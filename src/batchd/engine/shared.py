@@ -22,7 +22,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import anyio.to_thread
@@ -100,6 +100,9 @@ class RangeResults:
         self._queue.append((_row(entry), future))
         self._wakeup.set()
         return future
+
+    def submit_many(self, entries: Sequence[JournalEntry]) -> Awaitable[object]:
+        return asyncio.gather(*map(self.submit, entries))
 
     async def append_unexecuted(
         self, requests: Iterable[tuple[int, str]], reason: tuple[str, str]
@@ -315,6 +318,9 @@ class StoredResults:
         raise NotImplementedError
 
     def submit(self, entry: JournalEntry) -> asyncio.Future[bool]:  # not asked either
+        raise NotImplementedError
+
+    def submit_many(self, entries: Sequence[JournalEntry]) -> Awaitable[object]:  # nor this
         raise NotImplementedError
 
     async def close(self) -> None:
