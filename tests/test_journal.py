@@ -237,6 +237,31 @@ async def test_submit_many_resolves_once_the_whole_group_is_durable(
 
 
 @pytest.mark.anyio
+async def test_a_short_writev_is_finished_by_plain_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group is appended with ``writev``; a short one (a signal, a nearly full disk) is
+    completed with ``write``, so the file holds every line once, in order."""
+    real = os.writev
+    calls: list[int] = []
+
+    def short(fd: int, buffers: list[bytes]) -> int:
+        calls.append(len(buffers))
+        return real(fd, [b"".join(buffers)[:777]])  # part of the first line only
+
+    monkeypatch.setattr(os, "writev", short)
+    path = tmp_path / "j"
+    journal = await Journal.open(path, 50, max_delay=0, max_group=50)
+    entries = [mixed_entry(i) for i in range(50)]
+    assert await journal.submit_many(entries) is True
+    await journal.close()
+    assert calls == [50]
+    assert path.read_bytes() == b"".join(entry.journal_line() for entry in entries)
+    output, errors = results(path, 50)
+    assert len(output) + len(errors) == 50
+
+
+@pytest.mark.anyio
 async def test_submit_many_fails_with_the_journal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -157,6 +157,13 @@ async def test_background_writer_matches_and_reports_disk_errors(tmp_path: Path)
     info = await writer.commit("file-bg")
     assert info.sha256 == hashlib.sha256(b"".join(chunks)).hexdigest()
     assert (tmp_path / "blobs" / "file-bg").read_bytes() == b"".join(chunks)
+    for background in (False, True):  # an output file: the same bytes, no hash
+        plain = storage.writer(background=background, digest=False)
+        for chunk in chunks:
+            plain.write(chunk)
+        info = await plain.commit(f"file-plain-{background}")
+        assert (info.size, info.sha256) == (sum(map(len, chunks)), "")
+        assert (tmp_path / "blobs" / info.key).read_bytes() == b"".join(chunks)
 
     failing = storage.writer(background=True)
 

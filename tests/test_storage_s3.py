@@ -106,6 +106,12 @@ async def test_commit_sync_from_a_thread_and_many_small_writes(s3: S3Storage) ->
     writer.abort_sync()  # nothing once committed
     with s3.open_binary("file-lines") as fh:
         assert fh.read() == data
+    plain = s3.writer(digest=False)  # an output file: the same bytes, no hash
+    plain.write(data)
+    info = await anyio.to_thread.run_sync(plain.commit_sync, "file-plain")
+    assert (info.size, info.sha256) == (len(data), "")
+    with s3.open_binary("file-plain") as fh:
+        assert fh.read() == data
 
 
 async def test_abort_of_a_multipart_upload_leaves_nothing(

@@ -87,6 +87,7 @@ log = logging.getLogger("batchd.engine")
 CHUNK = 1024 * 1024
 _KEYS = ("id", "custom_id", "response", "error")
 _MAX_INDEX_DIGITS = 18
+_IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16
 
 
 def _sync_fd(fd: int) -> None:
@@ -624,8 +625,14 @@ class Journal:
             written = os.write(self._fd, view)
             view = view[written:]
 
-    def _write_and_sync(self, data: bytes) -> None:
-        self._write(data)
+    def _write_and_sync(self, lines: list[bytes]) -> None:
+        """Append ``lines`` with ``writev`` (no joined copy: a group of 512 embeddings is
+        2.5 MB) and sync."""
+        for start in range(0, len(lines), _IOV_MAX):
+            chunk = lines[start : start + _IOV_MAX]
+            written = os.writev(self._fd, chunk)
+            if written < sum(map(len, chunk)):  # a short write: the rest the plain way
+                self._write(b"".join(chunk)[written:])
         _sync_fd(self._fd)
 
     async def _commit(self, group: list[_Append]) -> None:
@@ -640,9 +647,7 @@ class Journal:
                 fresh.append(item)
         if fresh:
             try:
-                await anyio.to_thread.run_sync(
-                    self._write_and_sync, b"".join(item.line for item in fresh)
-                )
+                await anyio.to_thread.run_sync(self._write_and_sync, [item.line for item in fresh])
             except BaseException as exc:
                 self._fail(exc, group, f"writing the journal {self.path} failed")
                 if not isinstance(exc, Exception):

@@ -342,8 +342,9 @@ class BatchRunner:
         storage = self.engine.storage
         # Each file is hashed and written by a thread of its own, while the journal's lines are
         # read and gathered (from the event loop in shared mode, else a worker thread).
-        output = storage.writer(background=True)
-        errors = storage.writer(background=True)
+        # (no hash: nothing reads an output file's)
+        output = storage.writer(background=True, digest=False)
+        errors = storage.writer(background=True, digest=False)
         try:  # each aborted at the end: nothing once committed
             written, failed = await journal.write_files(output, errors)
             output_blob = await output.commit(ending.output_file_id) if written else None

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from batchd.errors import StorageFault, StorageFull, StorageReadOnly
 
-__all__ = ["BlobInfo", "BlobTooLarge", "BlobWriter", "Storage", "storage_fault"]
+__all__ = [
+    "BlobInfo",
+    "BlobTooLarge",
+    "BlobWriter",
+    "Storage",
+    "new_digest",
+    "storage_fault",
+]
 
 _FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 _READ_ONLY = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
@@ -70,8 +78,12 @@ class BlobWriter(Protocol):
 class Storage(Protocol):
     async def open(self) -> None: ...
 
-    def writer(self, *, max_bytes: int | None = None, background: bool = False) -> BlobWriter:
-        """A new blob; ``background=True`` hashes and writes in a thread of the writer's own."""
+    def writer(
+        self, *, max_bytes: int | None = None, background: bool = False, digest: bool = True
+    ) -> BlobWriter:
+        """A new blob; ``background=True`` hashes and writes in a thread of the writer's own;
+        ``digest=False`` leaves the hash out (``BlobInfo.sha256`` is empty: for output files,
+        whose hash nothing reads, 0.3-0.7 s per 500 MB saved)."""
         ...
 
     def read_chunks(self, key: str, *, chunk_size: int = ...) -> AsyncIterator[bytes]: ...
@@ -87,3 +99,18 @@ class Storage(Protocol):
     def probe(self) -> None:
         """Raise the :class:`~batchd.errors.StorageFault` that keeps a small write from
         succeeding now, if one does (blocking: use it off the event loop)."""
+
+
+class _NoDigest:
+    """A hash that is not computed (``writer(digest=False)``)."""
+
+    def update(self, data: bytes, /) -> None:
+        return None
+
+    def hexdigest(self) -> str:
+        return ""
+
+
+def new_digest(enabled: bool) -> Any:
+    """What a writer hashes its bytes with: SHA-256, or nothing."""
+    return hashlib.sha256() if enabled else _NoDigest()

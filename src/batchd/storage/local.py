@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import queue
 import re
@@ -15,7 +14,7 @@ from typing import BinaryIO
 import anyio
 import anyio.to_thread
 
-from batchd.storage.base import BlobInfo, BlobTooLarge, storage_fault
+from batchd.storage.base import BlobInfo, BlobTooLarge, new_digest, storage_fault
 
 __all__ = ["PROBE_BYTES", "LocalStorage", "LocalWriter", "fsync_dir", "probe_writable"]
 
@@ -63,7 +62,9 @@ class LocalWriter:
     and a disk error surfaces at ``commit``.
     """
 
-    def __init__(self, storage: LocalStorage, max_bytes: int | None, *, background: bool) -> None:
+    def __init__(
+        self, storage: LocalStorage, max_bytes: int | None, *, background: bool, digest: bool = True
+    ) -> None:
         self._storage = storage
         self._max = max_bytes
         self._tmp = storage.tmp_dir / f"{os.getpid()}-{os.urandom(8).hex()}.part"
@@ -71,7 +72,7 @@ class LocalWriter:
             self._fh: BinaryIO | None = open(self._tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         except OSError as exc:
             raise storage_fault(exc, "storing a file") from exc
-        self._hash = hashlib.sha256()
+        self._hash = new_digest(digest)
         self._size = 0
         self._queue: queue.Queue[bytes | None] | None = None
         self._thread: threading.Thread | None = None
@@ -181,8 +182,10 @@ class LocalStorage:
             raise ValueError(f"invalid blob key: {key!r}")
         return self.blob_dir / key
 
-    def writer(self, *, max_bytes: int | None = None, background: bool = False) -> LocalWriter:
-        return LocalWriter(self, max_bytes, background=background)
+    def writer(
+        self, *, max_bytes: int | None = None, background: bool = False, digest: bool = True
+    ) -> LocalWriter:
+        return LocalWriter(self, max_bytes, background=background, digest=digest)
 
     def open_binary(self, key: str) -> BinaryIO:
         # A 1 MiB buffer instead of the default 8 KiB: line-by-line readers (validation) then

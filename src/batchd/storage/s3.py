@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import enum
 import errno
-import hashlib
 import io
 import logging
 import os
@@ -52,7 +51,7 @@ from obstore.exceptions import (
 from obstore.store import S3Store
 
 from batchd.errors import ConfigError, StorageFault, StorageUnreachable
-from batchd.storage.base import BlobInfo, BlobTooLarge
+from batchd.storage.base import BlobInfo, BlobTooLarge, new_digest
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -146,11 +145,13 @@ class S3Writer:
     ``background=True`` that thread also hashes (a blob held in memory is hashed at ``commit``).
     """
 
-    def __init__(self, storage: S3Storage, max_bytes: int | None, *, background: bool) -> None:
+    def __init__(
+        self, storage: S3Storage, max_bytes: int | None, *, background: bool, digest: bool = True
+    ) -> None:
         self._storage = storage
         self._max = max_bytes
         self._background = background
-        self._hash = hashlib.sha256()
+        self._hash = new_digest(digest)
         self._size = 0
         self._pending: list[bytes] = []  # written, not handed on yet
         self._pending_size = 0
@@ -500,8 +501,10 @@ class S3Storage:
             except _FAILURES as exc:
                 log.warning("could not delete partial uploads in %s: %s", self.where, _cause(exc))
 
-    def writer(self, *, max_bytes: int | None = None, background: bool = False) -> S3Writer:
-        return S3Writer(self, max_bytes, background=background)
+    def writer(
+        self, *, max_bytes: int | None = None, background: bool = False, digest: bool = True
+    ) -> S3Writer:
+        return S3Writer(self, max_bytes, background=background, digest=digest)
 
     def open_binary(self, key: str) -> BinaryIO:
         """A blocking, seekable reader with a 1 MiB buffer over ranged GETs (see
