@@ -79,7 +79,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +88,8 @@ import orjson
 # This tree's batchd (also where another one is installed), and tests/ for its server helper.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))
+
+from bench.result_stages import log_times
 
 from batchd.embedded_models import EMBEDDING_MODEL, package_dir
 from tests.serverproc import BatchdServer, clean_env, write_config
@@ -353,26 +354,9 @@ def check_output(path: Path, n: int, lines: int, expected: Any, tolerance: float
 
 def log_marks(path: Path) -> dict[str, float]:
     """Wall times (epoch s) of the JSON log's first record, model loaded, finalizing, completed."""
-    marks: dict[str, float] = {}
     if not path.exists():
-        return marks
-    for text in path.read_text(errors="replace").splitlines():
-        if not text.startswith("{"):
-            continue
-        try:
-            record = json.loads(text)
-            when = datetime.fromisoformat(record["timestamp"]).timestamp()
-        except (ValueError, KeyError):
-            continue
-        message = str(record.get("message", ""))
-        marks.setdefault("first_log", when)
-        if ": loaded " in message and " dimensions" in message:
-            marks.setdefault("loaded", when)
-        elif ": finalizing (" in message:
-            marks["finalizing"] = when
-        elif re.search(r"^batch \S+: completed \(", message):
-            marks["completed"] = when
-    return marks
+        return {}
+    return log_times(path.read_text(errors="replace").splitlines())
 
 
 def run_cli(

@@ -40,7 +40,7 @@ import orjson
 from numpy.typing import NDArray
 from pydantic import Field
 
-from batchd.providers.base import (
+from batchd.providers import (
     DispatchLimits,
     Provider,
     ProviderOptions,

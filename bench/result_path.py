@@ -208,49 +208,32 @@ def floor(case: Case, n: int, out: Path, repeat: int, numpy: bool = False) -> di
     )
     dumps, b64 = orjson.dumps, base64.b64encode
 
-    def embedding_line(i: int) -> bytes:
-        t = tokens[i]
+    def output_line(i: int, body: dict[str, Any]) -> bytes:
         return dumps(
             {
                 "id": f"batch_req_{i:032x}",
                 "custom_id": custom_ids[i],
-                "response": {
-                    "status_code": 200,
-                    "request_id": f"req_{i:032x}",
-                    "body": {
-                        "object": "list",
-                        "data": [
-                            {
-                                "object": "embedding",
-                                "index": 0,
-                                "embedding": b64(rows[i % POOL].tobytes()).decode()
-                                if case.base64
-                                else floats[i % POOL],
-                            }
-                        ],
-                        "model": case.model,
-                        "usage": {"prompt_tokens": t, "total_tokens": t},
-                    },
-                },
+                "response": {"status_code": 200, "request_id": f"req_{i:032x}", "body": body},
                 "error": None,
             },
             option=option,
         )
 
-    def chat_line(i: int) -> bytes:
-        return dumps(
+    def embedding_line(i: int) -> bytes:
+        t = tokens[i]
+        row = b64(rows[i % POOL].tobytes()).decode() if case.base64 else floats[i % POOL]
+        return output_line(
+            i,
             {
-                "id": f"batch_req_{i:032x}",
-                "custom_id": custom_ids[i],
-                "response": {
-                    "status_code": 200,
-                    "request_id": f"req_{i:032x}",
-                    "body": bodies[i],
-                },
-                "error": None,
+                "object": "list",
+                "data": [{"object": "embedding", "index": 0, "embedding": row}],
+                "model": case.model,
+                "usage": {"prompt_tokens": t, "total_tokens": t},
             },
-            option=orjson.OPT_APPEND_NEWLINE,
         )
+
+    def chat_line(i: int) -> bytes:
+        return output_line(i, bodies[i])
 
     line = chat_line if case.endpoint == CHAT else embedding_line
     best = float("inf")

@@ -81,19 +81,22 @@ class Sampler:
 
 
 def log_times(lines: list[str]) -> dict[str, float]:
-    """Wall times of the JSON log's first record, ``finalizing`` and ``completed`` records."""
+    """Wall times (epoch s) of the JSON log's first record, a model's ``loaded`` record (the
+    sentence-transformers provider's), the ``finalizing`` and the ``completed`` records."""
     found: dict[str, float] = {}
     for text in lines:
         if not text.startswith("{"):
             continue
         try:
             record = json.loads(text)
-        except ValueError:
+            when = datetime.fromisoformat(record["timestamp"]).timestamp()
+        except (ValueError, KeyError):
             continue
-        when = datetime.fromisoformat(record["timestamp"]).timestamp()
         message = str(record.get("message", ""))
         found.setdefault("first_log", when)
-        if ": finalizing (" in message:
+        if ": loaded " in message and " dimensions" in message:
+            found.setdefault("loaded", when)
+        elif ": finalizing (" in message:
             found["finalizing"] = when
         elif re.search(r"^batch \S+: completed \(", message):
             found["completed"] = when

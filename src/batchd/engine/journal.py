@@ -505,25 +505,14 @@ class Journal:
         For a caller with other work to do while the entry is written (the runner sends its next
         request meanwhile). The entry is written whether or not anyone awaits the future.
         """
-        self._check_usable()
-        if not 0 <= entry.index < self.total:
-            raise ValueError(f"request index {entry.index} out of range 0..{self.total - 1}")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        if self.is_done(entry.index):
-            future.set_result(False)
-            return future
-        tokens = _tokens_of(entry.response)
-        line = entry.journal_line()
-        # A cancelled waiter cancels only the future; the queued entry is still written and
-        # counted (the flusher never looks at the future's state before that).
-        self._enqueue(_Append(entry.index, entry.ok, tokens, line, future, loop.time()))
-        return future
+        return self.submit_many((entry,))
 
     def submit_many(self, entries: Sequence[JournalEntry]) -> asyncio.Future[bool]:
         """Queue a group of entries: one future, resolved once all of them are durable (it is
         the last new one's: the flusher writes in queue order); ``False`` when none was new
-        (for :meth:`submit`'s answer per entry, submit them one by one)."""
+        (for :meth:`submit`'s answer per entry, submit them one by one). A cancelled waiter
+        cancels only the future; the queued entries are still written and counted (the flusher
+        never looks at a future's state before that)."""
         self._check_usable()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()

@@ -67,13 +67,13 @@ def float_rows(vectors: NDArray[np.float32]) -> list[orjson.Fragment]:
 
 
 def base64_rows(vectors: NDArray[np.float32]) -> list[str]:
-    """Each row's little-endian float32 bytes in base64 (``encoding_format: "base64"``)."""
-    raw = vectors.astype("<f4", copy=False)
+    """Each row's little-endian float32 bytes in base64 (``encoding_format: "base64"``): one
+    ``b64encode`` over all rows when a row's bytes are a multiple of 3 (no padding inside)."""
+    import numpy as np
+
+    raw = np.ascontiguousarray(vectors, dtype="<f4")
     width = raw.shape[1] * 4 if raw.ndim == 2 else 0
-    if width == 0 or not raw.flags.c_contiguous:
-        return [base64.b64encode(row.tobytes()).decode("ascii") for row in raw]
-    # one b64encode over all rows when a row's bytes are a multiple of 3 (no padding inside)
-    if width % 3 == 0:
+    if width and width % 3 == 0:
         encoded = base64.b64encode(raw.tobytes()).decode("ascii")
         step = width // 3 * 4
         return [encoded[i : i + step] for i in range(0, len(encoded), step)]
