@@ -16,6 +16,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -35,6 +36,7 @@ MODEL_DIR = Path(next(iter(_SPEC.submodule_search_locations))) / "model"
 
 import numpy as np  # noqa: E402 (after the skips: it comes with the local extra)
 import orjson  # noqa: E402
+import torch  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 from openai import BadRequestError, OpenAI  # noqa: E402
 from sentence_transformers import SentenceTransformer  # noqa: E402
@@ -51,6 +53,7 @@ from batchd.providers import (  # noqa: E402
 from batchd.providers.sentence_transformers import (  # noqa: E402
     SentenceTransformersOptions,
     SentenceTransformersProvider,
+    _Model,
 )
 from tests.engine_support import (  # noqa: E402
     expected_usage,
@@ -302,6 +305,122 @@ async def test_forward_is_one_request(provider: SentenceTransformersProvider) ->
     assert await provider.execute([]) == []
 
 
+MIXED = [SENTENCES[i % len(SENTENCES)] + " !" * i for i in range(15)] + [LONG, "x", LONG + " y"]
+
+
+@pytest.fixture(scope="module")
+def loaded() -> _Model:
+    return _Model(SentenceTransformersOptions(model_path=str(MODEL_DIR), batch_size=4), MODEL_DIR)
+
+
+def check_tokenized_once(model: _Model, texts: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``tokenize`` calls the tokenizer once for the whole group, and each batch's features
+    are exactly those of tokenizing the batch alone; the token counts are the mask's."""
+    calls: list[int] = []
+    featurize = model._text_features
+    monkeypatch.setattr(
+        model, "_text_features", lambda part: calls.append(len(part)) or featurize(part)
+    )
+    tokens = model.tokenize(texts)
+    assert calls == [len(texts)]
+    monkeypatch.undo()
+    assert sorted(row for rows, _ in tokens.batches for row in rows) == list(range(len(texts)))
+    widths = []
+    for rows, features in tokens.batches:
+        assert 1 <= len(rows) <= 4
+        alone = model._text_features([texts[row] for row in rows])
+        assert features.keys() == alone.keys()
+        for key, value in alone.items():
+            if isinstance(value, torch.Tensor):
+                assert features[key].equal(value), key
+            else:
+                assert features[key] == value, key
+        mask = alone["attention_mask"]
+        assert [tokens.counts[row] for row in rows] == mask.sum(dim=1).tolist()
+        widths.append(mask.shape[1])
+    assert widths == sorted(widths, reverse=True)  # longest first: little padding
+    assert max(tokens.counts) == model.max_length  # LONG, truncated
+
+
+def test_a_group_is_tokenized_once(
+    loaded: _Model, reference: SentenceTransformer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check_tokenized_once(loaded, MIXED, monkeypatch)
+    got, counts = loaded.encode(loaded.tokenize(MIXED))
+    np.testing.assert_allclose(got, reference.encode(MIXED), atol=1e-5)
+    assert counts == [len(ids) for ids in loaded.tokenizer(MIXED, truncation=True)["input_ids"]]
+
+
+def test_a_left_padding_tokenizer_is_trimmed_on_the_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _Model(SentenceTransformersOptions(model_path=str(MODEL_DIR), batch_size=4), MODEL_DIR)
+    model.tokenizer.padding_side = "left"
+    model.left_pad = True
+    first = model._text_features(MIXED[:3])["attention_mask"]
+    assert first[:, 0].tolist() != first[:, -1].tolist()  # padded on the left indeed
+    check_tokenized_once(model, MIXED, monkeypatch)
+
+
+def test_features_that_are_not_one_row_per_text_are_tokenized_per_batch(
+    loaded: _Model, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    featurize = loaded._text_features
+    calls: list[list[str]] = []
+
+    def with_texts(part: list[str]) -> dict[str, Any]:
+        calls.append(part)
+        return {**featurize(part), "texts": list(part)}  # a model input that is not a tensor
+
+    monkeypatch.setattr(loaded, "_text_features", with_texts)
+    tokens = loaded.tokenize(MIXED)
+    assert len(calls) == 1 + len(tokens.batches)  # the try, then one per batch
+    for rows, features in tokens.batches:
+        assert features["texts"] == [MIXED[row] for row in rows]
+    lengths = [len(MIXED[rows[0]]) for rows, _ in tokens.batches]
+    assert lengths == sorted(lengths, reverse=True)  # sorted by characters
+
+
+@pytest.mark.anyio
+async def test_one_instance_prepares_a_group_while_the_one_before_encodes() -> None:
+    """The stages of an instance's pipeline run in their own threads, a group in each: a group
+    sent while the one before it is in its forward passes is tokenized meanwhile."""
+    async with provider_for(batch_size=4) as started:
+        assert started.limits().max_concurrency == 3
+        [instance] = started._instances
+        model = await asyncio.to_thread(instance.model)
+        tokenize, encode = model.tokenize, model.encode
+        encoding_first, second_tokenized = threading.Event(), threading.Event()
+        threads: dict[str, set[str]] = {"tokenize": set(), "encode": set()}
+        waited: list[bool] = []
+
+        def tokenizing(inputs: list[str]) -> Any:
+            threads["tokenize"].add(threading.current_thread().name)
+            if inputs[0].startswith("second"):
+                second_tokenized.set()
+            return tokenize(inputs)
+
+        def encoding(tokens: Any) -> Any:
+            threads["encode"].add(threading.current_thread().name)
+            if not waited:  # the first group waits for the second one's tokenizing
+                encoding_first.set()
+                waited.append(second_tokenized.wait(10))
+            return encode(tokens)
+
+        model.tokenize, model.encode = tokenizing, encoding  # type: ignore[method-assign]
+        groups = [
+            [request(g * 10 + i, {"input": f"{name} {SENTENCES[i]}"}) for i in range(3)]
+            for g, name in enumerate(("first", "second"))
+        ]
+        first = asyncio.create_task(started.execute(groups[0]))
+        assert await asyncio.to_thread(encoding_first.wait, 10)
+        results = [*await asyncio.gather(first, started.execute(groups[1]))]
+    assert waited == [True]
+    assert [[r.index for r in group] for group in results] == [[0, 1, 2], [10, 11, 12]]
+    assert all(r.ok for group in results for r in group)
+    [prepare], [forward] = threads["tokenize"], threads["encode"]
+    assert "prepare" in prepare
+    assert "encode" in forward
+
+
 # -- bad requests are 400 results --------------------------------------------------------------
 
 
@@ -393,7 +512,8 @@ def test_options_defaults_and_limits() -> None:
     built = build_providers(settings, {})["emb"]
     assert isinstance(built, SentenceTransformersProvider)
     assert built.endpoints == frozenset({ENDPOINT})
-    assert built.limits() == DispatchLimits(max_concurrency=3, group_size=64, upstream="emb")
+    # three groups per instance in flight: one preparing, one encoding, one being written
+    assert built.limits() == DispatchLimits(max_concurrency=9, group_size=64, upstream="emb")
 
 
 @pytest.mark.parametrize(

@@ -159,7 +159,10 @@ class StubModel:
     vocab_size = VOCAB
     normalized = False
 
-    def embed(self, inputs: Sequence[str | list[int]]) -> tuple[NDArray[np.float32], list[int]]:
+    def tokenize(self, inputs: Sequence[str | list[int]]) -> Sequence[str | list[int]]:
+        return inputs
+
+    def encode(self, inputs: Sequence[str | list[int]]) -> tuple[NDArray[np.float32], list[int]]:
         out = np.empty((len(inputs), DIM), dtype=np.float32)
         counts = []
         for row, item in enumerate(inputs):
@@ -182,13 +185,10 @@ class StubbedSentenceTransformers(SentenceTransformersProvider):
     body) with :class:`StubModel` in each instance instead of a loaded model."""
 
     async def start(self) -> None:
-        idle: asyncio.Queue[_Instance] = asyncio.Queue()
         for number in range(self.options.instances):
             instance = _Instance(f"{self.model}#{number}", self.options, Path("stub"))
             instance._model = cast(Any, StubModel())
             self._instances.append(instance)
-            idle.put_nowait(instance)
-        self._idle = idle
 
 
 def embeddings_provider() -> StubbedSentenceTransformers:
@@ -551,7 +551,9 @@ async def test_float32_text_is_the_shortest_round_trip() -> None:
     values = values[: rows * DIM]
 
     class Planted(StubModel):
-        def embed(self, inputs: Sequence[str | list[int]]) -> tuple[NDArray[np.float32], list[int]]:
+        def encode(
+            self, inputs: Sequence[str | list[int]]
+        ) -> tuple[NDArray[np.float32], list[int]]:
             return values.reshape(rows, DIM)[: len(inputs)], [1] * len(inputs)
 
     provider = embeddings_provider()

@@ -22,7 +22,7 @@ option                  default      meaning
 ``device``              ``"cpu"``    torch device of every instance (``"cuda"``, ``"cuda:1"``…)
 ``batch_size``          32           inputs per forward pass
 ``group_size``          512          requests per :meth:`execute` call (the engine's group)
-``instances``           1            model copies, each with its own thread; groups in flight
+``instances``           1            model copies, each a pipeline of three threads (below)
 ``truncate_dimensions`` ``false``    allow ``dimensions`` below the native size (Matryoshka
                                      models): the vector is cut (and normalised again when
                                      vectors are unit vectors)
@@ -56,15 +56,19 @@ A bad request is a result, never an exception: a 400 with OpenAI's ``invalid_req
 body (the ``param`` names the culprit), written to the batch's error file. :meth:`execute`
 raises only when the model cannot be used at all (it failed to load: the error says why).
 
-Execution: each instance owns one thread (a one-worker executor) and loads its model there on
-first use, once (a failed load is tried again after :data:`_RELOAD_AFTER` seconds at the
-earliest); nothing blocking runs on the event loop. :meth:`execute` takes an idle instance and
-hands it the whole group: the thread parses the requests, sorts every input of every request
-by length, encodes them ``batch_size`` at a time and scatters the vectors back, so results
-come in request order. A group cancelled while it runs finishes in its thread (torch cannot be
-interrupted) and the instance is idle again after it. On CPU the instances share torch's
-threads, so a second instance rarely helps there; on a GPU it overlaps one group's tokenizing
-and JSON with another's forward passes.
+Execution: each instance is a pipeline of three stages, each a thread of its own (a one-worker
+executor) that holds one group at a time, so up to three groups per instance are in flight (the
+engine's ``max_concurrency``): *prepare* parses the requests and tokenizes every text of the
+group in one tokenizer call (the group padded to its longest; the first group loads the model,
+once: a failed load is tried again after :data:`_RELOAD_AFTER` seconds at the earliest), sorts
+the inputs by token count and cuts them into ``batch_size`` batches, each trimmed to its own
+longest (the same features as tokenizing the batch alone); *encode* runs the forward passes;
+*write* encodes the vectors as JSON or base64 and builds the answers, in request order. So a
+group is tokenized while the one before it is on the model and the one before that is being
+written: on a GPU the tokenizer (which releases the GIL) and the JSON no longer leave the
+device idle. Nothing blocking runs on the event loop. A group cancelled in a stage finishes
+that stage in its thread (torch cannot be interrupted). On CPU the instances share torch's
+threads, so a second instance rarely helps there; on a GPU it adds a second pipeline.
 """
 
 from __future__ import annotations
@@ -80,7 +84,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from pydantic import Field
 
@@ -106,6 +110,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 ENDPOINT = "/v1/embeddings"
 MAX_INPUTS = 2048  # inputs per request, as OpenAI allows
@@ -155,6 +160,19 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+_STAGES = ("prepare", "encode", "write")  # an instance's pipeline, a thread each
+_Batch = tuple[list[int], dict[str, Any]]  # rows of the group's inputs, their features
+
+
+@dataclass(slots=True)
+class _Tokens:
+    """A group's inputs, tokenized: :meth:`_Model.tokenize` to :meth:`_Model.encode`."""
+
+    size: int
+    batches: list[_Batch]
+    counts: list[int]  # each input's token count (special tokens included, after truncation)
+
+
 @dataclass(slots=True)
 class _Parsed:
     inputs: list[str] | list[list[int]]
@@ -162,8 +180,22 @@ class _Parsed:
     dimensions: int | None  # None: the native size
 
 
+@dataclass(slots=True)
+class _Job:
+    """A group on its way through an instance's pipeline."""
+
+    group: list[ProviderRequest]
+    model: _Model
+    results: list[ProviderResult | None]  # a slot's result where it is known already
+    parsed: list[tuple[int, _Parsed, int]]  # slot, request, its first input's row
+    tokens: _Tokens | None  # None: no valid input in the group
+    vectors: NDArray[np.float32] | None = None
+    counts: list[int] | None = None
+
+
 class _Model:
-    """A loaded model and what is known of it; used by its instance's thread only."""
+    """A loaded model and what is known of it; used by its instance's stages: :meth:`tokenize`
+    in the prepare thread, :meth:`encode` in the encode thread."""
 
     def __init__(self, options: SentenceTransformersOptions, path: Path) -> None:
         # Nothing is downloaded at run time: the Hugging Face libraries read this when imported
@@ -204,37 +236,79 @@ class _Model:
         prompt_name = getattr(model, "default_prompt_name", None)
         self.prompt = (getattr(model, "prompts", None) or {}).get(prompt_name) or None
 
-    def embed(self, inputs: Sequence[str | list[int]]) -> tuple[NDArray[np.float32], list[int]]:
-        """The vectors of ``inputs`` (rows in their order) and each one's token count."""
-        np, torch = self.np, self.torch
-        out = np.empty((len(inputs), self.dimension), dtype=np.float32)
+    def tokenize(self, inputs: Sequence[str | list[int]]) -> _Tokens:
+        """``inputs`` tokenized once and cut into batches of about one length (little padding),
+        longest first: what :meth:`encode` runs. Any thread; the tokenizer releases the GIL."""
         counts = [0] * len(inputs)
-        texts = [i for i, item in enumerate(inputs) if isinstance(item, str)]
+        texts = [item for item in inputs if isinstance(item, str)]
+        rows = [i for i, item in enumerate(inputs) if isinstance(item, str)]
         arrays = [i for i, item in enumerate(inputs) if not isinstance(item, str)]
-        # Longest first, so that a batch holds inputs of about one length: little padding.
-        # Texts by their token count (sentence-transformers sorts by characters, which on short
-        # sentences pads ~15 % more; tokenizing twice costs ~1 % of the forward passes).
-        sizes = {i: len(inputs[i]) for i in arrays}
-        if len(texts) > 1:
-            tokens = self.tokenizer(
-                [inputs[i] for i in texts], truncation=True, max_length=self.max_length
-            )["input_ids"]
-            sizes.update(zip(texts, map(len, tokens), strict=True))
-        with torch.inference_mode():
-            for indices, featurize in ((texts, self._text_features), (arrays, self._id_features)):
-                indices.sort(key=lambda i: -sizes.get(i, 0))
-                for start in range(0, len(indices), self.batch_size):
-                    rows = indices[start : start + self.batch_size]
-                    features = featurize([inputs[i] for i in rows])
-                    mask = features.get("attention_mask")
-                    if mask is None:
-                        lengths = [int(features["input_ids"].shape[1])] * len(rows)
-                    else:
-                        lengths = mask.sum(dim=1).tolist()
-                    out[rows] = self._forward(features).float().cpu().numpy()
-                    for row, length in zip(rows, lengths, strict=True):
-                        counts[row] = int(length)
-        return out, counts
+        batches = self._text_batches(rows, texts) if texts else []
+        arrays.sort(key=lambda i: -len(inputs[i]))
+        for start in range(0, len(arrays), self.batch_size):
+            rows = arrays[start : start + self.batch_size]
+            batches.append((rows, self._id_features([inputs[i] for i in rows])))
+        for rows, features in batches:
+            mask = features.get("attention_mask")
+            if mask is None:
+                lengths = [int(features["input_ids"].shape[1])] * len(rows)
+            else:
+                lengths = mask.sum(dim=1).tolist()
+            for row, length in zip(rows, lengths, strict=True):
+                counts[row] = int(length)
+        return _Tokens(len(inputs), batches, counts)
+
+    def encode(self, tokens: _Tokens) -> tuple[NDArray[np.float32], list[int]]:
+        """The vectors of :meth:`tokenize`'s inputs (rows in their order) and each one's token
+        count: the forward passes, in the instance's model thread."""
+        out = self.np.empty((tokens.size, self.dimension), dtype=self.np.float32)
+        with self.torch.inference_mode():
+            for rows, features in tokens.batches:
+                out[rows] = self._forward(features).float().cpu().numpy()
+        return out, tokens.counts
+
+    def _text_batches(self, rows: list[int], texts: list[str]) -> list[_Batch]:
+        """The texts tokenized in one call (the whole group padded to its longest), sorted by
+        token count and cut into batches, each trimmed to its own longest: the same features as
+        tokenizing each batch alone, with one tokenizer call instead of one to sort and one per
+        batch (on a GPU the tokenizer, not the model, is the limit). Features that are not one
+        row per text or one value for all (a model with other inputs) are tokenized batch by
+        batch instead, sorted by characters."""
+        torch, size, count = self.torch, self.batch_size, len(texts)
+        features = self._text_features(texts)
+        per_row = {
+            key
+            for key, value in features.items()
+            if isinstance(value, torch.Tensor) and value.dim() == 2 and value.shape[0] == count
+        }
+        shared = all(
+            key in per_row or value is None or isinstance(value, str | int | float | bool)
+            for key, value in features.items()
+        )
+        if "attention_mask" not in per_row or not shared:
+            order = sorted(range(count), key=lambda j: -len(texts[j]))
+            return [
+                ([rows[j] for j in part], self._text_features([texts[j] for j in part]))
+                for part in (order[start : start + size] for start in range(0, count, size))
+            ]
+        mask = features["attention_mask"]
+        lengths = mask.sum(dim=1).tolist()
+        order = sorted(range(count), key=lambda j: -lengths[j])
+        full = int(mask.shape[1])
+        batches: list[_Batch] = []
+        for start in range(0, count, size):
+            part = order[start : start + size]
+            width = int(lengths[part[0]])  # the longest of the batch: sorted longest first
+            cols = slice(full - width, full) if self.left_pad else slice(0, width)
+            picked = torch.tensor(part, dtype=torch.long)
+            batch = {
+                key: value.index_select(0, picked)[:, cols].contiguous()
+                if key in per_row
+                else value
+                for key, value in features.items()
+            }
+            batches.append(([rows[j] for j in part], batch))
+        return batches
 
     def _text_features(self, texts: list[Any]) -> dict[str, Any]:
         preprocess = getattr(self.model, "preprocess", None)
@@ -296,16 +370,21 @@ def _special_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:
 
 
 class _Instance:
-    """One model copy and the thread that owns it."""
+    """One model copy and its pipeline: three one-worker executors, one per stage (preparing,
+    the forward passes, writing the answers), so that each holds one group at a time."""
 
     def __init__(self, name: str, options: SentenceTransformersOptions, path: Path) -> None:
         self.name, self.options, self.path = name, options, path
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"batchd-embed-{name}")
+        self.stages = tuple(
+            ThreadPoolExecutor(1, thread_name_prefix=f"batchd-embed-{name}-{stage}")
+            for stage in _STAGES
+        )
+        self.groups = 0  # in its pipeline
         self._model: _Model | None = None
         self._failure: tuple[float, BaseException] | None = None
 
     def model(self) -> _Model:
-        """The loaded model (loading it on first use); in this instance's thread only."""
+        """The loaded model (loading it on first use, in the preparing stage's thread)."""
         if self._model is not None:
             return self._model
         if self._failure is not None and time.monotonic() - self._failure[0] < _RELOAD_AFTER:
@@ -313,6 +392,8 @@ class _Instance:
         started = time.monotonic()
         try:
             with _LOAD_LOCK:
+                if self._model is not None:
+                    return self._model
                 model = _Model(self.options, self.path)
         except Exception as exc:
             self._failure = (time.monotonic(), exc)
@@ -344,16 +425,17 @@ class SentenceTransformersProvider(Provider):
     def __init__(self, model: str, options: SentenceTransformersOptions) -> None:
         super().__init__(model, options)
         self._instances: list[_Instance] = []
-        self._idle: asyncio.Queue[_Instance] | None = None
 
     def limits(self) -> DispatchLimits:
         options = self.options
         return DispatchLimits(
-            max_concurrency=options.instances, group_size=options.group_size, upstream=self.model
+            max_concurrency=options.instances * len(_STAGES),  # a group in each stage
+            group_size=options.group_size,
+            upstream=self.model,
         )
 
     async def start(self) -> None:
-        if self._idle is not None:
+        if self._instances:
             return
         if importlib.util.find_spec("sentence_transformers") is None:
             raise ConfigError(
@@ -361,40 +443,43 @@ class SentenceTransformersProvider(Provider):
                 f"sentence-transformers package, which is not installed: {_INSTALL_HINT}"
             )
         path = await asyncio.to_thread(_model_dir, self.model, self.options.model_path)
-        idle: asyncio.Queue[_Instance] = asyncio.Queue()
-        for number in range(self.options.instances):
-            instance = _Instance(f"{self.model}#{number}", self.options, path)
-            self._instances.append(instance)
-            idle.put_nowait(instance)
-        self._idle = idle
+        self._instances = [
+            _Instance(f"{self.model}#{number}", self.options, path)
+            for number in range(self.options.instances)
+        ]
 
     async def close(self) -> None:
-        """Stop the threads: a group that is running finishes first (in its thread)."""
-        instances, self._instances, self._idle = self._instances, [], None
+        """Stop the threads: a stage that is running finishes first (in its thread)."""
+        instances, self._instances = self._instances, []
         for instance in instances:
-            instance.executor.shutdown(wait=False, cancel_futures=True)
+            for stage in instance.stages:
+                stage.shutdown(wait=False, cancel_futures=True)
 
     async def execute(self, group: Sequence[ProviderRequest]) -> list[ProviderResult]:
-        idle = self._idle
-        if idle is None:
+        if not self._instances:
             raise RuntimeError(f"{self!r} is not started")
         if not group:
             return []
-        instance = await idle.get()
-        loop = asyncio.get_running_loop()
+        # the instance with the fewest groups in its pipeline; each stage runs one group at a
+        # time, in the order they came, so a group prepares while the one before it encodes
+        instance = min(self._instances, key=lambda candidate: candidate.groups)
+        preparing, encoding, writing = instance.stages
+        instance.groups += 1
         try:
-            future = instance.executor.submit(self._run, instance, list(group))
-        except BaseException:
-            idle.put_nowait(instance)
-            raise
-        # Idle again when the thread is done with the group, even if this call was cancelled.
-        future.add_done_callback(lambda _: _call_soon(loop, idle.put_nowait, instance))
-        return await asyncio.wrap_future(future)
+            job = await _in(preparing, self._prepare, instance.model, list(group))
+            if job.tokens is not None:
+                job.vectors, job.counts = await _in(encoding, job.model.encode, job.tokens)
+                job.tokens = None  # its tensors are not needed any more
+            return await _in(writing, self._write, job)
+        finally:
+            instance.groups -= 1
 
-    # -- in the instance's thread ----------------------------------------------------------------
+    # -- in the stages' threads ------------------------------------------------------------------
 
-    def _run(self, instance: _Instance, group: list[ProviderRequest]) -> list[ProviderResult]:
-        model = instance.model()
+    def _prepare(self, load: Callable[[], _Model], group: list[ProviderRequest]) -> _Job:
+        """The group's requests parsed (a bad one is its 400 result already) and their inputs
+        tokenized, all at once."""
+        model = load()
         results: list[ProviderResult | None] = [None] * len(group)
         parsed: list[tuple[int, _Parsed, int]] = []  # slot, request, first input's row
         inputs: list[str | list[int]] = []
@@ -414,11 +499,17 @@ class SentenceTransformersProvider(Provider):
                 continue
             parsed.append((slot, item, len(inputs)))
             inputs.extend(item.inputs)
-        if inputs:
-            vectors, counts = model.embed(inputs)
+        tokens = model.tokenize(inputs) if inputs else None
+        return _Job(group, model, results, parsed, tokens)
+
+    def _write(self, job: _Job) -> list[ProviderResult]:
+        """The answers of an encoded group, in request order."""
+        group, model, results = job.group, job.model, job.results
+        vectors, counts = job.vectors, job.counts
+        if vectors is not None and counts is not None:
             # the rows of the native size encoded at once, for all requests that want them
             encoded: dict[bool, list[Any]] = {}
-            for slot, item, row in parsed:
+            for slot, item, row in job.parsed:
                 end = row + len(item.inputs)
                 tokens = sum(counts[row:end])
                 if item.dimensions is None:
@@ -572,6 +663,7 @@ def _model_dir(model: str, model_path: str) -> Path:
     return path
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., Any], *args: Any) -> None:
-    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
-        loop.call_soon_threadsafe(callback, *args)
+async def _in(stage: ThreadPoolExecutor, function: Callable[..., _T], *args: Any) -> _T:
+    """``function(*args)`` run in a stage's thread. Cancelled, the call is dropped if it has
+    not started yet; one that has finishes in its thread (torch cannot be interrupted)."""
+    return await asyncio.wrap_future(stage.submit(function, *args))
