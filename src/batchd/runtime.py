@@ -17,8 +17,10 @@ from batchd.metrics import Metrics
 from batchd.providers import ModelTable, Provider
 from batchd.service import BatchService, FileService
 from batchd.service.batches import EngineHooks
+from batchd.service.idempotency import IdempotencyService
 from batchd.storage import Storage, open_storage
 from batchd.store import BatchRecord, SQLStore, Store
+from batchd.store.idempotency import IdempotencyStore
 from batchd.webhooks.deliver import Deliverer
 
 __all__ = ["Services", "open_services"]
@@ -42,6 +44,8 @@ class Services:
     """Who may call the API (``None``: everyone, as the default project)."""
     metrics: Metrics = field(default_factory=Metrics)
     """What ``/metrics`` (and ``batchd worker --metrics-port``) shows of this process."""
+    idempotency: IdempotencyService | None = None
+    """``Idempotency-Key`` of the create calls (``None``: the header is ignored)."""
 
 
 @contextlib.asynccontextmanager
@@ -98,6 +102,7 @@ async def open_services(
                     files=FileService(store, storage, settings, hooks, metrics=metrics),
                     auth=Authenticator(settings, store),
                     metrics=metrics,
+                    idempotency=IdempotencyService(IdempotencyStore(store)),
                 )
             finally:
                 if manager is not None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from batchd.api.deps import DialectDep, ProjectDep, ServicesDep
+from batchd.api.idempotent import run_once
 from batchd.api.openapi import answers
 from batchd.api.params import (
     EXPIRY_SECONDS_SCHEMA,
@@ -21,6 +23,7 @@ from batchd.errors import InvalidRequest
 from batchd.protocol import BATCH_ENDPOINTS, Batch, BatchList
 from batchd.service import NewBatch
 from batchd.service.batches import COMPLETION_WINDOWS, MAX_METADATA_PAIRS, MAX_METADATA_VALUE
+from batchd.service.idempotency import digest_of
 from batchd.service.partial import PartialResults, Which
 
 __all__ = ["router"]
@@ -175,7 +178,17 @@ async def create_batch(
         output_expires_after=_output_expires_after(body.get("output_expires_after")),
         dialect=dialect,
     )
-    return JSONResponse(batch_object(await svc.batches.create(project, new), dialect))
+
+    async def create() -> tuple[int, bytes]:
+        return 200, orjson.dumps(batch_object(await svc.batches.create(project, new), dialect))
+
+    def digest() -> str:  # the body with its keys sorted: the same JSON, whatever the order
+        return digest_of([orjson.dumps(body, option=orjson.OPT_SORT_KEYS)])
+
+    once = await run_once(request, svc, project, digest, create)
+    if once is not None:
+        return once
+    return Response((await create())[1], media_type="application/json")
 
 
 @router.get("", summary="List batches, newest first", responses=answers(BatchList, 400))

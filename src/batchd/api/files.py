@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from batchd.api.deps import DialectDep, ProjectDep, ServicesDep
+from batchd.api.idempotent import idempotency_key, respond
 from batchd.api.openapi import answers
 from batchd.api.params import (
     EXPIRY_SECONDS_SCHEMA,
@@ -18,8 +20,12 @@ from batchd.api.params import (
 )
 from batchd.api.responses import JSONResponse, file_object, list_page
 from batchd.api.upload import parse_upload
+from batchd.core.files import Ingest
 from batchd.errors import InvalidRequest
 from batchd.protocol import UPLOAD_PURPOSES, FileDeleted, FileList, FileObject
+from batchd.runtime import Services
+from batchd.service.idempotency import Replay, digest_of
+from batchd.store.records import FileRecord
 
 __all__ = ["router"]
 
@@ -93,9 +99,47 @@ _CONTENT = {"application/octet-stream": {"schema": {"type": "string", "format": 
 async def create_file(
     request: Request, svc: ServicesDep, project: ProjectDep, dialect: DialectDep
 ) -> Response:
+    keyed = idempotency_key(request, svc)
+    if keyed is None:
+        upload = await _upload(request, svc, project, hashed=False)
+        return JSONResponse(file_object(await _create(svc, project, upload), dialect))
+    service, key = keyed
+    name = f"{request.method} {request.url.path}"
+    first = await service.claim(project, key, name, None)
+    if first is not None and (first.request != name or first.status_code is None):
+        service.replay(first, name, "")  # another request, or still running: a 409
+    try:
+        upload = await _upload(request, svc, project, hashed=True)
+    except BaseException:
+        if first is None:
+            await service.release(project, key)
+        raise
+    ingest, filename, purpose, seconds = upload
+    assert ingest.hasher is not None
+    fields = (purpose, filename, str(seconds), ingest.hasher.hexdigest(), dialect)
+    digest = digest_of(field.encode() for field in fields)
+    if first is not None:  # answered already: the same upload gets that answer again
+        await ingest.abort()
+        return respond(service.replay(first, name, digest), replayed=True)
+    try:
+        body = orjson.dumps(file_object(await _create(svc, project, upload), dialect))
+    except BaseException:
+        await service.release(project, key)
+        raise
+    await service.complete(project, key, digest, 200, body)
+    return respond(Replay(200, body), replayed=False)
+
+
+_Upload = tuple[Ingest, str, str, int | None]  # the bytes, filename, purpose, expires_after
+
+
+async def _upload(request: Request, svc: Services, project: str, *, hashed: bool) -> _Upload:
+    """The upload's file streamed into storage and its fields checked (400s)."""
     files = svc.files
     cap = await files.upload_cap(project)
-    upload = await parse_upload(request, svc.settings, lambda p: files.ingest(p, cap), cap)
+    upload = await parse_upload(
+        request, svc.settings, lambda p: files.ingest(p, cap, hashed=hashed), cap
+    )
     ingest = upload.ingest
     try:
         purpose = upload.fields.get("purpose")
@@ -117,10 +161,14 @@ async def create_file(
         if ingest is not None:
             await ingest.abort()
         raise
-    record = await files.create(
-        project, ingest, filename=upload.filename, purpose=purpose, expires_after=seconds
+    return ingest, upload.filename, purpose, seconds
+
+
+async def _create(svc: Services, project: str, upload: _Upload) -> FileRecord:
+    ingest, filename, purpose, seconds = upload
+    return await svc.files.create(
+        project, ingest, filename=filename, purpose=purpose, expires_after=seconds
     )
-    return JSONResponse(file_object(record, dialect))
 
 
 @router.get("", summary="List files", responses=answers(FileList, 400))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -58,8 +59,11 @@ class Ingest:
         validate: bool,
         background: bool = True,
         metrics: Metrics | None = None,
+        hashed: bool = False,
     ) -> None:
         self.settings = settings
+        self.hasher = hashlib.sha256() if hashed else None
+        """With ``hashed``: the SHA-256 of the bytes written so far (known before the commit)."""
         self._metrics = metrics
         self._validating = 0.0  # seconds spent validating, for the metrics
         self._storage = storage
@@ -84,6 +88,8 @@ class Ingest:
         """Append ``data`` (raises :class:`~batchd.storage.BlobTooLarge` past the limit, and a
         :class:`~batchd.errors.StorageFault` as soon as the disk refuses the bytes)."""
         self._writer.write(data)
+        if self.hasher is not None:
+            self.hasher.update(data)
         if self._validator is not None:
             started = time.perf_counter()
             self._validator.feed(data)

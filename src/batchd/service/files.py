@@ -101,10 +101,11 @@ class FileService:
                 cap = UploadCap(room, _storage_full(limits.max_stored_bytes, used))
         return cap
 
-    def ingest(self, purpose: str | None, cap: UploadCap | None) -> Ingest:
+    def ingest(self, purpose: str | None, cap: UploadCap | None, *, hashed: bool = False) -> Ingest:
         """Where the bytes of a new file go while they arrive: stored, and validated and indexed
         when ``purpose`` is ``batch``. ``purpose`` may be unknown (``None``) while the file
-        streams in, when the client sent it after the file."""
+        streams in, when the client sent it after the file. ``hashed``: their SHA-256 is known
+        before the commit (:attr:`Ingest.hasher`)."""
         limit = self.settings.max_file_bytes(purpose)
         if cap is not None:
             limit = min(limit, cap.limit)
@@ -114,6 +115,7 @@ class FileService:
             max_bytes=limit,
             validate=purpose == "batch",
             metrics=self.metrics,
+            hashed=hashed,
         )
 
     async def create(

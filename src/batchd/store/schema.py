@@ -15,6 +15,7 @@ __all__ = [
     "batch_results",
     "batches",
     "files",
+    "idempotency_keys",
     "metadata",
     "model_pauses",
     "projects",
@@ -254,4 +255,21 @@ webhook_cursor = sa.Table(
     metadata,
     sa.Column("name", sa.String(32), primary_key=True),
     sa.Column("seq", sa.BigInteger(), nullable=False),
+)
+
+# ``Idempotency-Key`` of ``POST /v1/files`` and ``POST /v1/batches`` (see batchd.store.idempotency):
+# one row per (project, key) for 24 h; ``status_code`` NULL while the first call runs, then its
+# answer. ``request`` is the call's method and path, ``digest`` the SHA-256 of its body.
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("project", sa.String(128), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("request", sa.String(128), nullable=False),
+    sa.Column("digest", sa.String(64), nullable=True),
+    sa.Column("status_code", sa.Integer(), nullable=True),
+    sa.Column("response", sa.Text(), nullable=True),
+    sa.Column("created_at", sa.Float(), nullable=False),
+    sa.Column("expires_at", sa.Float(), nullable=False),
+    sa.Index("ix_idempotency_keys_expires", "expires_at"),
 )
