@@ -25,6 +25,7 @@ from batchd.service import NewBatch
 from batchd.service.batches import COMPLETION_WINDOWS, MAX_METADATA_PAIRS, MAX_METADATA_VALUE
 from batchd.service.idempotency import digest_of
 from batchd.service.partial import PartialResults, Which
+from batchd.service.retry import retry_batch
 
 __all__ = ["router"]
 
@@ -218,6 +219,54 @@ async def cancel_batch(
     batch_id: str, svc: ServicesDep, project: ProjectDep, dialect: DialectDep
 ) -> Response:
     return JSONResponse(batch_object(await svc.batches.cancel(project, batch_id), dialect))
+
+
+@router.post(
+    "/{batch_id}/retry",
+    summary="Retry a batch's failed requests (batchd extension)",
+    description="A new batch of the requests that ended in the error file of this ended batch "
+    "with a retryable failure (HTTP 408, 409, 429 or 5xx, a timeout, a connection error, a "
+    "cancel or expiry before they ran), or of every failed request with "
+    '`{"all_errors": true}`; its metadata names this batch in `batchd_retry_of`.',
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "content": {
+                "application/json": {
+                    "schema": {"type": "object", "properties": {"all_errors": {"type": "boolean"}}}
+                }
+            },
+        }
+    },
+    responses=answers(Batch, 400, 404, 409, 507),
+)
+async def retry_failures(
+    batch_id: str, request: Request, svc: ServicesDep, project: ProjectDep, dialect: DialectDep
+) -> Response:
+    body = await read_json_object(request, max_bytes=MAX_BODY_BYTES, empty_is_object=True)
+    for key in body:
+        if key != "all_errors":
+            raise InvalidRequest(
+                f"Unrecognized request argument supplied: {key}",
+                param=key,
+                code="unknown_parameter",
+            )
+    all_errors = body.get("all_errors", False)
+    if not isinstance(all_errors, bool):
+        raise InvalidRequest(
+            f"Invalid type for 'all_errors': expected a boolean, got {_type_name(all_errors)}.",
+            param="all_errors",
+            code="invalid_type",
+        )
+
+    async def create() -> tuple[int, bytes]:
+        retry = await retry_batch(svc.batches, svc.files, project, batch_id, all_errors=all_errors)
+        return 200, orjson.dumps(batch_object(retry, dialect))
+
+    once = await run_once(request, svc, project, lambda: digest_of([b"%d" % all_errors]), create)
+    if once is not None:
+        return once
+    return Response((await create())[1], media_type="application/json")
 
 
 # -- partial results (a batchd extension) ----------------------------------------------------------

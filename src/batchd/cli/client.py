@@ -1,6 +1,7 @@
-"""The client commands of ``batchd``: ``submit``, ``status``, ``wait``, ``download``, ``cancel``
-and ``ls``, run against a batchd server (or OpenAI itself) through the official ``openai`` SDK and
-nothing but the public Files and Batches API.
+"""The client commands of ``batchd``: ``submit``, ``status``, ``wait``, ``download``, ``cancel``,
+``retry`` and ``ls``, run against a batchd server (or OpenAI itself) through the official
+``openai`` SDK and nothing but the public Files and Batches API (``retry`` excepted: it calls
+batchd's ``POST /v1/batches/{id}/retry``).
 
 Every command takes ``--base-url`` (or ``OPENAI_BASE_URL``, else ``batchd serve``'s default
 address) and ``--api-key`` (or ``OPENAI_API_KEY``). Results a script reads (a batch id, the paths
@@ -41,7 +42,7 @@ if TYPE_CHECKING:  # the SDK is imported when a command runs: `batchd serve` sta
     from openai import OpenAI
     from openai.types import Batch
 
-__all__ = ["cancel", "download", "ls", "status", "submit", "wait"]
+__all__ = ["cancel", "download", "ls", "retry", "status", "submit", "wait"]
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8080/v1"
 """Where ``batchd serve`` listens by default."""
@@ -77,6 +78,10 @@ BatchIdArgument = Annotated[
 ]
 JsonOption = Annotated[
     bool, typer.Option("--json", help="Print JSON instead of text, e.g. --json | jq .status.")
+]
+WaitOption = Annotated[
+    bool,
+    typer.Option("--wait", help="Then follow the batch as `batchd wait` does, e.g. --wait."),
 ]
 IntervalOption = Annotated[
     float,
@@ -220,10 +225,7 @@ def submit(
             "--metadata job=nightly --metadata owner=ana.",
         ),
     ] = None,
-    wait_: Annotated[
-        bool,
-        typer.Option("--wait", help="Then follow the batch as `batchd wait` does, e.g. --wait."),
-    ] = False,
+    wait_: WaitOption = False,
     interval: IntervalOption = 2.0,
     timeout: TimeoutOption = None,
     base_url: BaseUrlOption = DEFAULT_BASE_URL,
@@ -402,6 +404,48 @@ def cancel(
     with _connect(base_url, api_key) as client:
         batch = client.batches.cancel(batch_id)
     typer.echo(f"{batch.id} {batch.status}")
+
+
+def retry(
+    batch_id: BatchIdArgument,
+    all_errors: Annotated[
+        bool,
+        typer.Option(
+            "--all-errors",
+            help="Retry every failed request, e.g. --all-errors. Default: only those another "
+            "try may turn into an answer (HTTP 408, 409, 429 and 5xx, timeouts, connection "
+            "errors, requests a cancel or the deadline stopped).",
+        ),
+    ] = False,
+    wait_: WaitOption = False,
+    interval: IntervalOption = 2.0,
+    timeout: TimeoutOption = None,
+    base_url: BaseUrlOption = DEFAULT_BASE_URL,
+    api_key: ApiKeyOption = DEFAULT_API_KEY,
+) -> None:
+    """Create a new batch of the failed requests of an ended batch; prints only its id on
+    stdout, e.g. `ID=$(batchd retry batch_6a1f...)`. Its metadata names the batch it retries
+    (batchd_retry_of). Join both: `batchd join out.jsonl errors.jsonl retry-out.jsonl ...`.
+    A batchd extension (POST /v1/batches/{id}/retry).
+
+    --interval and --timeout apply with --wait.
+    """
+    import uuid
+
+    from openai.types import Batch
+
+    with _connect(base_url, api_key) as client:
+        batch = client.post(
+            f"/batches/{batch_id}/retry",
+            body={"all_errors": all_errors},
+            cast_to=Batch,
+            # the SDK tries a timed-out call again: the key makes that one batch, not two
+            options={"headers": {"Idempotency-Key": str(uuid.uuid4())}},
+        )
+        typer.echo(f"created batch {batch.id} retrying {batch_id} ({batch.status})", err=True)
+        typer.echo(batch.id)
+        if wait_:
+            raise typer.Exit(_follow(client, batch.id, interval, timeout))
 
 
 def ls(

@@ -54,6 +54,7 @@ for _command in (
     client.wait,
     client.status,
     client.cancel,
+    client.retry,
     client.ls,
     client.models,
     client.download,

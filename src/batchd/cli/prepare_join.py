@@ -377,7 +377,8 @@ def join(
         list[Path],
         typer.Argument(
             help="The output file of the batch, and its error file too if you like, e.g. "
-            "output.jsonl errors.jsonl.",
+            "output.jsonl errors.jsonl; with those of its retries (batchd retry) too, in any "
+            "order: a request's success wins over its failures.",
             exists=True,
             dir_okay=False,
             show_default=False,
@@ -560,7 +561,10 @@ def _report_joined(results: Results, matched: dict[str, int], rows: int, output:
         err=True,
     )
     if results.duplicates:
-        _warn(f"{results.duplicates} result lines repeat an earlier custom_id (the last one won)")
+        _warn(
+            f"{results.duplicates} result lines repeat an earlier custom_id (a success won over "
+            "a failure, as after batchd retry; otherwise the last line won)"
+        )
     unmatched = [custom_id for custom_id in results.by_id if custom_id not in matched]
     if unmatched:
         examples = ", ".join(repr(custom_id) for custom_id in unmatched[:3])

@@ -67,7 +67,8 @@ class Results:
     by_id: dict[str, Result] = field(default_factory=dict)
     lines: int = 0
     duplicates: int = 0
-    """Lines whose ``custom_id`` an earlier line had (the later line wins)."""
+    """Lines whose ``custom_id`` an earlier line had: a success wins over a failure (the files
+    of a batch and of its retries, ``batchd retry``, in any order), else the later line."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,15 +80,19 @@ class _Answer:
 
 
 def read_results(paths: Sequence[Path], *, embeddings: bool = True) -> Results:
-    """Read the output and error files ``paths`` of a batch; ``embeddings=False`` drops the
-    vectors of embeddings results (they are most of the memory such results take)."""
+    """Read the output and error files ``paths`` of a batch (and of its retries: a request's
+    success wins over its failures); ``embeddings=False`` drops the vectors of embeddings
+    results (they are most of the memory such results take)."""
     results = Results()
     for path in paths:
         for lineno, line in _lines(path):
             custom_id, result = _parse_line(path, lineno, line, embeddings)
             results.lines += 1
-            if custom_id in results.by_id:
+            previous = results.by_id.get(custom_id)
+            if previous is not None:
                 results.duplicates += 1
+                if previous.ok and not result.ok:
+                    continue  # a success stays, in whatever order a retry's files come
             results.by_id[custom_id] = result
     return results
 
