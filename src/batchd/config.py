@@ -306,7 +306,11 @@ class Settings(BaseSettings):
         description="How long in-flight requests of a cancelled or expired batch may finish.",
     )
     max_running_batches: int = Field(
-        default=16, ge=1, description="Batches this process executes at once."
+        default=64,
+        ge=1,
+        description="Batches this process executes at once; they share each model's slots by "
+        "priority, project and batch (batchd.engine.fairness), so this bounds memory, not "
+        "who waits.",
     )
     lease_seconds: float = Field(
         default=30.0,

@@ -36,6 +36,7 @@ from batchd.atomicfile import AtomicFile
 from batchd.cli.common import fail
 from batchd.cli.progress import ProgressDisplay, Snapshot
 from batchd.core.lifecycle import TERMINAL as TERMINAL_STATUSES
+from batchd.core.priority import PRIORITY_KEY, check_priority
 
 if TYPE_CHECKING:  # the SDK is imported when a command runs: `batchd serve` starts without it
     import openai
@@ -225,6 +226,15 @@ def submit(
             "--metadata job=nightly --metadata owner=ana.",
         ),
     ] = None,
+    priority: Annotated[
+        str | None,
+        typer.Option(
+            help="high, normal or low: the batch's share of each model's concurrency beside "
+            "other batches (4:2:1), e.g. --priority low for a nightly backfill. Sets the "
+            "metadata batchd_priority. Default: normal.",
+            show_default=False,
+        ),
+    ] = None,
     wait_: WaitOption = False,
     interval: IntervalOption = 2.0,
     timeout: TimeoutOption = None,
@@ -237,6 +247,11 @@ def submit(
     --interval and --timeout apply with --wait.
     """
     labels = _parse_metadata(metadata or [])
+    if priority is not None:
+        labels[PRIORITY_KEY] = priority
+        problem = check_priority(labels)
+        if problem is not None:
+            fail(f"--priority {priority}: use high, normal or low", 2)
     if endpoint is None:
         endpoint = _first_line_url(file) or DEFAULT_ENDPOINT
     with _connect(base_url, api_key) as client:

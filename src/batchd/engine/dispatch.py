@@ -24,6 +24,8 @@ import anyio.to_thread
 
 from batchd.config import Settings
 from batchd.core.lifecycle import Outcome
+from batchd.core.priority import priority_of
+from batchd.engine.fairness import Flow
 from batchd.engine.inputs import Feed, InputReader, Span, request_ids
 from batchd.engine.journal import JournalEntry, Usage, usage_tokens
 from batchd.engine.limits import Limiters, ModelLimiter
@@ -157,6 +159,8 @@ class Dispatch:
         self._groups = 0  # groups recorded: the commit latency of one in _COMMIT_SAMPLE is timed
         self._fallbacks: tuple[str, ...] = ()
         self._draining = False
+        self.flow = Flow(batch.id, batch.project, priority_of(batch.metadata))
+        """How this batch waits for its model's slots (:mod:`batchd.engine.fairness`)."""
         self.on_sent_all: Callable[[], None] | None = None
         """Called once every request was taken for sending (only results are awaited now)."""
         self.sent_all = False
@@ -276,7 +280,7 @@ class Dispatch:
                 break
             size = len(group)
             self._unsent -= size
-            async with limiter.slots:  # shared by every batch of the model
+            async with limiter.slots.take(self.flow):  # shared fairly by the model's batches
                 if self._draining:
                     break  # taken but not sent: it ends as batch_cancelled/expired
                 self.busy += 1
@@ -352,7 +356,7 @@ class Dispatch:
                 request.endpoint,
                 {**request.body, "model": provider.model},
             )
-            async with limiter.slots:
+            async with limiter.slots.take(self.flow):
                 cost = limiter.cost(moved.body)
                 [answer] = await self._send(provider, limiter, [moved], cost, 1)
                 if _exhausted(answer):

@@ -16,15 +16,15 @@ One :class:`ModelLimiter` per configured model, shared by every batch of that mo
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
 
+from batchd.engine.fairness import DEFAULT_FLOW, Flow, Usage
 from batchd.providers.base import DispatchLimits, Provider
 
 __all__ = [
@@ -89,44 +89,60 @@ class TokenBucket:
 
 
 class Slots:
-    """A semaphore whose size can change while it is in use (``async with slots:`` holds one).
+    """A semaphore whose size can change while it is in use, shared fairly between the batches
+    that wait for it (:mod:`batchd.engine.fairness`): ``async with slots.take(flow):`` holds one
+    (``async with slots:`` as nobody in particular).
 
     :meth:`resize` takes effect for the next acquisitions: holders above a smaller size keep
     their slot until they release it, then nobody new gets one until the count is below it."""
 
-    __slots__ = ("_waiters", "in_use", "limit")
+    __slots__ = ("in_use", "limit", "usage")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, clock: Clock = time.monotonic) -> None:
         self.limit = limit
         self.in_use = 0
-        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.usage = Usage(clock)
+
+    @contextlib.asynccontextmanager
+    async def take(self, flow: Flow = DEFAULT_FLOW) -> AsyncIterator[None]:
+        """Hold a slot for ``flow`` while the block runs."""
+        await self._acquire(flow)
+        since = self.usage.granted(flow)
+        try:
+            yield
+        finally:
+            self.usage.released(flow, since)
+            self._release()
 
     async def __aenter__(self) -> None:
-        if self.in_use < self.limit and not self._waiters:
+        await self._acquire(DEFAULT_FLOW)
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self._release()
+
+    async def _acquire(self, flow: Flow) -> None:
+        if self.in_use < self.limit and not self.usage.waiting:
             self.in_use += 1
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        self.usage.wait(flow, waiter)
         try:
             await waiter  # _wake counted the slot as ours before waking us
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
                 self._release()
             else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
+                self.usage.drop(flow, waiter)
             raise
-
-    async def __aexit__(self, *_exc: object) -> None:
-        self._release()
 
     def _release(self) -> None:
         self.in_use -= 1
         self._wake()
 
     def _wake(self) -> None:
-        while self._waiters and self.in_use < self.limit:
-            waiter = self._waiters.popleft()
+        while self.in_use < self.limit and (chosen := self.usage.next()) is not None:
+            waiter = chosen[1]
+            assert isinstance(waiter, asyncio.Future)
             if not waiter.done():
                 self.in_use += 1
                 waiter.set_result(None)

@@ -10,6 +10,7 @@ from typing import Protocol
 
 from batchd.config import Settings
 from batchd.core import lifecycle
+from batchd.core.priority import check_priority
 from batchd.errors import BatchLimitReached, Conflict, InvalidRequest, NotFound, RateLimited
 from batchd.ids import is_batch_id, new_batch_id
 from batchd.protocol import BATCH_ENDPOINTS
@@ -110,6 +111,9 @@ def _check_new(new: NewBatch) -> None:
             code="invalid_value",
         )
     _check_metadata(new.metadata)
+    problem = check_priority(new.metadata)
+    if problem is not None:
+        raise InvalidRequest(problem, param="metadata", code="invalid_value")
 
 
 def _refusal(exc: BatchLimitReached, now: int) -> RateLimited:
