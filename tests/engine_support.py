@@ -118,6 +118,31 @@ def serving(
         server.stop()
 
 
+@dataclass
+class Served:
+    """A fake upstream, a ``batchd serve`` routed to it, and an SDK client on the server."""
+
+    upstream: UpstreamProcess
+    server: BatchdServer
+    client: OpenAI
+
+
+@contextlib.contextmanager
+def served(
+    root: Path, route: dict[str, Any], upstream: dict[str, Any], **settings: Any
+) -> Iterator[Served]:
+    """The fake upstream (``upstream``: its options) and :func:`serving` with one route on it
+    (``route``: options of :func:`model_route`) and ``settings``; stopped on the way out."""
+    with (
+        UpstreamProcess(root, **upstream) as process,
+        serving(root / "batchd", process, model_route(process, **route), **settings) as (
+            server,
+            client,
+        ),
+    ):
+        yield Served(process, server, client)
+
+
 @contextlib.contextmanager
 def shared_mode(
     root: Path, upstream: UpstreamProcess, *, worker_args: tuple[str, ...] = ()

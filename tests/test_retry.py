@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,17 +22,16 @@ from batchd.cli import app
 from batchd.service.retry import RETRY_OF, _lines, retryable
 from tests.engine_support import (
     CHAT,
+    Served,
     chat_body,
     fetch_results,
-    model_route,
     request_line,
-    serving,
+    served,
     submit,
     to_jsonl,
     wait_for_batch,
 )
-from tests.serverproc import BatchdServer, batchd
-from tests.upstream.process import UpstreamProcess
+from tests.serverproc import batchd
 
 LINES = [
     request_line("ok-1", chat_body("hello")),
@@ -84,36 +82,26 @@ async def test_lines_of_a_stream_whatever_its_chunks() -> None:
 # -- end to end ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Env:
-    upstream: UpstreamProcess
-    server: BatchdServer
-    client: OpenAI
-
-
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("retry")
-    with (
-        UpstreamProcess(root, retry_after=0.05) as upstream,
-        serving(
-            root / "batchd",
-            upstream,
-            model_route(upstream, timeout=1.0, max_concurrency=8),
-            max_attempts=2,
-            retry_base_seconds=0.05,
-            retry_cap_seconds=0.2,
-            progress_interval_seconds=0.2,
-        ) as (server, client),
-    ):
-        yield Env(upstream, server, client)
+    with served(
+        root,
+        {"timeout": 1.0, "max_concurrency": 8},
+        {"retry_after": 0.05},
+        max_attempts=2,
+        retry_base_seconds=0.05,
+        retry_cap_seconds=0.2,
+        progress_interval_seconds=0.2,
+    ) as env:
+        yield env
 
 
 def retry(client: OpenAI, batch_id: str, **body: Any) -> Batch:
     return client.post(f"/batches/{batch_id}/retry", body=body, cast_to=Batch)
 
 
-def finished(env: Env, batch_id: str) -> dict[str, Any]:
+def finished(env: Served, batch_id: str) -> dict[str, Any]:
     return wait_for_batch(env.client, env.server, batch_id, timeout=60)
 
 
@@ -121,7 +109,7 @@ def input_lines(client: OpenAI, batch: Batch) -> list[bytes]:
     return client.files.content(batch.input_file_id).content.splitlines(keepends=True)
 
 
-def test_retry_runs_the_retryable_failures_again(env: Env, tmp_path: Path) -> None:
+def test_retry_runs_the_retryable_failures_again(env: Served, tmp_path: Path) -> None:
     client = env.client
     first_id = submit(client, LINES)
     first = finished(env, first_id)
@@ -192,7 +180,7 @@ def test_retry_runs_the_retryable_failures_again(env: Env, tmp_path: Path) -> No
     assert "a success won over a failure" in result.output
 
 
-def test_retry_refusals(env: Env) -> None:
+def test_retry_refusals(env: Served) -> None:
     client = env.client
     with pytest.raises(openai.NotFoundError):
         retry(client, "batch_nonexistent")
@@ -211,7 +199,7 @@ def test_retry_refusals(env: Env) -> None:
     assert nothing.value.code == "nothing_to_retry"
 
 
-def test_batchd_retry_command(env: Env) -> None:
+def test_batchd_retry_command(env: Served) -> None:
     client = env.client
     first_id = submit(client, [request_line("again", chat_body("FAULT:500x2 once more"))])
     finished(env, first_id)

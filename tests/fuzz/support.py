@@ -109,6 +109,7 @@ OK_SCHEMAS: dict[str, str | None] = {
     "GET /v1/batches": "ListBatchesResponse",
     "GET /v1/batches/{batch_id}": "Batch",
     "POST /v1/batches/{batch_id}/cancel": "Batch",
+    "POST /v1/batches/{batch_id}/retry": "Batch",
     "GET /v1/batches/{batch_id}/partial/output": None,  # JSONL: the output file's lines so far
     "GET /v1/batches/{batch_id}/partial/errors": None,
     "POST /v1/chat/completions": None,  # the upstream's answer, relayed

@@ -151,7 +151,13 @@ _CONTENT_TYPES = st.sampled_from(
         "",
     ]
 )
-_POST_ROUTES = ["/v1/files", "/v1/batches", "/v1/batches/batch_0123/cancel", *_INFERENCE_ROUTES]
+_POST_ROUTES = [
+    "/v1/files",
+    "/v1/batches",
+    "/v1/batches/batch_0123/cancel",
+    "/v1/batches/batch_0123/retry",
+    *_INFERENCE_ROUTES,
+]
 _BIG = b'{"model": "' + b"m" * MAX_REQUEST_BODY_BYTES + b'"}'  # over the body limit
 
 

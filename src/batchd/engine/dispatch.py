@@ -257,7 +257,8 @@ class Dispatch:
             self.span,
         )
         try:
-            feed = Feed(reader, batch.endpoint, max(1, limiter.limits.group_size))
+            size = limiter.limits.group_size_for(batch.endpoint)
+            feed = Feed(reader, batch.endpoint, max(1, size))
             try:
                 async with asyncio.TaskGroup() as workers:
                     for _ in range(limiter.limits.max_concurrency):

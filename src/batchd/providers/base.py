@@ -133,6 +133,13 @@ class DispatchLimits:
     upstream_max_concurrency: int | None = None
     """Requests in flight to ``upstream`` over all its models (the smallest value set on any of
     them applies), or ``None`` for no bound beyond each model's own."""
+    group_sizes: tuple[tuple[str, int], ...] = ()
+    """``group_size`` for some endpoints (``/v1/embeddings`` of a route that packs them)."""
+
+    def group_size_for(self, endpoint: str) -> int:
+        """The most requests of a batch on ``endpoint`` that :meth:`Provider.execute` takes."""
+        path = endpoint if endpoint.startswith("/v1/") else "/v1" + endpoint
+        return dict(self.group_sizes).get(path, self.group_size)
 
 
 class ProviderStreamError(ProviderError):

@@ -68,6 +68,7 @@ from batchd.providers.base import (
     ProviderStreamError,
 )
 from batchd.providers.http_errors import describe
+from batchd.providers.packing import EMBEDDINGS, send_packed
 from batchd.providers.replicas import Breaker, Replica, ReplicaSet, prefix_hash
 
 __all__ = [
@@ -153,6 +154,11 @@ class OpenAIOptions(ProviderOptions):
     """Requests per minute the upstream allows this model (no budget when unset)."""
     tpm: int | None = Field(default=None, ge=1)
     """Tokens per minute the upstream allows this model (no budget when unset)."""
+    pack_inputs: int = Field(default=64, ge=1, le=2048)
+    """Embeddings: the inputs of several lines sent as one upstream request, up to this many
+    (1: every line alone); see :mod:`batchd.providers.packing`."""
+    pack_tokens: int = Field(default=300_000, ge=1)
+    """Embeddings: the most tokens (estimated) of one packed request."""
     timeout: float = Field(default=600.0, gt=0)
     """Seconds for one request, connection to last byte."""
     headers: dict[str, str] = Field(default_factory=dict)
@@ -384,6 +390,7 @@ class OpenAIProvider(Provider):
             rpm=options.rpm,
             tpm=options.tpm,
             upstream=upstream,
+            group_sizes=((EMBEDDINGS, options.pack_inputs),) if options.pack_inputs > 1 else (),
         )
 
     @property
@@ -441,6 +448,9 @@ class OpenAIProvider(Provider):
         self._check_started()
         if len(group) == 1:
             return [await self._one(group[0])]
+        if self._path(group[0].endpoint) == EMBEDDINGS and self.options.pack_inputs > 1:
+            options = self.options
+            return await send_packed(group, self._one, options.pack_inputs, options.pack_tokens)
         return list(await asyncio.gather(*(self._one(r) for r in group)))
 
     # -- one request ---------------------------------------------------------------------------
