@@ -24,7 +24,6 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,8 @@ import openai
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.timed_batch import timed_batch
 
 from tests.engine_support import model_route
 from tests.serverproc import BatchdServer, write_config
@@ -73,15 +74,7 @@ def run(
     try:
         client = openai.OpenAI(base_url=server.api_url, api_key="-", max_retries=0)
         data = batch_file(args.requests, args.dimensions)
-        started = time.perf_counter()
-        upload = client.files.create(file=("emb.jsonl", data), purpose="batch")
-        batch = client.batches.create(
-            input_file_id=upload.id, endpoint="/v1/embeddings", completion_window="24h"
-        )
-        while batch.status not in {"completed", "failed", "expired", "cancelled"}:
-            time.sleep(0.02)
-            batch = client.batches.retrieve(batch.id)
-        seconds = time.perf_counter() - started
+        batch, seconds = timed_batch(client, data, "/v1/embeddings", poll=0.02)
         if batch.status != "completed" or batch.output_file_id is None:
             raise SystemExit(f"pack_inputs {pack}: the batch ended {batch.status}")
         output = client.files.content(batch.output_file_id).content

@@ -70,6 +70,9 @@ class FaultConfig:
     """Honour ``FAULT:<kind>`` markers in request text."""
     api_key: str | None = None
     """When set, requests without ``Authorization: Bearer <api_key>`` get a 401."""
+    capacity: int = 0
+    """A hidden capacity: a request that finds this many in flight already gets a 429 at once,
+    with no ``Retry-After`` (0: no limit)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -97,6 +100,8 @@ class FaultConfig:
         for name in ("latency_ms", "jitter_ms", "retry_after", "hang_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.capacity < 0:
+            raise ValueError("capacity must not be negative")
         if self.fail_first_n < 0:
             raise ValueError("fail_first_n must not be negative")
         if self.fail_first_kind not in FAULT_KINDS:

@@ -71,6 +71,13 @@ def _json_response(
     )
 
 
+def _reply(response: web.StreamResponse) -> Respond:
+    async def send() -> web.StreamResponse:
+        return response
+
+    return send
+
+
 def _format_seconds(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
 
@@ -168,7 +175,12 @@ class Upstream:
                 "finished_at": None,
             }
             self.log.append(entry)
-            outcome, reason, latency_s, respond = self._decide(request, raw, config, entry)
+            if config.capacity and self.in_flight > config.capacity:
+                outcome, reason, latency_s = "429", "over_capacity", 0.0
+                body = error_body("The server is over capacity (hidden capacity).", "requests")
+                respond = _reply(_json_response(body, 429, {}))
+            else:
+                outcome, reason, latency_s, respond = self._decide(request, raw, config, entry)
             entry["outcome"] = outcome
             entry["reason"] = reason
             self.by_outcome[outcome] += 1

@@ -428,11 +428,14 @@ class Dispatch:
         if not limiter.ready:
             await limiter.before_send(cost)
         upstream_slots = limiter.gate.slots
+        started = time.monotonic()
         if upstream_slots is None:
             results = await provider.execute(group)
         else:
             async with upstream_slots:
                 results = await provider.execute(group)
+        if limiter.adaptive is not None:
+            _observe(limiter, results, time.monotonic() - started)
         used = 0
         for result in results:
             if result.status_code == 429:
@@ -465,6 +468,13 @@ class Dispatch:
             attempt += 1
             [result] = await self._send(provider, limiter, [request], cost, attempt)
         return result
+
+
+def _observe(limiter: ModelLimiter, results: Sequence[ProviderResult], seconds: float) -> None:
+    """Tell the model's adaptive limit how the upstream answered."""
+    for result in results:
+        overloaded = result.status_code in (429, 503) or result.error_code == "request_timeout"
+        limiter.observe(overloaded, seconds if result.ok else None)
 
 
 _SHUTDOWN_GRACE = 2.0  # seconds in-flight requests get when the process stops

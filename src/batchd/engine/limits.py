@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from batchd.engine.adaptive import AdaptiveLimit
 from batchd.engine.fairness import DEFAULT_FLOW, Flow, Usage
 from batchd.providers.base import DispatchLimits, Provider
 
@@ -204,7 +205,14 @@ class ModelLimiter:
         self.model = model
         self.limits = limits
         self.gate = gate
-        self.slots = Slots(limits.max_concurrency)
+        self.ceiling = limits.max_concurrency
+        """The most slots: the route's ``max_concurrency``, or this engine's share of it."""
+        self.adaptive = (
+            AdaptiveLimit(limits.max_concurrency, limits.min_concurrency)
+            if limits.adaptive
+            else None
+        )
+        self.slots = Slots(self._limit())
         self.requests = TokenBucket(limits.rpm) if limits.rpm else None
         self.tokens = TokenBucket(limits.tpm) if limits.tpm else None
 
@@ -217,7 +225,7 @@ class ModelLimiter:
             return max(1, limit // parts + (1 if part < limit % parts else 0))
 
         limits = self.limits
-        self.slots.resize(of(limits.max_concurrency))
+        self.set_ceiling(of(limits.max_concurrency))
         rpm = tpm = None
         if self.requests is not None and limits.rpm:
             rpm = of(limits.rpm)
@@ -225,7 +233,23 @@ class ModelLimiter:
         if self.tokens is not None and limits.tpm:
             tpm = of(limits.tpm)
             self.tokens.rescale(tpm)
-        return self.slots.limit, rpm, tpm
+        return self.ceiling, rpm, tpm
+
+    def set_ceiling(self, ceiling: int) -> None:
+        """At most ``ceiling`` slots from now on (0: send nothing)."""
+        self.ceiling = ceiling
+        self.slots.resize(self._limit())
+
+    def observe(self, overloaded: bool, latency: float | None) -> None:
+        """An answer of the upstream, for the adaptive limit (when the route has one)."""
+        if self.adaptive is not None:
+            self.adaptive.observe(overloaded, latency, self.ceiling)
+            limit = self._limit()
+            if limit != self.slots.limit:
+                self.slots.resize(limit)
+
+    def _limit(self) -> int:
+        return self.ceiling if self.adaptive is None else self.adaptive.value(self.ceiling)
 
     @property
     def ready(self) -> bool:

@@ -83,7 +83,7 @@ class SharedScheduler(Scheduler):
         self._shares: dict[str, tuple[int, int]] = {}  # model -> (part, parts) in force
         self._live_workers = 1  # engines seen at the last heartbeat
         for model in self.engine.limiters.models():  # nothing is sent before the first share
-            self.engine.limiters[model].slots.resize(0)
+            self.engine.limiters[model].set_ceiling(0)
 
     @property
     def running(self) -> list[str]:
@@ -350,7 +350,7 @@ class SharedScheduler(Scheduler):
             )
             limiter = self.engine.limiters[model]
             if young and len(sharing) > 1:
-                limiter.slots.resize(0)
+                limiter.set_ceiling(0)
                 continue
             share = (sharing.index(owner), len(sharing))
             if self._shares.get(model) != share:

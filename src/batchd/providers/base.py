@@ -133,6 +133,10 @@ class DispatchLimits:
     upstream_max_concurrency: int | None = None
     """Requests in flight to ``upstream`` over all its models (the smallest value set on any of
     them applies), or ``None`` for no bound beyond each model's own."""
+    adaptive: bool = False
+    """Learn the concurrency the upstream takes, between ``min_concurrency`` and
+    ``max_concurrency`` (:mod:`batchd.engine.adaptive`)."""
+    min_concurrency: int = 1
     group_sizes: tuple[tuple[str, int], ...] = ()
     """``group_size`` for some endpoints (``/v1/embeddings`` of a route that packs them)."""
 

@@ -154,6 +154,10 @@ class OpenAIOptions(ProviderOptions):
     """Requests per minute the upstream allows this model (no budget when unset)."""
     tpm: int | None = Field(default=None, ge=1)
     """Tokens per minute the upstream allows this model (no budget when unset)."""
+    adaptive: bool = False
+    """Learn how many requests the upstream takes, from ``min_concurrency`` up to
+    ``max_concurrency`` (:mod:`batchd.engine.adaptive`)."""
+    min_concurrency: int = Field(default=1, ge=1)
     pack_inputs: int = Field(default=64, ge=1, le=2048)
     """Embeddings: the inputs of several lines sent as one upstream request, up to this many
     (1: every line alone); see :mod:`batchd.providers.packing`."""
@@ -390,6 +394,8 @@ class OpenAIProvider(Provider):
             rpm=options.rpm,
             tpm=options.tpm,
             upstream=upstream,
+            adaptive=options.adaptive,
+            min_concurrency=options.min_concurrency,
             group_sizes=((EMBEDDINGS, options.pack_inputs),) if options.pack_inputs > 1 else (),
         )
 
