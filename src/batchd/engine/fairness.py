@@ -52,25 +52,15 @@ class Flow:
 DEFAULT_FLOW = Flow("")
 
 
-@dataclass(slots=True)
-class _Decayed:
-    value: float = 0.0
-    stamp: float = 0.0
-
-    def at(self, now: float) -> float:
-        if now > self.stamp:
-            self.value *= math.exp2((self.stamp - now) / HALF_LIFE)
-            self.stamp = now
-        return self.value
-
-    def add(self, now: float, amount: float) -> None:
-        self.value = max(0.0, self.at(now) + amount)
+_Keys = tuple[tuple[str], tuple[str, str], tuple[str, str, str]]
+_RESCALE = 2.0**64  # the scale at which the counters are brought back to 1 (no overflow)
 
 
 @dataclass(slots=True)
 class _Held:
     """A flow's slots: how many it holds and how long it holds one, on average."""
 
+    keys: _Keys
     count: int = 0
     mean: float = _FIRST_HOLD
     seen: int = 0
@@ -82,15 +72,20 @@ class _Held:
 
 @dataclass
 class Usage:
-    """The recent use of a model's slots by class, project and batch, and who waits."""
+    """The recent use of a model's slots by class, project and batch, and who waits.
+
+    The counters are kept scaled by ``2 ** ((t - epoch) / HALF_LIFE)``: adding a use at time
+    ``t`` multiplies it by that scale once, and counters read at one time compare as they are,
+    so the decay costs one ``exp2`` a grant instead of one per counter."""
 
     clock: Callable[[], float] = time.monotonic
     waiting: dict[Flow, collections.deque[tuple[int, object]]] = field(default_factory=dict)
-    _use: dict[tuple[str, ...], _Decayed] = field(default_factory=dict)
+    _use: dict[tuple[str, ...], float] = field(default_factory=dict)
     _held: dict[Flow, _Held] = field(default_factory=dict)
     _order: itertools.count[int] = field(default_factory=itertools.count)
     _releases: int = 0
-    _all: _Held = field(default_factory=_Held)  # how long any slot of the model is held
+    _all: _Held = field(default_factory=lambda: _Held((("",), ("", ""), ("", "", ""))))
+    _epoch: float | None = None
 
     def wait(self, flow: Flow, waiter: object) -> None:
         self.waiting.setdefault(flow, collections.deque()).append((next(self._order), waiter))
@@ -107,19 +102,19 @@ class Usage:
         """The flow whose waiter gets the next slot, and that waiter (taken off the queue)."""
         if not self.waiting:
             return None
-        now = self.clock()
         flows = list(self.waiting)
         if len(flows) > 1:
+            use = self._use
             classes = {flow.priority for flow in flows}
             if len(classes) > 1:
-                best = min(classes, key=lambda c: (self._at((c,), now) / WEIGHTS[c], -WEIGHTS[c]))
+                best = min(classes, key=lambda c: (use.get((c,), 0.0) / WEIGHTS[c], -WEIGHTS[c]))
                 flows = [flow for flow in flows if flow.priority == best]
             projects = {flow.project for flow in flows}
             if len(projects) > 1:
                 p = flows[0].priority
-                chosen = min(projects, key=lambda project: self._at((p, project), now))
+                chosen = min(projects, key=lambda project: use.get((p, project), 0.0))
                 flows = [flow for flow in flows if flow.project == chosen]
-            flows.sort(key=lambda f: (self._at(_keys(f)[2], now), self.waiting[f][0][0]))
+            flows.sort(key=lambda f: (use.get(_keys(f)[2], 0.0), self.waiting[f][0][0]))
         flow = flows[0]
         queue = self.waiting[flow]
         _, waiter = queue.popleft()
@@ -132,39 +127,50 @@ class Usage:
         now = self.clock()
         held = self._held.get(flow)
         if held is None:  # a new flow is charged what a slot is held for on this model
-            held = self._held[flow] = _Held(mean=self._all.mean)
+            held = self._held[flow] = _Held(_keys(flow), mean=self._all.mean)
         held.count += 1
-        for key in _keys(flow):
-            self._use.setdefault(key, _Decayed(stamp=now)).add(now, held.mean)
+        amount = held.mean * self._scale(now)
+        use = self._use
+        for key in held.keys:
+            use[key] = use.get(key, 0.0) + amount
         return now
 
     def released(self, flow: Flow, since: float) -> None:
         """``flow`` gave back the slot it got at ``since``: its charge made exact."""
         now = self.clock()
         held = self._held[flow]
-        correction = (now - since) - held.mean
-        held.learn(now - since)
-        self._all.learn(now - since)
+        seconds = now - since
+        amount = (seconds - held.mean) * self._scale(now)
+        held.learn(seconds)
+        self._all.learn(seconds)
         held.count -= 1
-        for key in _keys(flow):
-            self._use.setdefault(key, _Decayed(stamp=now)).add(now, correction)
+        use = self._use
+        for key in held.keys:
+            use[key] = max(0.0, use.get(key, 0.0) + amount)
         self._releases += 1
         if self._releases % 256 == 0:
             self._forget(now)
 
-    def _at(self, key: tuple[str, ...], now: float) -> float:
-        use = self._use.get(key)
-        return 0.0 if use is None else use.at(now)
+    def _scale(self, now: float) -> float:
+        if self._epoch is None:
+            self._epoch = now
+        scale = math.exp2((now - self._epoch) / HALF_LIFE)
+        if scale > _RESCALE:
+            for key in self._use:
+                self._use[key] /= scale
+            self._epoch, scale = now, 1.0
+        return scale
 
     def _forget(self, now: float) -> None:
         """Drop what belongs to flows gone quiet (finished batches, idle projects)."""
-        for key in [key for key, use in self._use.items() if use.at(now) < 1e-3]:
+        quiet = 1e-3 * self._scale(now)
+        for key in [key for key, value in self._use.items() if value < quiet]:
             del self._use[key]
         for flow in [f for f, held in self._held.items() if not held.count]:
             if flow not in self.waiting and _keys(flow)[2] not in self._use:
                 del self._held[flow]
 
 
-def _keys(flow: Flow) -> tuple[tuple[str], tuple[str, str], tuple[str, str, str]]:
+def _keys(flow: Flow) -> _Keys:
     priority, project = flow.priority, flow.project
     return (priority,), (priority, project), (priority, project, flow.batch)

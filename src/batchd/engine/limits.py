@@ -16,10 +16,9 @@ One :class:`ModelLimiter` per configured model, shared by every batch of that mo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -104,16 +103,9 @@ class Slots:
         self.in_use = 0
         self.usage = Usage(clock)
 
-    @contextlib.asynccontextmanager
-    async def take(self, flow: Flow = DEFAULT_FLOW) -> AsyncIterator[None]:
-        """Hold a slot for ``flow`` while the block runs."""
-        await self._acquire(flow)
-        since = self.usage.granted(flow)
-        try:
-            yield
-        finally:
-            self.usage.released(flow, since)
-            self._release()
+    def take(self, flow: Flow = DEFAULT_FLOW) -> _Take:
+        """``async with slots.take(flow):`` holds a slot for ``flow`` while the block runs."""
+        return _Take(self, flow)
 
     async def __aenter__(self) -> None:
         await self._acquire(DEFAULT_FLOW)
@@ -151,6 +143,24 @@ class Slots:
     def resize(self, limit: int) -> None:
         self.limit = limit
         self._wake()
+
+
+class _Take:
+    """A slot held for a flow (:meth:`Slots.take`): charged when given, settled when given
+    back."""
+
+    __slots__ = ("flow", "since", "slots")
+
+    def __init__(self, slots: Slots, flow: Flow) -> None:
+        self.slots, self.flow, self.since = slots, flow, 0.0
+
+    async def __aenter__(self) -> None:
+        await self.slots._acquire(self.flow)
+        self.since = self.slots.usage.granted(self.flow)
+
+    async def __aexit__(self, *_exc: object) -> None:
+        self.slots.usage.released(self.flow, self.since)
+        self.slots._release()
 
 
 class UpstreamGate:
