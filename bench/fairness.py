@@ -85,6 +85,11 @@ def until(client: openai.OpenAI, batch_id: str, statuses: set[str], timeout: flo
         time.sleep(POLL)
 
 
+def completed(client: openai.OpenAI, batch_id: str) -> int:
+    counts = client.batches.retrieve(batch_id).request_counts
+    return 0 if counts is None else counts.completed
+
+
 def small_round(client: openai.OpenAI, count: int, label: str) -> float:
     started = time.perf_counter()
     batch_id = create(client, label, count)
@@ -145,14 +150,14 @@ def main() -> None:
                 log(f"alone: {args.small} requests in {seconds:.3f} s")
             large = create(a, "large", args.large)
             until(a, large, {"in_progress"})
-            while (a.batches.retrieve(large).request_counts or _zero()).completed == 0:
+            while completed(a, large) == 0:
                 time.sleep(POLL)
             time.sleep(1.0)  # every slot busy with the large batch
             beside = []
             for r in rounds:
                 beside.append(small_round(clients[f"beside-{r}"], args.small, f"beside{r}"))
                 log(f"beside the large batch: {args.small} requests in {beside[-1]:.3f} s")
-            progress = a.batches.retrieve(large).request_counts or _zero()
+            progress = completed(a, large)
             a.batches.cancel(large)
         finally:
             server.stop()
@@ -170,21 +175,17 @@ def main() -> None:
         "beside_rounds": beside,
         "ratio": ratio,
         "target_met": ratio <= 1.5,
-        "large_completed_meanwhile": progress.completed,
+        "large_completed_meanwhile": progress,
     }
     log(
         f"small batch ({args.small} requests, a project of its own): alone {alone_s:.3f} s, "
         f"beside project a's {args.large:,}-request batch {beside_s:.3f} s "
         f"(medians of {args.rounds}); "
         f"beside / alone {ratio:.2f} (target <= 1.5: {'met' if ratio <= 1.5 else 'NOT met'}); "
-        f"the large batch completed {progress.completed:,} requests meanwhile"
+        f"the large batch completed {progress:,} requests meanwhile"
     )
     if args.json:
         print(json.dumps(result))
-
-
-def _zero() -> Any:
-    return type("Counts", (), {"completed": 0})()
 
 
 if __name__ == "__main__":

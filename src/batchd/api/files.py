@@ -106,8 +106,8 @@ async def create_file(
     service, key = keyed
     name = f"{request.method} {request.url.path}"
     first = await service.claim(project, key, name, None)
-    if first is not None and (first.request != name or first.status_code is None):
-        service.replay(first, name, "")  # another request, or still running: a 409
+    if first is not None:  # another request, or still running: a 409 before reading the upload
+        service.check_usable(first, name, None)
     try:
         upload = await _upload(request, svc, project, hashed=True)
     except BaseException:

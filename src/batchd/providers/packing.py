@@ -73,7 +73,7 @@ def plan(
     """The packs of ``group`` (two lines or more each) and the positions of the lines sent
     alone."""
     max_inputs = min(max_inputs, _MAX_INPUTS)
-    open_packs: dict[bytes, tuple[Pack, list[Any], int]] = {}
+    open_packs: dict[bytes, Pack] = {}  # the pack that lines with this body join
     packs: list[Pack] = []
     alone: list[int] = []
     for slot, request in enumerate(group):
@@ -85,20 +85,19 @@ def plan(
         rest = {key: value for key, value in body.items() if key != "input"}
         key = orjson.dumps(rest, option=orjson.OPT_SORT_KEYS)
         weight = sum(map(_tokens, inputs))
-        current = open_packs.get(key)
-        if current is not None:
-            pack, merged, tokens = current
-            if len(merged) + len(inputs) <= max_inputs and tokens + weight <= max_tokens:
-                pack.slots.append(slot)
-                pack.sizes.append(len(inputs))
-                pack.weights.append(weight)
-                merged.extend(inputs)
-                open_packs[key] = (pack, merged, tokens + weight)
-                continue
-        merged = list(inputs)
-        pack = Pack([slot], [len(inputs)], [weight], {**rest, "input": merged})
+        pack = open_packs.get(key)
+        if (
+            pack is not None
+            and sum(pack.sizes) + len(inputs) <= max_inputs
+            and sum(pack.weights) + weight <= max_tokens
+        ):
+            pack.slots.append(slot)
+            pack.sizes.append(len(inputs))
+            pack.weights.append(weight)
+            pack.body["input"].extend(inputs)
+            continue
+        pack = open_packs[key] = Pack([slot], [len(inputs)], [weight], {**rest, "input": inputs[:]})
         packs.append(pack)
-        open_packs[key] = (pack, merged, weight)
     for pack in [pack for pack in packs if len(pack.slots) == 1]:
         alone.append(pack.slots[0])
         packs.remove(pack)

@@ -78,9 +78,12 @@ class IdempotencyService:
         return await self.keys.claim(project, self.check_key(key), request, digest, now=now)
 
     @staticmethod
-    def replay(record: KeyRecord, request: str, digest: str) -> Replay:
-        """The first call's answer for a call with the same key, if it is the same request."""
-        if record.request != request or (record.digest is not None and record.digest != digest):
+    def check_usable(record: KeyRecord, request: str, digest: str | None) -> None:
+        """The 409 for a call whose key another request holds (``digest``: its body's, when
+        known) or a call that is still running; nothing when the first answer may be sent."""
+        if record.request != request or (
+            digest is not None and record.digest is not None and record.digest != digest
+        ):
             raise Conflict(
                 f"This '{HEADER}' was already used for another request ({record.request} with "
                 "another body) in the last 24 hours. Use a new key for a new request.",
@@ -94,6 +97,13 @@ class IdempotencyService:
                 param=HEADER,
                 code="idempotency_key_in_use",
             )
+
+    @classmethod
+    def replay(cls, record: KeyRecord, request: str, digest: str) -> Replay:
+        """The first call's answer for a call with the same key, if it is the same request."""
+        cls.check_usable(record, request, digest)
+        assert record.status_code is not None
+        assert record.response is not None
         return Replay(record.status_code, record.response.encode())
 
     async def complete(
