@@ -145,16 +145,16 @@ def served(
 
 @contextlib.contextmanager
 def shared_mode(
-    root: Path, upstream: UpstreamProcess, *, worker_args: tuple[str, ...] = ()
+    root: Path, upstream: UpstreamProcess, *, worker_args: tuple[str, ...] = (), **route: Any
 ) -> Iterator[tuple[BatchdServer, BatchdWorker]]:
     """Scaled out on a fresh PostgreSQL database (skipped without one, see ``tests/pg.py``):
-    ``root/batchd.toml`` with one route on ``upstream`` (8 at a time), then an API process
-    without an engine and one worker (``worker_args``) on ``root/data``, started; both stopped
-    on the way out."""
+    ``root/batchd.toml`` with one route on ``upstream`` (8 at a time, and ``route``'s options),
+    then an API process without an engine and one worker (``worker_args``) on ``root/data``,
+    started; both stopped on the way out."""
     with fresh_database_sync() as database:
         config = write_config(
             root / "batchd.toml",
-            models=[model_route(upstream, max_concurrency=8)],
+            models=[model_route(upstream, **{"max_concurrency": 8, **route})],
             database_url=database,
             range_size=500,
             lease_seconds=3.0,
@@ -274,6 +274,9 @@ def _lines(client: OpenAI, file_id: str | None) -> list[dict[str, Any]]:
     return [json.loads(line) for line in content.splitlines()]
 
 
+RESPONSE_KEYS = {"status_code", "request_id", "body", "headers"}
+
+
 def check_line(line: dict[str, Any]) -> None:
     """The shape of an output/error file line."""
     assert set(line) == LINE_KEYS, line
@@ -282,7 +285,10 @@ def check_line(line: dict[str, Any]) -> None:
     assert isinstance(line["custom_id"], str), line
     response, error = line["response"], line["error"]
     if response is not None:
-        assert set(response) == {"status_code", "request_id", "body"}, line
+        keys = set(response)
+        assert {"status_code", "request_id", "body"} <= keys <= RESPONSE_KEYS, line
+        if "headers" in keys:  # an answer from the result cache (batchd.engine.cache)
+            assert response["headers"]["x-batchd-cache"] == "hit", line
         assert isinstance(response["status_code"], int), line
     if error is not None:
         assert response is None, f"a line with an error has no response: {line}"

@@ -358,3 +358,37 @@ def test_a_configured_request_limit_fails_validation(
     done = batchd_run(run_args(tmp_path, config))
     assert done.returncode == 1
     assert "too_many_tasks" in done.stderr
+
+
+def test_with_cache_a_run_again_sends_only_the_changed_lines(
+    tmp_path: Path, upstream: UpstreamProcess
+) -> None:
+    """``--cache`` keeps the answers in the user's cache directory (``XDG_CACHE_HOME`` here), so
+    a second run of a fixed file sends only the fixed line; without it, everything goes again."""
+    bodies = {f"q{i}": chat_body(f"question {i} of a cached run", temperature=0) for i in range(6)}
+    write_input(tmp_path / "in.jsonl", bodies)
+    config = config_for(tmp_path, upstream)
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache-home")}
+
+    def run(*extra: str) -> subprocess.CompletedProcess[str]:
+        args = run_args(tmp_path, config, *extra)
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    first = run("--cache")
+    assert "cache: 0 of 6 cacheable requests answered from earlier answers" in first.stderr
+    assert (tmp_path / "cache-home" / "batchd" / "results.sqlite3").is_file()
+    original = bodies["q2"]
+    bodies["q2"] = chat_body("question 2 of a cached run, fixed", temperature=0)
+    write_input(tmp_path / "in.jsonl", bodies)
+    second = run("--cache")
+    assert "cache: 5 of 6 cacheable requests" in second.stderr
+    output = read_lines(tmp_path / "out.jsonl")
+    assert ["headers" in line["response"] for line in output] == [True] * 2 + [False] + [True] * 3
+    for line in output:
+        assert line["response"]["body"] == answers.chat_completion(bodies[line["custom_id"]])
+    assert upstream_attempts(upstream, [*bodies.values(), original]) == [1] * 7
+    third = run()  # no cache: every line is sent
+    assert "cache:" not in third.stderr
+    assert upstream_attempts(upstream, bodies.values()) == [2] * 6

@@ -70,6 +70,12 @@ class ModelRoute(BaseModel):
     fallback: tuple[str, ...] = ()
     """Routes (names or aliases) that take a batch request whose attempts on this route ran out
     with retryable errors (timeouts, 5xx, 429), in order; off when empty."""
+    cache: bool = False
+    """Answer a request whose body was answered before (the same project and route, any batch)
+    from the result cache instead of the upstream: embeddings, and generations with
+    ``temperature`` 0 (:mod:`batchd.engine.cache`)."""
+    cache_ttl_seconds: float = Field(default=7 * 24 * 3600, gt=0)
+    """How long a cached answer is reused."""
 
     @field_validator("aliases")
     @classmethod
@@ -80,8 +86,8 @@ class ModelRoute(BaseModel):
 
     @property
     def options(self) -> dict[str, Any]:
-        """The provider settings: every key but ``name``, ``provider``, ``aliases`` and
-        ``fallback``."""
+        """The provider settings: every key but ``name``, ``provider``, ``aliases``,
+        ``fallback`` and the ``cache`` keys."""
         return dict(self.model_extra or {})
 
 
@@ -161,6 +167,14 @@ _ASYNC_DRIVERS = {
     "postgres": "postgresql+asyncpg",
     "sqlite": "sqlite+aiosqlite",
 }
+
+
+def _async_url(url: str) -> str:
+    """A database URL with its async driver (``postgresql://`` means asyncpg, ``sqlite://``
+    aiosqlite); an explicit driver is kept."""
+    scheme, sep, rest = url.partition("://")
+    return _ASYNC_DRIVERS.get(scheme, scheme) + sep + rest
+
 
 PROJECT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 
@@ -329,6 +343,17 @@ class Settings(BaseSettings):
     )
     progress_log_seconds: float = Field(
         default=30.0, gt=0, description="How often a running batch logs its progress."
+    )
+    cache_max_bytes: int = Field(
+        default=1024 * MB,
+        gt=0,
+        description="The most bytes of answers the result cache of the routes with cache = true "
+        "keeps, over all projects; the oldest go first.",
+    )
+    cache_database_url: str | None = Field(
+        default=None,
+        description="Where the result cache lives, e.g. sqlite:///cache.sqlite3 (batchd run "
+        "--cache); default: the metadata store's database.",
     )
 
     # Access
@@ -551,8 +576,12 @@ class Settings(BaseSettings):
         means asyncpg, ``sqlite://`` aiosqlite), or the data directory's SQLite file."""
         if self.database_url is None:
             return f"sqlite+aiosqlite:///{self.sqlite_path}"
-        scheme, sep, rest = self.database_url.partition("://")
-        return _ASYNC_DRIVERS.get(scheme, scheme) + sep + rest
+        return _async_url(self.database_url)
+
+    @property
+    def resolved_cache_database_url(self) -> str | None:
+        """``cache_database_url`` with its async driver; ``None``: the store's database."""
+        return None if self.cache_database_url is None else _async_url(self.cache_database_url)
 
     @property
     def model_names(self) -> ModelNames:

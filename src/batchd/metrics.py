@@ -176,6 +176,8 @@ class Metrics:
         """By (route, project)."""
         self.retries: dict[tuple[str, str], int] = {}
         """By (route, reason)."""
+        self.cache: dict[tuple[str, str], int] = {}
+        """Cacheable requests of routes with ``cache = true``, by (route, ``hit`` or ``miss``)."""
         self.upstreams: dict[tuple[str, str], _UpstreamStats] = {}
         """By (route, upstream host:port)."""
         self.commits: dict[str, Histogram] = {}
@@ -203,6 +205,15 @@ class Metrics:
     def retried(self, route: str, reason: str) -> None:
         key = (route, reason)
         self.retries[key] = self.retries.get(key, 0) + 1
+
+    def cache_tally(self, route: str) -> Callable[[str, int], None]:
+        r"""What a dispatch of ``route`` tells its cache ``hit``\ s and ``miss``\ es to."""
+
+        def tally(result: str, count: int) -> None:
+            key = (route, result)
+            self.cache[key] = self.cache.get(key, 0) + count
+
+        return tally
 
     def commit_histogram(self, sink: str) -> Histogram:
         histogram = self.commits.get(sink)
@@ -263,6 +274,16 @@ class Metrics:
         return self.render(batch_counts)
 
 
+def _counter(
+    name: str, text: str, labels: tuple[str, str], counts: Mapping[tuple[str, str], int]
+) -> CounterMetricFamily:
+    """A counter family with a sample per label pair of ``counts``."""
+    family = CounterMetricFamily(name, text, labels=labels)
+    for pair, count in sorted(counts.items()):
+        family.add_metric(pair, count)
+    return family
+
+
 class _Collector:
     def __init__(self, metrics: Metrics) -> None:
         self.m = metrics
@@ -270,15 +291,20 @@ class _Collector:
     def collect(self) -> Iterator[Metric]:
         m = self.m
         yield from self._requests(m)
-        retries = CounterMetricFamily(
+        yield _counter(
             "batchd_request_retries",
             "Requests sent again by the engine after a failed attempt and a backoff, by the "
             "failed attempt's outcome",
-            labels=("model", "reason"),
+            ("model", "reason"),
+            m.retries,
         )
-        for (route, reason), count in sorted(m.retries.items()):
-            retries.add_metric((route, reason), count)
-        yield retries
+        yield _counter(
+            "batchd_cache_requests",
+            "Cacheable requests of routes with cache = true, by whether the result cache "
+            "answered them (hit: no upstream call) or not (miss)",
+            ("model", "result"),
+            m.cache,
+        )
         yield from self._upstreams(m)
         yield from self._gauges(m)
         commits = HistogramMetricFamily(

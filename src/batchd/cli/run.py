@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import platformdirs
 import typer
 
 from batchd.cli.common import (
@@ -59,6 +60,21 @@ _POLL = 0.1  # seconds between two looks at the batch (a store read): how late t
 def default_errors_path(output: Path) -> Path:
     """``out.jsonl`` → ``out.errors.jsonl``."""
     return output.with_name(f"{output.stem}.errors{output.suffix or '.jsonl'}")
+
+
+def default_cache_db() -> Path:
+    """The result cache of ``batchd run --cache``: in the per-user cache directory, e.g.
+    ``~/.cache/batchd/results.sqlite3`` on Linux."""
+    return Path(platformdirs.user_cache_dir("batchd", appauthor=False)) / "results.sqlite3"
+
+
+def with_cache(settings: Settings, database: Path) -> Settings:
+    """``settings`` with ``cache = true`` on every route, the answers kept in ``database`` (an
+    SQLite file, made with its directory when missing)."""
+    database.parent.mkdir(parents=True, exist_ok=True)
+    models = tuple(route.model_copy(update={"cache": True}) for route in settings.models)
+    url = f"sqlite:///{database.resolve()}"
+    return settings.model_copy(update={"models": models, "cache_database_url": url})
 
 
 def default_state_dir(output: Path) -> Path:
@@ -151,8 +167,13 @@ async def _execute(
             return 1
         # the state directory is removed next unless kept: its files may be linked, not copied
         outcome = await local.export(batch, output, errors, link=not keep_state)
+        cache = services.metrics.cache
     done = f"{batch.completed:,} succeeded, {batch.failed:,} failed"
     _say(f"batchd: {batch.id} {batch.status}: {done}")
+    if cache:
+        hits = sum(count for (_, result), count in cache.items() if result == "hit")
+        asked = sum(cache.values())
+        _say(f"  cache: {hits:,} of {asked:,} cacheable requests answered from earlier answers")
     if outcome.output is not None:
         _say(f"  output: {outcome.output}")
     if outcome.errors is not None:
@@ -228,6 +249,25 @@ def run(
         typer.Option(help="Level of the run's log (STATE_DIR/batchd.log), e.g. --log-level debug."),
     ] = "info",
     log_format: LogFormatOption = None,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache",
+            help="Reuse earlier answers: a request answered before by the same model "
+            "(embeddings, or a generation with temperature 0), in this run or an earlier one, "
+            "is not sent again, e.g. when a batch runs again after a fix of a few lines. The "
+            "answers are kept 7 days in --cache-db.",
+        ),
+    ] = False,
+    cache_db: Annotated[
+        Path | None,
+        typer.Option(
+            help="The file that keeps the answers for --cache (implies it), e.g. --cache-db "
+            "./answers.sqlite3. Default: batchd's cache directory (~/.cache/batchd/"
+            "results.sqlite3 on Linux).",
+            dir_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Run a batch file to its end with no server, e.g.
     `batchd run batch.jsonl -o results.jsonl --config batchd.toml`.
@@ -247,6 +287,8 @@ def run(
     overrides = route_overrides(model, upstream, upstream_model)
     try:
         settings = run_settings(config, state, log_level, log_format=log_format, **overrides)
+        if cache or cache_db is not None:
+            settings = with_cache(settings, cache_db or default_cache_db())
         _log_to(state, settings.log_level.upper(), settings.log_format)
         code = asyncio.run(
             _execute(

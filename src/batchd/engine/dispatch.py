@@ -25,6 +25,7 @@ import anyio.to_thread
 from batchd.config import Settings
 from batchd.core.lifecycle import Outcome
 from batchd.core.priority import priority_of
+from batchd.engine.cache import Recall, ResultCache
 from batchd.engine.fairness import Flow
 from batchd.engine.inputs import Feed, InputReader, Span, request_ids
 from batchd.engine.journal import JournalEntry, Usage, usage_tokens
@@ -96,6 +97,8 @@ class Engine:
     pauses it)."""
     metrics: Metrics = field(default_factory=lambda: Metrics(process=False))
     """What the process's ``/metrics`` shows."""
+    cache: ResultCache | None = None
+    """The cross-batch result cache of the routes with ``cache = true``."""
 
     def journal_path(self, batch_id: str) -> Path:
         return self.journal_dir / f"{batch_id}.journal"
@@ -165,6 +168,8 @@ class Dispatch:
         """Called once every request was taken for sending (only results are awaited now)."""
         self.sent_all = False
         self._deadline: float | None = None  # on the monotonic clock
+        self._recall: Recall | None = None  # the route's result cache, if it has one
+        self._hit_writes: list[Awaitable[object]] = []  # answers from it being made durable
 
     async def execute(
         self, *, cancel: asyncio.Event, stop: asyncio.Event, remaining: float | None
@@ -256,17 +261,43 @@ class Dispatch:
             engine.settings.max_request_bytes,
             self.span,
         )
+        size = limiter.limits.group_size_for(batch.endpoint)
+        if route is not None and route.cache and engine.cache is not None:
+            self._recall = engine.cache.recall(
+                project=batch.project,
+                route=provider.model,
+                endpoint=batch.endpoint,
+                ttl=route.cache_ttl_seconds,
+                settle=self._settle,
+                tally=engine.metrics.cache_tally(provider.model),
+            )
+        recall = self._recall
+        feed = Feed(reader, batch.endpoint, max(1, size), None if recall is None else recall.screen)
+        if recall is not None:
+            recall.requeue = feed.put_back
         try:
-            size = limiter.limits.group_size_for(batch.endpoint)
-            feed = Feed(reader, batch.endpoint, max(1, size))
             try:
                 async with asyncio.TaskGroup() as workers:
                     for _ in range(limiter.limits.max_concurrency):
                         workers.create_task(self._work(provider, limiter, feed))
             except BaseExceptionGroup as group:  # a worker failed: its error says why
                 raise group.exceptions[0] from None
+            for write in self._hit_writes:
+                await write
         finally:
+            if recall is not None:
+                await recall.close()
             await anyio.to_thread.run_sync(reader.close)
+
+    def _settle(self, entries: list[JournalEntry]) -> None:
+        """Hand results answered by the result cache to the sink."""
+        stats = self._stats
+        assert stats is not None
+        stats.succeeded += len(entries)
+        self._unsent -= len(entries)
+        writes = [write for write in self._hit_writes if not _resolved(write)]
+        writes.append(self.sink.submit_many(entries))
+        self._hit_writes = writes
 
     async def _work(self, provider: Provider, limiter: ModelLimiter, feed: Feed) -> None:
         """Take groups and send them, one at a time. A group holds a model slot while it is sent
@@ -287,7 +318,7 @@ class Dispatch:
                 self.busy += 1
                 self.sending += size
                 try:
-                    finals = await self._run_group(provider, limiter, group)
+                    finals = own = await self._run_group(provider, limiter, group)
                 finally:
                     self.busy -= 1
                     self.sending -= size
@@ -295,14 +326,18 @@ class Dispatch:
                 finals = await self._fall_back(group, finals)  # the route's slot is free
             if writing is not None:
                 await writing
-            writing = self._record(group, finals)
+            writing = self._record(group, finals, own)
         if writing is not None:
             await writing
 
     def _record(
-        self, group: Sequence[ProviderRequest], finals: Sequence[ProviderResult]
+        self,
+        group: Sequence[ProviderRequest],
+        finals: Sequence[ProviderResult],
+        own: Sequence[ProviderResult],
     ) -> Awaitable[Any]:
-        """Queue the group's final results to the sink; the awaitable is their durability."""
+        """Queue the group's final results to the sink; the awaitable is their durability.
+        ``own`` are the route's results, before any fallback (what the result cache keeps)."""
         sink, stats = self.sink, self._stats
         assert stats is not None
         for final in finals:  # counted for /metrics
@@ -316,7 +351,11 @@ class Dispatch:
                 stats.add_failed(outcome_of(final))
         self._groups += 1
         future: Awaitable[object]
-        if len(group) == 1:
+        if self._recall is not None:
+            entries = list(map(entry_of, group, finals))
+            self._recall.remember(group, own, entries)
+            future = sink.submit_many(entries)
+        elif len(group) == 1:
             future = sink.submit(entry_of(group[0], finals[0]))
         else:  # one future for the group, not one per result
             future = sink.submit_many(list(map(entry_of, group, finals)))
@@ -480,6 +519,10 @@ def _observe(limiter: ModelLimiter, results: Sequence[ProviderResult], seconds: 
 _SHUTDOWN_GRACE = 2.0  # seconds in-flight requests get when the process stops
 _COMMIT_SAMPLE = 8  # the commit latency of one request group in this many is measured
 _now = time.perf_counter
+
+
+def _resolved(write: Awaitable[object]) -> bool:
+    return isinstance(write, asyncio.Future) and write.done() and not write.exception()
 
 
 def _exhausted(result: ProviderResult) -> bool:

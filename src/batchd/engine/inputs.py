@@ -14,7 +14,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Protocol
 
@@ -32,9 +32,21 @@ from batchd.providers.base import ProviderRequest
 from batchd.storage import Storage
 from batchd.validation import index_stream
 
-__all__ = ["Done", "Feed", "InputReader", "Span", "open_index", "plan_ranges", "request_ids"]
+__all__ = [
+    "Done",
+    "Feed",
+    "InputReader",
+    "Item",
+    "Span",
+    "open_index",
+    "plan_ranges",
+    "request_ids",
+]
 
 log = logging.getLogger("batchd.engine")
+
+Item = tuple[int, str, dict[str, Any]]
+"""A request read: ``(index, custom_id, body)``."""
 
 _READ_CHUNK = 512  # requests read from the input file per worker-thread call
 _SPAN = 4 << 20  # the most bytes one read covers
@@ -129,14 +141,14 @@ class InputReader:
             entry for entry in _entries(self._index, span) if not journal.is_done(entry.index)
         )
 
-    def read(self, count: int) -> list[tuple[int, str, dict[str, Any]]]:
+    def read(self, count: int) -> list[Item]:
         """The next ``count`` requests (fewer at the end): ``(index, custom_id, body)``."""
         entries: list[RequestEntry] = []
         for entry in self._pending:
             entries.append(entry)
             if len(entries) >= count:
                 break
-        requests: list[tuple[int, str, dict[str, Any]]] = []
+        requests: list[Item] = []
         start = 0
         while start < len(entries):
             first = entries[start]
@@ -178,12 +190,23 @@ def request_ids(
 
 
 class Feed:
-    """Request groups for the workers, read from the input in chunks when the queue runs dry."""
+    """Request groups for the workers, read from the input in chunks when the queue runs dry.
 
-    def __init__(self, reader: InputReader, endpoint: str, group_size: int) -> None:
+    ``screen``, when given, sees each chunk read and returns the requests of it to send (the
+    result cache answers the others, :mod:`batchd.engine.cache`); :meth:`put_back` queues
+    requests to send after all."""
+
+    def __init__(
+        self,
+        reader: InputReader,
+        endpoint: str,
+        group_size: int,
+        screen: Callable[[list[Item]], Awaitable[list[Item]]] | None = None,
+    ) -> None:
         self._reader = reader
         self._endpoint = endpoint
         self._group_size = group_size
+        self._screen = screen
         self._queue: collections.deque[list[ProviderRequest]] = collections.deque()
         self._refill = asyncio.Lock()
         self._exhausted = False
@@ -198,15 +221,21 @@ class Feed:
                     continue
                 chunk = await anyio.to_thread.run_sync(self._reader.read, _READ_CHUNK)
                 self._exhausted = not chunk
-                size, endpoint = self._group_size, self._endpoint
-                for start in range(0, len(chunk), size):
-                    self._queue.append(
-                        [
-                            ProviderRequest(index, custom_id, endpoint, body)
-                            for index, custom_id, body in chunk[start : start + size]
-                        ]
-                    )
+                if self._screen is not None and chunk:
+                    chunk = await self._screen(chunk)
+                self.put_back(chunk)
         return self._queue.popleft()
+
+    def put_back(self, requests: list[Item]) -> None:
+        """Queue ``requests`` to be sent, in groups."""
+        size, endpoint = self._group_size, self._endpoint
+        for start in range(0, len(requests), size):
+            self._queue.append(
+                [
+                    ProviderRequest(index, custom_id, endpoint, body)
+                    for index, custom_id, body in requests[start : start + size]
+                ]
+            )
 
 
 def plan_ranges(

@@ -69,6 +69,7 @@ from batchd.storage.base import storage_fault
 from batchd.storage.local import fsync_dir
 
 __all__ = [
+    "CACHE_HEADER",
     "CHUNK",
     "Counts",
     "Journal",
@@ -76,6 +77,7 @@ __all__ = [
     "JournalError",
     "Tokens",
     "Usage",
+    "is_cached",
     "is_ok",
     "out_of_range",
     "records",
@@ -86,6 +88,8 @@ log = logging.getLogger("batchd.engine")
 
 CHUNK = 1024 * 1024
 _KEYS = ("id", "custom_id", "response", "error")
+CACHE_HEADER = "x-batchd-cache"
+"""The ``response.headers`` key of an answer from the result cache (value ``hit``)."""
 _MAX_INDEX_DIGITS = 18
 _IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16
 
@@ -121,17 +125,29 @@ def is_ok(response: dict[str, Any] | None) -> bool:
 
 
 def _tokens_of(response: dict[str, Any] | None) -> Tokens | None:
-    """The tokens a result adds to the batch usage: a 2xx body's, else none."""
+    """The tokens a result adds to the batch usage: a 2xx body's, else none. An answer from the
+    result cache (:mod:`batchd.engine.cache`, marked in ``response.headers``) reports all its
+    input tokens as cached."""
     if response is None or not 200 <= response["status_code"] < 300:
         return None
-    return usage_tokens(response.get("body"))
+    tokens = usage_tokens(response.get("body"))
+    if tokens is not None and "headers" in response and is_cached(response):
+        return (tokens[0], tokens[0], tokens[2], tokens[3])
+    return tokens
+
+
+def is_cached(response: dict[str, Any]) -> bool:
+    """Whether ``response`` came from the result cache."""
+    headers = response.get("headers")
+    return isinstance(headers, dict) and headers.get(CACHE_HEADER) == "hit"
 
 
 @dataclass(slots=True)
 class JournalEntry:
     """The result of one request: an HTTP ``response`` or a non-HTTP ``error``, never both.
 
-    ``response`` is ``{"status_code", "request_id", "body"}``; ``error`` is ``{"code",
+    ``response`` is ``{"status_code", "request_id", "body"}`` (plus ``headers`` on an answer
+    from the result cache, :mod:`batchd.engine.cache`); ``error`` is ``{"code",
     "message"}`` (``batch_cancelled``, ``batch_expired``, ``request_timeout``…). ``id`` is the
     ``batch_req_…`` id of its output-file line, drawn here so that it is stored with the entry.
     """

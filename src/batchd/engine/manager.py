@@ -105,6 +105,9 @@ class BatchManager:
                 if batch.in_progress_at is None:  # cancelled while validating; else: scheduler
                     log.info("batch %s: resuming cancellation", batch.id)
                     self._spawn(self._finish_cancel(batch.id), f"cancel-{batch.id}")
+        cache = self.scheduler.engine.cache
+        if cache is not None:
+            await cache.open()
         await self.scheduler.start()
         self._spawn(self._purge_loop(), "purge-files")
 
@@ -123,6 +126,9 @@ class BatchManager:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        cache = self.scheduler.engine.cache
+        if cache is not None:  # the answers of the runs just stopped are stored first
+            await cache.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(self._guard(coro, name), name=name)
@@ -348,6 +354,9 @@ class BatchManager:
             work = self.scheduler.work
             for batch_id in await work.ended_with_rows(limit=20):
                 await work.discard(batch_id)
+        cache = self.scheduler.engine.cache
+        if cache is not None:  # expired answers, and the least recently used over the cap
+            await cache.prune()
         return purged
 
     async def _purge_loop(self) -> None:

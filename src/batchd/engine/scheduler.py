@@ -28,6 +28,7 @@ import anyio.to_thread
 
 from batchd.config import Settings
 from batchd.core.lifecycle import TERMINAL
+from batchd.engine.cache import ResultCache
 from batchd.engine.dispatch import Engine
 from batchd.engine.limits import Limiters
 from batchd.engine.retry import RetryStrategy
@@ -38,7 +39,8 @@ from batchd.metrics import Metrics
 from batchd.providers.base import Provider
 from batchd.providers.table import ModelTable
 from batchd.storage import Storage
-from batchd.store import BatchRecord, Store
+from batchd.store import BatchRecord, SQLStore, Store
+from batchd.store.cache import CacheStore
 from batchd.store.work import SharedWork
 
 __all__ = ["Scheduler"]
@@ -69,6 +71,7 @@ class Scheduler:
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        faults = Throttle(log)
         self.engine = Engine(
             store=store,
             storage=storage,
@@ -82,11 +85,12 @@ class Scheduler:
             ),
             owner=_owner_name(),
             journal_dir=settings.data_dir / "journals",
-            faults=Throttle(log),
+            faults=faults,
             clock=clock,
             shared=shared,
             on_pause=self._paused,
             metrics=metrics or Metrics(process=False),
+            cache=_result_cache(store, settings, faults, clock),
         )
         self._runners: dict[str, tuple[BatchRunner, asyncio.Task[None]]] = {}
         self._cooldown: dict[str, float] = {}
@@ -247,3 +251,21 @@ class Scheduler:
             batch = await self.store.get_batch(path.stem)
             if batch is None or batch.status in TERMINAL:
                 await anyio.to_thread.run_sync(functools.partial(path.unlink, missing_ok=True))
+
+
+def _result_cache(
+    store: Store, settings: Settings, faults: Throttle, clock: Callable[[], float]
+) -> ResultCache | None:
+    """The result cache, when a route has ``cache = true``: in the store's database, or in
+    ``cache_database_url``'s (opened and closed by the batch manager)."""
+    if not any(route.cache for route in settings.models):
+        return None
+    url = settings.resolved_cache_database_url
+    if url is None and not isinstance(store, SQLStore):
+        return None
+    own = url is not None
+    database = SQLStore(url) if url is not None else store
+    assert isinstance(database, SQLStore)
+    return ResultCache(
+        CacheStore(database), settings.cache_max_bytes, faults=faults, clock=clock, own_store=own
+    )

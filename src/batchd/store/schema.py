@@ -273,3 +273,19 @@ idempotency_keys = sa.Table(
     sa.Column("expires_at", sa.Float(), nullable=False),
     sa.Index("ix_idempotency_keys_expires", "expires_at"),
 )
+
+# The cross-batch result cache (see batchd.store.cache): a stored answer per (project, digest),
+# ``digest`` the SHA-256 of the route, the endpoint and the canonical request body; ``response``
+# the answer's ``{"status_code", "request_id", "body"}`` as JSON; ``size`` its bytes.
+result_cache = sa.Table(
+    "result_cache",
+    metadata,
+    sa.Column("project", sa.String(128), primary_key=True),
+    sa.Column("digest", sa.LargeBinary(32), primary_key=True),
+    sa.Column("model", sa.String(255), nullable=False),
+    sa.Column("response", sa.LargeBinary(), nullable=False),
+    sa.Column("size", sa.Integer(), nullable=False),
+    sa.Column("created_at", sa.Float(), nullable=False),
+    sa.Column("expires_at", sa.Float(), nullable=False),
+    sa.Index("ix_result_cache_expires", "expires_at"),
+)
