@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+import anthropic
 import pytest
 from openai import OpenAI
 
@@ -136,3 +137,27 @@ def test_responses_on_the_embedded_model(server: BatchdServer, client: OpenAI) -
     done = wait_for_batch(client, server, batch.id, timeout=120)
     lines = [json.loads(x) for x in client.files.content(done["output_file_id"]).text.splitlines()]
     assert [x["response"]["body"]["object"] for x in lines] == ["response", "response"]
+
+
+def test_anthropic_s_sdk_on_the_embedded_model(server: BatchdServer) -> None:
+    """``client.messages.create`` under an Anthropic model name, translated to the embedded chat
+    model (which answers whole: a streamed request is a clear 400)."""
+    with anthropic.Anthropic(base_url=server.base_url, api_key="-", max_retries=0) as sdk:
+        message = sdk.messages.create(
+            model="claude-haiku-4-5",
+            max_tokens=16,
+            system="You answer in one short sentence.",
+            messages=[{"role": "user", "content": "Say hello."}],
+        )
+        assert message.model == CHAT_MODEL
+        assert message.content[0].type == "text"
+        assert message.content[0].text.strip()
+        assert message.stop_reason in ("end_turn", "max_tokens")
+        assert 0 < message.usage.output_tokens <= 16
+        with pytest.raises(anthropic.BadRequestError, match="cannot stream"):
+            sdk.messages.create(
+                model="claude-haiku-4-5",
+                max_tokens=16,
+                messages=[{"role": "user", "content": "Say hello."}],
+                stream=True,
+            )

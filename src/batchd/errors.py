@@ -43,12 +43,14 @@ defined in another module names that module (relative to ``batchd``).
     └── TableError                    a table, template or results file of `batchd prepare` or
                                       `batchd join` cannot be used (tabular.formats)
 
-Three are not BatchdErrors: signals caught where they are raised and turned into one of the
+Four are not BatchdErrors: signals caught where they are raised and turned into one of the
 above or into a request's result, never shown as they are:
 
     Exception
     ├── BlobTooLarge                  a blob writer's size limit: PayloadTooLarge or RunError
     │                                 (storage.base)
+    ├── MessagesParamError            a Messages request (or route) that cannot be translated
+    │                                 to chat completions: its 400 (providers.messages)
     ├── _Aborted                      aborts a multipart upload from its source (storage.s3)
     └── _Invalid                      one embeddings request refused: its 400 result
                                       (providers.sentence_transformers)

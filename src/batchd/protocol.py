@@ -15,6 +15,8 @@ from batchd.core.lifecycle import BatchStatus
 __all__ = [
     "BATCH_ENDPOINTS",
     "UPLOAD_PURPOSES",
+    "AnthropicErrorDetail",
+    "AnthropicErrorResponse",
     "Batch",
     "BatchError",
     "BatchErrors",
@@ -64,6 +66,7 @@ BATCH_ENDPOINTS: dict[str, tuple[str, ...]] = {
     "/v1/embeddings": ("input",),
     "/v1/responses": ("input",),
     "/v1/moderations": ("input",),
+    "/v1/messages": ("max_tokens", "messages"),  # Anthropic's Messages (batchd extension)
 }
 
 
@@ -192,3 +195,16 @@ class ErrorResponse(_Wire):
     """The OpenAI error envelope of every 4xx and 5xx answer."""
 
     error: ErrorDetail
+
+
+class AnthropicErrorDetail(_Wire):
+    type: str
+    message: str
+
+
+class AnthropicErrorResponse(_Wire):
+    """Anthropic's error envelope: every 4xx and 5xx answer of ``/v1/messages…``."""
+
+    type: Literal["error"]
+    error: AnthropicErrorDetail
+    request_id: str | None = None

@@ -44,7 +44,12 @@ __all__ = [
 BYTES_PER_TOKEN = 4  # the enqueued-token estimate of a request line (see ValidationResult)
 BOM = b"\xef\xbb\xbf"
 _REQUIRED_KEYS = ("custom_id", "method", "url", "body")
-_FIELD_NAMES = {"messages": "Messages", "input": "Input", "prompt": "Prompt"}
+_FIELD_NAMES = {
+    "messages": "Messages",
+    "input": "Input",
+    "prompt": "Prompt",
+    "max_tokens": "The 'max_tokens'",
+}
 _CHECK_STOP_EVERY = 1024
 _MAX_QUOTED = 100
 

@@ -41,6 +41,7 @@ from schemathesis.python import asgi as schemathesis_asgi
 from starlette.types import Receive, Scope, Send
 
 from batchd.api import create_app
+from batchd.api.errors import anthropic_error_type
 from batchd.config import ModelRoute, Settings
 from tests.schema import conforms
 from tests.serverproc import DEFAULT_MODELS
@@ -118,10 +119,26 @@ OK_SCHEMAS: dict[str, str | None] = {
     "POST /v1/responses": None,
     "GET /v1/models": "ListModelsResponse",
     "GET /v1/models/{model}": "Model",
+    "POST /v1/messages": None,  # Anthropic's Message, relayed or translated
 }
 
 
 # -- the answer checks ----------------------------------------------------------------------------
+
+
+def check_anthropic_error(status: int, headers: dict[str, str], body: dict[str, Any]) -> Any:
+    """Anthropic's error envelope: ``{"type": "error", "error": {"type", "message"},
+    "request_id"}``, the request id that of the headers."""
+    assert set(body) == {"type", "error", "request_id"}, f"not Anthropic's envelope: {body!r}"
+    assert body["type"] == "error", body
+    assert body["request_id"] == headers["request-id"] == headers["x-request-id"], body
+    error = body["error"]
+    assert isinstance(error, dict), body
+    assert set(error) == {"type", "message"}, error
+    assert isinstance(error["message"], str), error
+    assert error["message"], error
+    assert error["type"] == anthropic_error_type(status), body
+    return body
 
 
 def check_response(
@@ -139,6 +156,8 @@ def check_response(
         assert content_type.startswith("application/json"), f"{status} as {content_type!r}"
         body = orjson.loads(content)
         assert isinstance(body, dict), body
+        if "request-id" in headers:  # Anthropic's routes (/v1/messages…), Anthropic's envelope
+            return check_anthropic_error(status, headers, body)
         assert set(body) == {"error"}, f"not the OpenAI envelope: {body!r}"
         error = body["error"]
         assert isinstance(error, dict), body

@@ -156,6 +156,7 @@ _POST_ROUTES = [
     "/v1/batches",
     "/v1/batches/batch_0123/cancel",
     "/v1/batches/batch_0123/retry",
+    "/v1/messages",
     *_INFERENCE_ROUTES,
 ]
 _BIG = b'{"model": "' + b"m" * MAX_REQUEST_BODY_BYTES + b'"}'  # over the body limit

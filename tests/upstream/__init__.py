@@ -1,9 +1,11 @@
-"""A fake OpenAI upstream for tests: its own process, deterministic answers, fault injection.
+"""A fake OpenAI upstream (and Anthropic Messages API) for tests: its own process, deterministic
+answers, fault injection.
 
 - :mod:`tests.upstream.answers`: what it answers (pure functions of the request body);
 - :mod:`tests.upstream.faults`: :class:`~tests.upstream.faults.FaultConfig` and the
   deterministic fault decision (seed, body digest, attempt; markers; ``fail_first_n``);
 - :mod:`tests.upstream.vision`: the checks of image parts and of ``/v1/responses`` bodies;
+- :mod:`tests.upstream.messages`: Anthropic's ``/v1/messages`` (checks, errors, streamed events);
 - :mod:`tests.upstream.server`: the aiohttp application;
 - :mod:`tests.upstream.process`: :class:`~tests.upstream.process.UpstreamProcess`, the
   subprocess handle for tests;

@@ -19,6 +19,12 @@ Responses. :func:`responses_chat_body` maps a ``/v1/responses`` body onto the eq
 → text parts, ``input_image`` → ``image_url`` parts with the same url and detail, ``text.format``
 → ``response_format``); :func:`response_text` is :func:`chat_content` of that body and
 :func:`response` the whole ``response`` object.
+
+Anthropic Messages (``POST /v1/messages``). :func:`anthropic_text` is ``"Echo <hash>: <first
+words>"``, the hash over ``system`` and ``messages``, the words those of the last user message
+(its text blocks joined by newlines), cut to ``max_tokens`` words; :func:`anthropic_message` the
+whole ``Message`` object (``stop_reason`` ``"max_tokens"`` when the cut took words off, else
+``"end_turn"``; ``usage.input_tokens`` the words of ``system`` and of every message).
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ __all__ = [
     "DEFAULT_EMBEDDING_DIMENSIONS",
     "GENRES",
     "SYSTEM_FINGERPRINT",
+    "anthropic_message",
+    "anthropic_text",
     "body_digest",
     "canonical_json",
     "chat_completion",
@@ -578,6 +586,46 @@ def embeddings(body: dict[str, Any]) -> dict[str, Any]:
         "data": data,
         "model": body["model"],
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
+
+
+def _anthropic_answer(body: dict[str, Any]) -> tuple[str, bool]:
+    """:func:`anthropic_text`, and whether ``max_tokens`` cut it short."""
+    text = last_user_text(body.get("messages"))
+    echo = f"Echo {short_hash(body.get('system'), body.get('messages'))}: {_snippet(text)}"
+    words = echo.split()
+    limit = body.get("max_tokens")
+    if isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < len(words):
+        return " ".join(words[:limit]), True
+    return echo.rstrip(), False
+
+
+def anthropic_text(body: dict[str, Any]) -> str:
+    """The text of the answer to a ``/v1/messages`` body (see the module doc)."""
+    return _anthropic_answer(body)[0]
+
+
+def anthropic_message(body: dict[str, Any]) -> dict[str, Any]:
+    """The Anthropic ``Message`` object the upstream answers for a (valid) ``/v1/messages``
+    body."""
+    text, cut = _anthropic_answer(body)
+    input_tokens = count_tokens(_content_text(body.get("system"))) + _prompt_tokens(body)
+    output_tokens = count_tokens(text)
+    return {
+        "id": f"msg_{body_digest(body)[:24]}",
+        "type": "message",
+        "role": "assistant",
+        "model": body["model"],
+        "content": [{"type": "text", "text": text}],
+        "stop_reason": "max_tokens" if cut else "end_turn",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": input_tokens,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+            "output_tokens": output_tokens,
+            "service_tier": "standard",
+        },
     }
 
 

@@ -1,5 +1,6 @@
 """The fake upstream: an aiohttp application speaking the OpenAI chat/completions/embeddings API
 and ``/v1/responses`` (not streamed); image parts are checked by :mod:`tests.upstream.vision`.
+It speaks Anthropic's ``POST /v1/messages`` too (streamed or not; :mod:`tests.upstream.messages`).
 
 Answers are pure functions of the request body (:mod:`tests.upstream.answers`); faults are
 decided per (seed, body digest, attempt) (:mod:`tests.upstream.faults`). Every ``/v1`` request
@@ -32,6 +33,7 @@ import orjson
 from aiohttp import web
 
 from tests.upstream import answers, vision
+from tests.upstream import messages as messages_api
 from tests.upstream.faults import Decision, FaultConfig, decide
 
 __all__ = ["Upstream", "build_app", "serve"]
@@ -61,6 +63,32 @@ def error_body(
     message: str, type_: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def _error_body(
+    path: str,
+    status: int,
+    message: str,
+    type_: str,
+    param: str | None = None,
+    code: str | None = None,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """The error body of an answer on ``path``: Anthropic's envelope on ``/v1/messages``
+    (``type_``, ``param`` and ``code`` unused), OpenAI's elsewhere (``request_id`` unused)."""
+    if path == messages_api.PATH:
+        return messages_api.error_body(status, message, request_id)
+    return error_body(message, type_, param, code)
+
+
+#: What each POST endpoint answers (a valid body).
+_ANSWERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "chat": answers.chat_completion,
+    "completions": answers.completion,
+    "embeddings": answers.embeddings,
+    "responses": answers.response,
+    "messages": answers.anthropic_message,
+}
 
 
 def _json_response(
@@ -177,7 +205,8 @@ class Upstream:
             self.log.append(entry)
             if config.capacity and self.in_flight > config.capacity:
                 outcome, reason, latency_s = "429", "over_capacity", 0.0
-                body = error_body("The server is over capacity (hidden capacity).", "requests")
+                message = "The server is over capacity (hidden capacity)."
+                body = _error_body(request.path, 429, message, "requests")
                 respond = _reply(_json_response(body, 429, {}))
             else:
                 outcome, reason, latency_s, respond = self._decide(request, raw, config, entry)
@@ -226,10 +255,16 @@ class Upstream:
             return send
 
         if config.api_key is not None:
-            auth = request.headers.get("Authorization", "")
-            if auth != f"Bearer {config.api_key}":
-                body = error_body(  # echoing the key, as a careless upstream might
-                    f"Incorrect API key provided: {auth.removeprefix('Bearer ')}.",
+            sent = request.headers.get("Authorization", "")
+            accepted = {f"Bearer {config.api_key}"}
+            if path == messages_api.PATH:  # Anthropic's x-api-key, or a bearer token (its SDK's)
+                sent = request.headers.get("x-api-key") or sent
+                accepted.add(config.api_key)
+            if sent not in accepted:
+                body = _error_body(  # echoing the key, as a careless upstream might
+                    path,
+                    401,
+                    f"Incorrect API key provided: {sent.removeprefix('Bearer ')}.",
                     "invalid_request_error",
                     code="invalid_api_key",
                 )
@@ -247,6 +282,7 @@ class Upstream:
             "/v1/completions": "completions",
             "/v1/embeddings": "embeddings",
             "/v1/responses": "responses",
+            messages_api.PATH: "messages",
         }.get(path)
         if endpoint is None or request.method != "POST":
             body = error_body(
@@ -273,11 +309,13 @@ class Upstream:
             "x-upstream-attempt": str(attempt),
             "x-request-id": f"req_{digest[:16]}_{attempt}",
         }
+        if path == messages_api.PATH:
+            headers["request-id"] = headers["x-request-id"]
 
         def fail(
             status: int, message: str, type_: str, param: str | None, code: str | None
         ) -> Respond:
-            body = error_body(message, type_, param, code)
+            body = _error_body(path, status, message, type_, param, code, headers["x-request-id"])
             return reply(_json_response(body, status, headers))
 
         if not isinstance(parsed, dict):
@@ -337,11 +375,14 @@ class Upstream:
                 "retry-after": _format_seconds(config.retry_after),
                 "retry-after-ms": str(int(config.retry_after * 1000)),
             }
-            body = error_body(
+            body = _error_body(
+                request.path,
+                429,
                 "Rate limit reached (injected). Please try again later.",
                 "requests",
                 None,
                 "rate_limit_exceeded",
+                headers["x-request-id"],
             )
             return "429", reason, latency_s, reply(_json_response(body, 429, headers))
 
@@ -361,19 +402,14 @@ class Upstream:
         if fault == "reset":
             return "reset", reason, latency_s, reset
 
-        stream = body.get("stream") is True and endpoint in ("chat", "completions")
-        if endpoint == "chat":
-            payload = answers.chat_completion(body)
-        elif endpoint == "responses":
-            payload = answers.response(body)
-        elif endpoint == "completions":
-            payload = answers.completion(body)
-        else:
-            payload = answers.embeddings(body)
+        stream = body.get("stream") is True and endpoint in ("chat", "completions", "messages")
+        payload = _ANSWERS[endpoint](body)
         outcome = "malformed" if fault == "malformed" else "ok"
         if stream:
 
             async def send_stream() -> web.StreamResponse:
+                if endpoint == "messages":
+                    return await messages_api.stream(request, payload, headers, outcome)
                 return await _stream(request, endpoint, body, payload, headers, outcome)
 
             return outcome, reason, latency_s, send_stream
@@ -435,6 +471,8 @@ class Upstream:
                     )
         elif endpoint == "responses":
             vision.check_responses_body(body)
+        elif endpoint == "messages":
+            messages_api.validate(body)
         elif endpoint == "completions":
             prompt = body.get("prompt")
             if not isinstance(prompt, str | list) or prompt == []:

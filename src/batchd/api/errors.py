@@ -1,8 +1,12 @@
-"""Every exception that reaches the HTTP layer becomes an OpenAI error envelope here."""
+"""Every exception that reaches the HTTP layer becomes an error envelope here: OpenAI's, or on
+Anthropic's routes (``/v1/messages…``) Anthropic's, ``{"type": "error", "error": {"type",
+"message"}, "request_id"}`` with the error type of the status (:func:`anthropic_error_type`)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,10 +15,20 @@ from starlette.responses import Response
 
 from batchd.api.responses import JSONResponse
 from batchd.errors import APIError, StorageFault, StoreError
+from batchd.providers.messages_stream import error_type as anthropic_error_type
 
 log = logging.getLogger("batchd.api")
 
-__all__ = ["envelope", "install_error_handlers"]
+__all__ = [
+    "ANTHROPIC_PREFIX",
+    "anthropic_envelope",
+    "anthropic_error_type",
+    "envelope",
+    "install_error_handlers",
+]
+
+#: The path prefix of Anthropic's API: its errors use Anthropic's envelope.
+ANTHROPIC_PREFIX = "/v1/messages"
 
 
 def envelope(
@@ -27,9 +41,34 @@ def envelope(
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
-async def _api_error(_request: Request, exc: Exception) -> Response:
+def anthropic_envelope(message: str, status: int, request_id: str | None) -> dict[str, Any]:
+    """Anthropic's error body."""
+    return {
+        "type": "error",
+        "error": {"type": anthropic_error_type(status), "message": message},
+        "request_id": request_id,
+    }
+
+
+def _respond(
+    request: Request,
+    body: dict[str, dict[str, str | None]],
+    status: int,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """The error answer, in the envelope of the API the path belongs to."""
+    if request.url.path.startswith(ANTHROPIC_PREFIX):
+        request_id = getattr(request.state, "request_id", None)
+        message = body["error"]["message"] or ""
+        return JSONResponse(
+            anthropic_envelope(message, status, request_id), status_code=status, headers=headers
+        )
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
-    return JSONResponse(exc.envelope(), status_code=exc.status_code, headers=exc.headers)
+    return _respond(request, exc.envelope(), exc.status_code, exc.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -40,18 +79,16 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         message = f"Method {request.method} is not allowed on {request.url.path}."
     else:
         message = str(exc.detail)
-    return JSONResponse(
-        envelope(message), status_code=exc.status_code, headers=dict(exc.headers or {})
-    )
+    return _respond(request, envelope(message), exc.status_code, dict(exc.headers or {}))
 
 
-async def _validation_error(_request: Request, exc: Exception) -> Response:
+async def _validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
     loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
     param = ".".join(loc) or None
     message = f"Invalid value for '{param}': {first.get('msg', 'invalid')}." if param else str(exc)
-    return JSONResponse(envelope(message, param=param, code="invalid_value"), status_code=400)
+    return _respond(request, envelope(message, param=param, code="invalid_value"), 400)
 
 
 _FAULTS = {
@@ -83,33 +120,35 @@ _FAULTS = {
 _FAULT_RETRY_AFTER = "30"
 
 
-def _fault_response(reason: str, cause: str) -> Response:
+def _fault_response(request: Request, reason: str, cause: str) -> Response:
     status, code, message = _FAULTS.get(reason, _FAULTS["storage_unavailable"])
     log.error("answering %d %s: %s", status, code, cause)
-    return JSONResponse(
+    return _respond(
+        request,
         envelope(f"{message} ({cause})", type="server_error", code=code),
-        status_code=status,
-        headers={"retry-after": _FAULT_RETRY_AFTER},
+        status,
+        {"retry-after": _FAULT_RETRY_AFTER},
     )
 
 
-async def _storage_fault(_request: Request, exc: Exception) -> Response:
+async def _storage_fault(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StorageFault)
-    return _fault_response(exc.reason, exc.message)
+    return _fault_response(request, exc.reason, exc.message)
 
 
-async def _store_error(_request: Request, exc: Exception) -> Response:
+async def _store_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StoreError)
     if exc.fault is not None:
-        return _fault_response(exc.fault, "the metadata store cannot write")
-    return JSONResponse(
+        return _fault_response(request, exc.fault, "the metadata store cannot write")
+    return _respond(
+        request,
         envelope(
             "The metadata store is not available right now; retry shortly.",
             type="server_error",
             code="store_unavailable",
         ),
-        status_code=503,
-        headers={"retry-after": "1"},
+        503,
+        {"retry-after": "1"},
     )
 
 

@@ -8,6 +8,7 @@ import logging
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from batchd.api.errors import ANTHROPIC_PREFIX, anthropic_envelope, envelope
 from batchd.config import Settings
 from batchd.errors import PayloadTooLarge
 from batchd.ids import new_request_id
@@ -34,6 +35,7 @@ class RequestContextMiddleware:
         request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         started = False
+        anthropic = str(scope.get("path", "")).startswith(ANTHROPIC_PREFIX)
 
         async def send_with_headers(message: Message) -> None:
             nonlocal started
@@ -41,6 +43,8 @@ class RequestContextMiddleware:
                 started = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", request_id.encode()))
+                if anthropic:  # where Anthropic's SDKs read it
+                    headers.append((b"request-id", request_id.encode()))
                 status = message["status"]
                 deterministic = 400 <= status < 500 and status not in _RETRYABLE_4XX
                 if deterministic and all(name.lower() != b"x-should-retry" for name, _ in headers):
@@ -54,16 +58,13 @@ class RequestContextMiddleware:
             log.exception("unhandled error in %s %s", scope.get("method"), scope.get("path"))
             if started:
                 raise
+            message = (
+                "The server had an error while processing your request "
+                f"(request id {request_id}). Retry, or report it with the request id."
+            )
+            error = envelope(message, type="server_error", code="server_error")
             body = orjson.dumps(
-                {
-                    "error": {
-                        "message": "The server had an error while processing your request "
-                        f"(request id {request_id}). Retry, or report it with the request id.",
-                        "type": "server_error",
-                        "param": None,
-                        "code": "server_error",
-                    }
-                }
+                anthropic_envelope(message, 500, request_id) if anthropic else error
             )
             await send_with_headers(
                 {

@@ -44,16 +44,18 @@ def answers(
     ok: type[BaseModel] | None,
     *errors: int,
     ok_content: dict[str, Any] | None = None,
+    envelope: type[BaseModel] = ErrorResponse,
 ) -> dict[int | str, dict[str, Any]]:
     """The ``responses=`` of a ``/v1`` route: its 200 (``ok``'s schema, or ``ok_content``) and
-    its error statuses (plus 401 and 503, which every such route may answer)."""
+    its error statuses (plus 401 and 503, which every such route may answer), each in
+    ``envelope`` (OpenAI's, or Anthropic's on its routes)."""
     documented: dict[int | str, dict[str, Any]] = {}
     if ok is not None:
         documented[200] = {"model": ok}
     elif ok_content is not None:
         documented[200] = {"content": ok_content}
     for status in sorted({*errors, *_ALWAYS}):
-        documented[status] = {"model": ErrorResponse, "description": _WHY[status]}
+        documented[status] = {"model": envelope, "description": _WHY[status]}
     return documented
 
 

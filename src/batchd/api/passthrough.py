@@ -38,6 +38,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -48,11 +49,20 @@ from batchd.api.openapi import answers, json_body
 from batchd.api.params import read_json_object
 from batchd.api.responses import JSONResponse
 from batchd.errors import APIError, BadGateway, GatewayTimeout, InvalidRequest, NotFound
-from batchd.protocol import Model, ModelList
+from batchd.protocol import ErrorResponse, Model, ModelList
 from batchd.providers import Provider, ProviderResult
 from batchd.providers.base import ProviderStream, ProviderStreamError
 
-__all__ = ["INFERENCE", "Inference", "relay", "router"]
+__all__ = [
+    "INFERENCE",
+    "Inference",
+    "RelayResponse",
+    "relay",
+    "relayed_answers",
+    "result_response",
+    "router",
+    "unknown_model",
+]
 
 log = logging.getLogger("batchd.api.passthrough")
 
@@ -79,24 +89,32 @@ _RELAYED_ERROR = {
     "description": "The upstream's error, relayed",
     "content": {"application/json": _ANY_JSON},
 }
-#: The upstream's answer, relayed: JSON (a stream of server-sent events when ``stream`` is true),
-#: or its error with its status.
-_RELAYED: dict[int | str, dict[str, Any]] = {
-    **answers(
-        None,
-        400,
-        404,
-        413,
-        429,
-        502,
-        504,
-        ok_content={
-            "application/json": _ANY_JSON,
-            "text/event-stream": {"schema": {"type": "string"}},
-        },
-    ),
-    **dict.fromkeys(("4XX", "5XX"), _RELAYED_ERROR),
-}
+
+
+def relayed_answers(envelope: type[BaseModel] = ErrorResponse) -> dict[int | str, dict[str, Any]]:
+    """The ``responses=`` of a relayed route: the upstream's answer (JSON, or a stream of
+    server-sent events when ``stream`` is true), batchd's errors in ``envelope``, or the
+    upstream's error with its status."""
+    return {
+        **answers(
+            None,
+            400,
+            404,
+            413,
+            429,
+            502,
+            504,
+            ok_content={
+                "application/json": _ANY_JSON,
+                "text/event-stream": {"schema": {"type": "string"}},
+            },
+            envelope=envelope,
+        ),
+        **dict.fromkeys(("4XX", "5XX"), _RELAYED_ERROR),
+    }
+
+
+_RELAYED = relayed_answers()
 
 
 # -- routes -----------------------------------------------------------------------------------
@@ -185,7 +203,7 @@ register_url_convertor("model_name", _ModelName())
 )
 async def retrieve_model(model: str, svc: ServicesDep) -> Response:
     if model not in svc.providers:
-        raise _unknown_model(model, svc)
+        raise unknown_model(model, svc)
     return JSONResponse(_model_object(model))
 
 
@@ -218,7 +236,7 @@ async def relay(
             break
         provider = fallback  # the route's fallback (fallback = [...]) takes a failed request
         result = await provider.forward(endpoint, {**body, "model": provider.model})
-    return _result_response(provider.model, result)
+    return result_response(provider.model, result)
 
 
 def _fallbacks(svc: Services, provider: Provider, endpoint: str) -> list[Provider]:
@@ -249,7 +267,7 @@ def _provider_for(svc: Services, model: str, endpoint: str) -> Provider:
     """The provider of ``model``'s route, if it serves ``endpoint``: the same table batches use."""
     provider = svc.providers.get(model)
     if provider is None:
-        raise _unknown_model(model, svc)
+        raise unknown_model(model, svc)
     if endpoint not in provider.endpoints:
         served = ", ".join(sorted(provider.endpoints)) or "none"
         raise InvalidRequest(
@@ -261,7 +279,7 @@ def _provider_for(svc: Services, model: str, endpoint: str) -> Provider:
     return provider
 
 
-def _unknown_model(model: str, svc: Services) -> NotFound:
+def unknown_model(model: str, svc: Services) -> NotFound:
     return NotFound(
         f"The model '{model}' does not exist on this batchd server. {svc.providers.hint(model)}",
         param="model",
@@ -269,7 +287,7 @@ def _unknown_model(model: str, svc: Services) -> NotFound:
     )
 
 
-def _result_response(model: str, result: ProviderResult) -> Response:
+def result_response(model: str, result: ProviderResult) -> Response:
     """The upstream's answer as ours: its status and JSON body, or a 5xx that says what failed."""
     status = result.status_code
     relayable = result.ok or (status is not None and status >= 400 and result.body is not None)
@@ -326,17 +344,25 @@ async def _start_stream(provider: Provider, endpoint: str, body: dict[str, Any])
         )
     started = await provider.stream(endpoint, body)
     if isinstance(started, ProviderResult):
-        return _result_response(provider.model, started)
-    return _RelayResponse(provider.model, started)
+        return result_response(provider.model, started)
+    return RelayResponse(provider.model, started)
 
 
-class _RelayResponse(StreamingResponse):
+class RelayResponse(StreamingResponse):
     """Sends a provider stream on as each chunk arrives, and closes it however the response
     ends: finished, the client gone (which abandons the upstream request), or an error."""
 
-    def __init__(self, model: str, stream: ProviderStream) -> None:
+    def __init__(
+        self,
+        model: str,
+        stream: ProviderStream,
+        error_event: Callable[[str], bytes] | None = None,
+    ) -> None:
+        """``error_event``: the server-sent event that tells the client of a stream broken
+        half-way (by default an OpenAI error envelope as a ``data:`` event)."""
         self._model = model
         self._stream = stream
+        self._error_event = error_event or _openai_error_event
         headers = {"cache-control": "no-cache", "x-accel-buffering": "no"}
         if stream.request_id:
             headers["x-upstream-request-id"] = stream.request_id
@@ -364,10 +390,12 @@ class _RelayResponse(StreamingResponse):
             if not self._stream.content_type.startswith(_SSE_TYPES):
                 raise  # the connection is dropped: the client sees an incomplete body
             # The status line is sent: an error event is the one way left to tell the client
-            # (the OpenAI SDKs raise an APIError for it) rather than end as if complete.
-            error = envelope(
-                f"The upstream of model '{self._model}' failed while streaming: {exc}",
-                type="server_error",
-                code="upstream_stream_error",
+            # (the SDKs raise an APIError for it) rather than end as if complete.
+            yield self._error_event(
+                f"The upstream of model '{self._model}' failed while streaming: {exc}"
             )
-            yield b"data: " + orjson.dumps(error) + b"\n\n"
+
+
+def _openai_error_event(message: str) -> bytes:
+    error = envelope(message, type="server_error", code="upstream_stream_error")
+    return b"data: " + orjson.dumps(error) + b"\n\n"

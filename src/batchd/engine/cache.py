@@ -53,7 +53,9 @@ __all__ = ["CACHE_HEADER", "Recall", "ResultCache", "cacheable", "request_digest
 log = logging.getLogger("batchd.engine")
 
 _EMBEDDINGS = "/v1/embeddings"
-_GENERATIONS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
+_GENERATIONS = frozenset(
+    {"/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/messages"}
+)
 _PUT_BATCH = 512  # answers stored per transaction
 _MAX_PUTS = 4  # statements storing answers at once, per dispatch
 _MAX_UNSTORED = 16 * _PUT_BATCH  # answers waiting to be stored; beyond it the oldest are skipped

@@ -35,6 +35,7 @@ from batchd.engine.throttle import Throttle
 from batchd.ids import new_request_id
 from batchd.metrics import UNROUTED, Metrics, RequestStats, outcome_of
 from batchd.providers.base import Provider, ProviderRequest, ProviderResult
+from batchd.providers.messages import CHAT, MESSAGES, MessagesBridge
 from batchd.providers.table import ModelTable
 from batchd.storage import Storage
 from batchd.store import BatchRecord, Store
@@ -251,6 +252,7 @@ class Dispatch:
         if provider is None or limiter is None:
             await self._unroutable()
             return
+        sender = _serving(provider, batch.endpoint) or provider  # (it answers what it lacks)
         self.route = provider.model
         self._stats = engine.metrics.requests_for(provider.model, batch.project)
         reader = await anyio.to_thread.run_sync(
@@ -279,7 +281,7 @@ class Dispatch:
             try:
                 async with asyncio.TaskGroup() as workers:
                     for _ in range(limiter.limits.max_concurrency):
-                        workers.create_task(self._work(provider, limiter, feed))
+                        workers.create_task(self._work(sender, limiter, feed))
             except BaseExceptionGroup as group:  # a worker failed: its error says why
                 raise group.exceptions[0] from None
             for write in self._hit_writes:
@@ -299,7 +301,7 @@ class Dispatch:
         writes.append(self.sink.submit_many(entries))
         self._hit_writes = writes
 
-    async def _work(self, provider: Provider, limiter: ModelLimiter, feed: Feed) -> None:
+    async def _work(self, provider: Executor, limiter: ModelLimiter, feed: Feed) -> None:
         """Take groups and send them, one at a time. A group holds a model slot while it is sent
         (retries included); its results are then queued to the sink and the worker goes on
         to the next group while they are made durable, but waits for them before it queues
@@ -384,11 +386,10 @@ class Dispatch:
     ) -> ProviderResult:
         engine = self.engine
         for name in self._fallbacks:
-            provider = engine.providers.get(name)
+            route = engine.providers.get(name)
+            provider = None if route is None else _serving(route, request.endpoint)
             limiter = None if provider is None else engine.limiters.get(provider.model)
-            endpoint = request.endpoint
-            endpoint = endpoint if endpoint.startswith("/v1/") else "/v1" + endpoint
-            if provider is None or limiter is None or endpoint not in provider.endpoints:
+            if provider is None or limiter is None:
                 continue
             moved = ProviderRequest(
                 request.index,
@@ -432,7 +433,7 @@ class Dispatch:
         )
 
     async def _run_group(
-        self, provider: Provider, limiter: ModelLimiter, group: Sequence[ProviderRequest]
+        self, provider: Executor, limiter: ModelLimiter, group: Sequence[ProviderRequest]
     ) -> Sequence[ProviderResult]:
         """Send a group and retry what failed and may be retried: the final results."""
         if limiter.tokens is None:  # no token budget: every cost is 0
@@ -458,7 +459,7 @@ class Dispatch:
 
     async def _send(
         self,
-        provider: Provider,
+        provider: Executor,
         limiter: ModelLimiter,
         group: Sequence[ProviderRequest],
         cost: int,
@@ -491,7 +492,7 @@ class Dispatch:
 
     async def _retry(
         self,
-        provider: Provider,
+        provider: Executor,
         limiter: ModelLimiter,
         request: ProviderRequest,
         result: ProviderResult,
@@ -507,6 +508,22 @@ class Dispatch:
             attempt += 1
             [result] = await self._send(provider, limiter, [request], cost, attempt)
         return result
+
+
+Executor = Provider | MessagesBridge
+"""What sends a batch's requests: the route's provider, or its Messages bridge."""
+
+
+def _serving(provider: Provider, endpoint: str) -> Executor | None:
+    """What serves ``endpoint`` on ``provider``'s route: the provider, or for Anthropic's
+    Messages on a chat route its :class:`~batchd.providers.messages.MessagesBridge`; ``None``
+    when neither does."""
+    path = endpoint if endpoint.startswith("/v1/") else "/v1" + endpoint
+    if path in provider.endpoints:
+        return provider
+    if path == MESSAGES and CHAT in provider.endpoints:
+        return MessagesBridge(provider)
+    return None
 
 
 def _observe(limiter: ModelLimiter, results: Sequence[ProviderResult], seconds: float) -> None:

@@ -69,12 +69,25 @@ def usage_tokens(body: object) -> Tokens | None:
     Responses API (``input_tokens``/``output_tokens`` and their details) maps 1:1; Chat and
     Completions map ``prompt_tokens``→input, ``completion_tokens``→output,
     ``prompt_tokens_details.cached_tokens``, ``completion_tokens_details.reasoning_tokens``;
-    embeddings report only ``prompt_tokens``, so their output is 0. A tuple, not a
+    embeddings report only ``prompt_tokens``, so their output is 0; an Anthropic ``Message``'s
+    ``input_tokens`` leave out ``cache_read_input_tokens`` and ``cache_creation_input_tokens``,
+    which count as input (the read ones as cached). A tuple, not a
     :class:`Usage`: the journal sums one per result.
     """
     usage = body.get("usage") if isinstance(body, dict) else None
     if not isinstance(usage, dict):
         return None
+    if "cache_read_input_tokens" in usage or "cache_creation_input_tokens" in usage:
+        # Anthropic's Message: input_tokens leaves out the tokens read from and written to
+        # its prompt cache; the Batch usage counts them as input, the read ones as cached
+        read = _count(usage.get("cache_read_input_tokens"))
+        written = _count(usage.get("cache_creation_input_tokens"))
+        return (
+            _count(usage.get("input_tokens")) + read + written,
+            read,
+            _count(usage.get("output_tokens")),
+            0,
+        )
     if "input_tokens" in usage or "output_tokens" in usage:
         prefix_in, prefix_out = "input_tokens", "output_tokens"
     else:

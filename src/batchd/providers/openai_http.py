@@ -2,7 +2,9 @@
 Ollama, OpenAI, Azure…), over pyreqwest.
 
 Request bodies are forwarded untouched except for an optional model rename
-(``upstream_model``). Outcomes are classified into :class:`~batchd.providers.base.ProviderResult`:
+(``upstream_model``). :class:`HTTPProvider` does the work (for the ``anthropic`` provider of
+:mod:`batchd.providers.anthropic_http` too). Outcomes are classified into
+:class:`~batchd.providers.base.ProviderResult`:
 
 ==========================  ===========================================================
 upstream answer             result
@@ -40,6 +42,7 @@ dropped. A stream closed before its end (:meth:`_HTTPStream.aclose`) is aborted.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import logging
 import time
@@ -73,6 +76,8 @@ from batchd.providers.replicas import Breaker, Replica, ReplicaSet, prefix_hash
 
 __all__ = [
     "ClientFactory",
+    "HTTPOptions",
+    "HTTPProvider",
     "OpenAIOptions",
     "OpenAIProvider",
     "ReplicaOptions",
@@ -124,8 +129,8 @@ class ReplicaOptions(ProviderOptions):
         return _check_url(value)
 
 
-class OpenAIOptions(ProviderOptions):
-    """Settings of an ``openai`` route (the extra keys of its ``[[models]]`` entry)."""
+class HTTPOptions(ProviderOptions):
+    """Settings of a route to an HTTP upstream (the extra keys of its ``[[models]]`` entry)."""
 
     base_url: str | None = Field(default=None, min_length=1)
     """The upstream's API root, e.g. ``http://127.0.0.1:8000/v1``."""
@@ -158,11 +163,6 @@ class OpenAIOptions(ProviderOptions):
     """Learn how many requests the upstream takes, from ``min_concurrency`` up to
     ``max_concurrency`` (:mod:`batchd.engine.adaptive`)."""
     min_concurrency: int = Field(default=1, ge=1)
-    pack_inputs: int = Field(default=64, ge=1, le=2048)
-    """Embeddings: the inputs of several lines sent as one upstream request, up to this many
-    (1: every line alone); see :mod:`batchd.providers.packing`."""
-    pack_tokens: int = Field(default=300_000, ge=1)
-    """Embeddings: the most tokens (estimated) of one packed request."""
     timeout: float = Field(default=600.0, gt=0)
     """Seconds for one request, connection to last byte."""
     headers: dict[str, str] = Field(default_factory=dict)
@@ -227,6 +227,16 @@ class OpenAIOptions(ProviderOptions):
         return value
 
 
+class OpenAIOptions(HTTPOptions):
+    """Settings of an ``openai`` route: :class:`HTTPOptions` and the packing of embeddings."""
+
+    pack_inputs: int = Field(default=64, ge=1, le=2048)
+    """Embeddings: the inputs of several lines sent as one upstream request, up to this many
+    (1: every line alone); see :mod:`batchd.providers.packing`."""
+    pack_tokens: int = Field(default=300_000, ge=1)
+    """Embeddings: the most tokens (estimated) of one packed request."""
+
+
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date)."""
     value = headers.get("retry-after-ms")
@@ -264,12 +274,15 @@ class _Transport:
 
 def _prompt_prefix(body: Mapping[str, Any], chars: int) -> str:
     """The first ``chars`` characters of a request's prompt: the text of its messages in order
-    (chat), its ``prompt`` (completions) or ``input`` (responses, embeddings)."""
+    (chat; an Anthropic body's ``system`` first), its ``prompt`` (completions) or ``input``
+    (responses, embeddings)."""
     parts: list[str] = []
     size = 0
     messages = body.get("messages")
     items: list[Any] = (
-        messages if isinstance(messages, list) else [body.get("prompt"), body.get("input")]
+        [body.get("system"), *messages]
+        if isinstance(messages, list)
+        else [body.get("prompt"), body.get("input")]
     )
     for item in items:
         content = item.get("content") if isinstance(item, dict) else item
@@ -308,21 +321,23 @@ def _outcome(result: ProviderResult) -> Outcome:
 _REPLICA_FAULTS = frozenset({"connection_error", "request_timeout"})
 
 
-class OpenAIProvider(Provider):
-    """Forwards requests to an OpenAI-compatible server (or to one of its replicas), one HTTP
-    request per batch line."""
+class HTTPProvider(Provider):
+    """Forwards requests to an HTTP server (or to one of its replicas), one HTTP request per
+    batch line: what :class:`OpenAIProvider` and the ``anthropic`` provider share. A subclass sets
+    :attr:`paths`, and may change the headers (:meth:`_headers`) and the errors' shape."""
 
-    name: ClassVar[str] = "openai"
-    endpoints: ClassVar[frozenset[str]] = frozenset(_PATHS)
-    Options: ClassVar[type[ProviderOptions]] = OpenAIOptions
+    #: Batch endpoint → path under the API root (``base_url``, which ends in ``/v1``).
+    paths: ClassVar[Mapping[str, str]] = {}
+    #: The headers that carry the upstream's request id, the first one sent wins.
+    request_id_headers: ClassVar[tuple[str, ...]] = ("x-request-id",)
     streaming: ClassVar[bool] = True
 
-    options: OpenAIOptions
+    options: HTTPOptions
 
     def __init__(
         self,
         model: str,
-        options: OpenAIOptions,
+        options: HTTPOptions,
         *,
         api_key: str | None = None,
         client: Client | None = None,
@@ -344,13 +359,9 @@ class OpenAIProvider(Provider):
         self._timeout = timedelta(seconds=options.timeout)
         replicas: list[Replica] = []
         for spec, key in zip(specs, keys, strict=True):
-            headers = HeaderMap(options.headers)
-            headers.insert("Content-Type", "application/json")
-            if key:
-                # Sensitive: pyreqwest masks it in the repr of the headers and of the requests.
-                headers.insert("Authorization", f"Bearer {key}", is_sensitive=True)
+            headers = self._headers(key)
             # Parsed once: pyreqwest would parse a string URL on every request.
-            urls = {endpoint: Url(spec.url + path) for endpoint, path in _PATHS.items()}
+            urls = {endpoint: Url(spec.url + path) for endpoint, path in self.paths.items()}
             transport = _Transport(urls, headers)
             if client is not None:
                 transport.client, transport.owns_client = client, False
@@ -368,7 +379,7 @@ class OpenAIProvider(Provider):
     @classmethod
     def from_route(cls, route: ModelRoute, env: Mapping[str, str]) -> Self:
         options = cls.parse_options(route)
-        assert isinstance(options, OpenAIOptions)
+        assert isinstance(options, HTTPOptions)
         keys: list[str | None] = []
         for spec in options.replicas():
             api_key = None
@@ -396,8 +407,16 @@ class OpenAIProvider(Provider):
             upstream=upstream,
             adaptive=options.adaptive,
             min_concurrency=options.min_concurrency,
-            group_sizes=((EMBEDDINGS, options.pack_inputs),) if options.pack_inputs > 1 else (),
         )
+
+    def _headers(self, key: str | None) -> HeaderMap:
+        """The headers of every request to a replica whose API key is ``key``."""
+        headers = HeaderMap(self.options.headers)
+        headers.insert("Content-Type", "application/json")
+        if key:
+            # Sensitive: pyreqwest masks it in the repr of the headers and of the requests.
+            headers.insert("Authorization", f"Bearer {key}", is_sensitive=True)
+        return headers
 
     @property
     def replica_set(self) -> ReplicaSet:
@@ -454,18 +473,15 @@ class OpenAIProvider(Provider):
         self._check_started()
         if len(group) == 1:
             return [await self._one(group[0])]
-        if self._path(group[0].endpoint) == EMBEDDINGS and self.options.pack_inputs > 1:
-            options = self.options
-            return await send_packed(group, self._one, options.pack_inputs, options.pack_tokens)
         return list(await asyncio.gather(*(self._one(r) for r in group)))
 
     # -- one request ---------------------------------------------------------------------------
 
-    @staticmethod
-    def _path(endpoint: str) -> str | None:
-        if endpoint in _PATHS:
+    @classmethod
+    def _path(cls, endpoint: str) -> str | None:
+        if endpoint in cls.paths:
             return endpoint
-        return "/v1" + endpoint if "/v1" + endpoint in _PATHS else None
+        return "/v1" + endpoint if "/v1" + endpoint in cls.paths else None
 
     def _payload(self, body: Mapping[str, Any]) -> bytes:
         if self.options.upstream_model is not None:
@@ -629,7 +645,10 @@ class OpenAIProvider(Provider):
             def done() -> None:
                 self._replicas.release(replica, "ok")
 
-            return _HTTPStream(request, response, self._describe_error, self.options.timeout, done)
+            request_id = self._request_id(response)
+            return _HTTPStream(
+                request, response, request_id, self._describe_error, self.options.timeout, done
+            )
         try:
             raw = await response.bytes()
         except PyreqwestError as exc:
@@ -646,7 +665,7 @@ class OpenAIProvider(Provider):
                     data = data.replace(key, b"***")
             raw = memoryview(data)
         status = response.status
-        request_id = response.get_header("x-request-id")
+        request_id = self._request_id(response)
         try:
             body: Any = orjson.loads(raw)
             parsed = True
@@ -665,21 +684,14 @@ class OpenAIProvider(Provider):
             )
         error = body.get("error") if isinstance(body, dict) else None
         error = error if isinstance(error, dict) else {}
-        code = error.get("code") if isinstance(error.get("code"), str) else None
+        code = self._error_code(error)
         message = error.get("message") if isinstance(error.get("message"), str) else None
         if message is None:
             text = bytes(raw[:_MAX_ERROR_TEXT]).decode("utf-8", "replace").strip()
             message = f"the upstream answered HTTP {status}" + (f": {text}" if text else "")
         retryable = status in _RETRYABLE_STATUSES or status >= 500
         if not parsed or not isinstance(body, dict) or "error" not in body:
-            body = {
-                "error": {
-                    "message": message,
-                    "type": "upstream_error",
-                    "param": None,
-                    "code": code,
-                }
-            }
+            body = self._error_body(status, message, code)
         return ProviderResult.failure(
             index,
             code or f"upstream_http_{status}",
@@ -691,6 +703,50 @@ class OpenAIProvider(Provider):
             retry_after=parse_retry_after(response.headers) if retryable else None,
         )
 
+    def _request_id(self, response: Response) -> str | None:
+        """The upstream's request id: the first of :attr:`request_id_headers` it sent."""
+        for name in self.request_id_headers:
+            if value := response.get_header(name):
+                return value
+        return None
+
+    @staticmethod
+    def _error_code(error: Mapping[str, Any]) -> str | None:
+        """The code an upstream's error object (``body.error``) names, if any."""
+        code = error.get("code")
+        return code if isinstance(code, str) else None
+
+    @staticmethod
+    def _error_body(status: int, message: str, code: str | None) -> dict[str, Any]:
+        """The error body of a failure whose upstream sent none that says what went wrong."""
+        error = {"message": message, "type": "upstream_error", "param": None, "code": code}
+        return {"error": error}
+
+
+class OpenAIProvider(HTTPProvider):
+    """Forwards requests to an OpenAI-compatible server (or to one of its replicas), one HTTP
+    request per batch line; embeddings lines packed (``pack_inputs``)."""
+
+    name: ClassVar[str] = "openai"
+    endpoints: ClassVar[frozenset[str]] = frozenset(_PATHS)
+    Options: ClassVar[type[ProviderOptions]] = OpenAIOptions
+    paths: ClassVar[Mapping[str, str]] = _PATHS
+
+    options: OpenAIOptions
+
+    def limits(self) -> DispatchLimits:
+        packed = self.options.pack_inputs
+        sizes = ((EMBEDDINGS, packed),) if packed > 1 else ()
+        return dataclasses.replace(super().limits(), group_sizes=sizes)
+
+    async def execute(self, group: Sequence[ProviderRequest]) -> list[ProviderResult]:
+        options = self.options
+        packs = options.pack_inputs > 1 and len(group) > 1
+        if packs and self._path(group[0].endpoint) == EMBEDDINGS:
+            self._check_started()
+            return await send_packed(group, self._one, options.pack_inputs, options.pack_tokens)
+        return await super().execute(group)
+
 
 class _HTTPStream(ProviderStream):
     """A 2xx pyreqwest response relayed as it arrives; holds a concurrency slot until closed."""
@@ -699,6 +755,7 @@ class _HTTPStream(ProviderStream):
         self,
         request: StreamRequest,
         response: Response,
+        request_id: str | None,
         describe: Callable[[PyreqwestError], str],
         timeout: float,
         done: Callable[[], None] | None = None,
@@ -706,7 +763,7 @@ class _HTTPStream(ProviderStream):
         super().__init__(
             response.status,
             response.get_header("Content-Type") or "application/octet-stream",
-            response.get_header("x-request-id"),
+            request_id,
         )
         self._request: StreamRequest | None = request
         self._response = response

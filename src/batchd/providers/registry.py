@@ -33,6 +33,7 @@ ENTRY_POINT_GROUP = "batchd.providers"
 # extra and are imported only when a model is loaded.
 _BUILTINS = {
     "openai": "batchd.providers.openai_http:OpenAIProvider",
+    "anthropic": "batchd.providers.anthropic_http:AnthropicProvider",
     "llamacpp": "batchd.providers.llamacpp:LlamaCppProvider",
     "sentence-transformers": "batchd.providers.sentence_transformers:SentenceTransformersProvider",
 }
