@@ -47,6 +47,7 @@ from batchd.engine.throttle import Throttle
 from batchd.errors import StoreError
 from batchd.providers.base import ProviderRequest, ProviderResult
 from batchd.store.cache import CachedAnswer, CacheStore
+from batchd.validation import normalize_url
 
 __all__ = ["CACHE_HEADER", "Recall", "ResultCache", "cacheable", "request_digest"]
 
@@ -62,14 +63,10 @@ _MAX_UNSTORED = 16 * _PUT_BATCH  # answers waiting to be stored; beyond it the o
 _MAX_ANSWER_FRACTION = 16  # an answer over cache_max_bytes / this is not stored
 
 
-def _path(endpoint: str) -> str:
-    return endpoint if endpoint.startswith("/v1/") else "/v1" + endpoint
-
-
 def cacheable(endpoint: str, body: Mapping[str, Any]) -> bool:
     """Whether the answer to ``body`` on ``endpoint`` may be reused: embeddings always,
     generations with ``temperature`` 0."""
-    path = _path(endpoint)
+    path = normalize_url(endpoint)
     if path == _EMBEDDINGS:
         return True
     if path in _GENERATIONS:
@@ -82,7 +79,7 @@ def request_digest(route: str, endpoint: str, body: Mapping[str, Any]) -> bytes:
     """The cache key of ``body`` on ``route``: SHA-256 of the route, the endpoint and the body as
     canonical JSON (keys sorted), ``model`` left out (a name or an alias of the route)."""
     rest = {key: value for key, value in body.items() if key != "model"}
-    digest = hashlib.sha256(b"%s\0%s\0" % (route.encode(), _path(endpoint).encode()))
+    digest = hashlib.sha256(b"%s\0%s\0" % (route.encode(), normalize_url(endpoint).encode()))
     digest.update(orjson.dumps(rest, option=orjson.OPT_SORT_KEYS))
     return digest.digest()
 

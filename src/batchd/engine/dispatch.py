@@ -35,11 +35,17 @@ from batchd.engine.throttle import Throttle
 from batchd.ids import new_request_id
 from batchd.metrics import UNROUTED, Metrics, RequestStats, outcome_of
 from batchd.providers.base import Provider, ProviderRequest, ProviderResult
-from batchd.providers.messages import CHAT, MESSAGES, MessagesBridge
+from batchd.providers.messages import (
+    MESSAGES,
+    MessagesBridge,
+    MessagesParamError,
+    messages_provider,
+)
 from batchd.providers.table import ModelTable
 from batchd.storage import Storage
 from batchd.store import BatchRecord, Store
 from batchd.store.work import SharedWork
+from batchd.validation import normalize_url
 
 __all__ = ["Dispatch", "Engine", "ResultSink", "entry_of", "route_of"]
 
@@ -518,12 +524,15 @@ def _serving(provider: Provider, endpoint: str) -> Executor | None:
     """What serves ``endpoint`` on ``provider``'s route: the provider, or for Anthropic's
     Messages on a chat route its :class:`~batchd.providers.messages.MessagesBridge`; ``None``
     when neither does."""
-    path = endpoint if endpoint.startswith("/v1/") else "/v1" + endpoint
+    path = normalize_url(endpoint)
     if path in provider.endpoints:
         return provider
-    if path == MESSAGES and CHAT in provider.endpoints:
-        return MessagesBridge(provider)
-    return None
+    if path != MESSAGES:
+        return None
+    try:
+        return messages_provider(provider)  # the provider's one rule for Messages
+    except MessagesParamError:
+        return None
 
 
 def _observe(limiter: ModelLimiter, results: Sequence[ProviderResult], seconds: float) -> None:
