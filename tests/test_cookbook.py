@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,3 +162,34 @@ def test_anthropic_s_sdk_on_the_embedded_model(server: BatchdServer) -> None:
                 messages=[{"role": "user", "content": "Say hello."}],
                 stream=True,
             )
+
+
+def test_a_message_batch_on_the_embedded_model(server: BatchdServer) -> None:
+    """``client.messages.batches`` under an Anthropic model name, run on the embedded chat
+    model: create, poll until ended, read the results."""
+    with anthropic.Anthropic(base_url=server.base_url, api_key="-", max_retries=0) as sdk:
+        requests = [
+            {
+                "custom_id": f"hello-{i}",
+                "params": {
+                    "model": "claude-haiku-4-5",
+                    "max_tokens": 12,
+                    "messages": [{"role": "user", "content": f"Say hello to {name}."}],
+                },
+            }
+            for i, name in enumerate(["Ada", "Grace"])
+        ]
+        batch = sdk.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+        deadline = time.monotonic() + 120
+        while batch.processing_status != "ended":
+            assert time.monotonic() < deadline, batch
+            time.sleep(0.2)
+            batch = sdk.messages.batches.retrieve(batch.id)
+        assert batch.request_counts.succeeded == 2, batch.request_counts
+        results = {line.custom_id: line.result for line in sdk.messages.batches.results(batch.id)}
+    assert set(results) == {"hello-0", "hello-1"}
+    for result in results.values():
+        assert result.type == "succeeded"
+        assert result.message.model == CHAT_MODEL
+        assert result.message.content[0].text.strip()  # type: ignore[union-attr]
+        assert 0 < result.message.usage.output_tokens <= 12

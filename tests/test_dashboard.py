@@ -444,6 +444,41 @@ def test_the_live_json_has_counts_and_rates(app: TestClient, objects: dict[str, 
     assert isinstance(listing["now"], float)
 
 
+def test_a_message_batch_shows_as_any_batch(app: TestClient) -> None:
+    """Anthropic's Message Batches live in the same store: the dashboard lists and shows them;
+    once deleted through Anthropic's API they are gone from it."""
+    headers = {**api(app, KEY_A), "anthropic-version": "2023-06-01"}
+    body = {
+        "requests": [
+            {
+                "custom_id": f"m{i}",
+                "params": {
+                    "model": MODEL,
+                    "max_tokens": 8,
+                    "messages": [{"role": "user", "content": f"dashboard message {i}"}],
+                },
+            }
+            for i in range(3)
+        ]
+    }
+    created = app.post("/v1/messages/batches", headers=headers, json=body)
+    assert created.status_code == 200, created.text
+    batch_id = created.json()["id"]
+    assert batch_id.startswith("msgbatch_")
+    wait_status(app, KEY_A, batch_id, {"completed"})
+    figures = get(app, f"/dashboard/api/batches/{batch_id}", KEY_A).json()["batch"]
+    assert (figures["completed"], figures["total"]) == (3, 3)
+    page = get(app, f"/dashboard/batches/{batch_id}", KEY_A)
+    assert page.status_code == 200
+    assert "/v1/messages" in page.text
+    listing = get(app, "/dashboard/api/batches", KEY_A).json()
+    assert batch_id in [row["id"] for row in listing["batches"]]
+    assert app.delete(f"/v1/messages/batches/{batch_id}", headers=headers).status_code == 200
+    listing = get(app, "/dashboard/api/batches", KEY_A).json()
+    assert batch_id not in [row["id"] for row in listing["batches"]]
+    assert get(app, f"/dashboard/batches/{batch_id}", KEY_A).status_code == 404
+
+
 def test_the_models_page_shows_limits_and_in_flight(
     app: TestClient, upstream: UpstreamProcess
 ) -> None:

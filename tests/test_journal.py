@@ -21,8 +21,8 @@ import orjson
 import pytest
 
 from batchd.core.request_index import RequestIndex, RequestIndexWriter
-from batchd.engine.finalize import CANCELLED, write_results
-from batchd.engine.journal import Journal, JournalEntry, JournalError, Usage
+from batchd.engine.finalize import CANCELLED, EXPIRED, write_results
+from batchd.engine.journal import UNEXECUTED, Counts, Journal, JournalEntry, JournalError, Usage
 from batchd.storage import LocalStorage
 from batchd.validation import index_stream
 
@@ -602,6 +602,7 @@ async def test_append_unexecuted_fills_every_pending_request_in_one_sync(
     assert len(fsyncs) == 2  # one for the group, one for the whole fill
     assert journal.finished
     assert (journal.counts.completed, journal.counts.failed) == (2, 10)
+    assert journal.counts.unexecuted == 10
     late = JournalEntry.from_response(5, "c5", 200, "r", {})
     assert await journal.append(late) is False  # an in-flight request that finished late
     await journal.close()
@@ -612,6 +613,22 @@ async def test_append_unexecuted_fills_every_pending_request_in_one_sync(
     assert [r["custom_id"] for r in records] == [f"c{i}" for i in range(12) if i not in (1, 4)]
     assert {r["error"]["code"] for r in records} == {"batch_cancelled"}
     assert all(r["response"] is None and r["id"].startswith("batch_req_") for r in records)
+
+
+@pytest.mark.anyio
+async def test_requests_that_never_ran_are_counted_again_on_reopen(tmp_path: Path) -> None:
+    """A crash between the fill and the batch's end: the reopened journal still knows how many
+    of its failed requests never ran (Anthropic's canceled and expired counts)."""
+    assert {CANCELLED[0], EXPIRED[0]} == UNEXECUTED
+    path = tmp_path / "j"
+    async with await Journal.open(path, 6) as journal:
+        await journal.append(JournalEntry.from_response(0, "c0", 200, "r", {}))
+        await journal.append(JournalEntry.from_response(1, "c1", 500, "r", {"error": {}}))
+        await journal.append(JournalEntry.from_error(2, "c2", "request_timeout", "slow"))
+        filled = await journal.append_unexecuted([(i, f"c{i}") for i in range(6)], EXPIRED)
+    assert filled == 3
+    async with await Journal.open(path, 6) as reopened:
+        assert reopened.counts == Counts(6, 1, 5, 3)
 
 
 # -- guards ----------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ migrations, lifecycle changes with their events, pagination, leases."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,43 @@ async def test_batches_page_newest_first(store: SQLStore) -> None:
     page, more = await store.list_batches(after_seq=cursor, limit=10)
     assert [b.id for b in page] == [_batch(i).id for i in (2, 1, 0)]
     assert not more
+
+
+async def test_message_batches_page_both_ways_and_deleted_ones_are_hidden(
+    store: SQLStore,
+) -> None:
+    """Anthropic's pagination (``before_seq``: the page just newer, newest first), one dialect,
+    and a deleted batch gone from every list; only an ended batch may be deleted, once."""
+    for i in range(6):
+        dialect = "anthropic" if i % 3 else "openai"  # 1, 2, 4, 5 are message batches
+        await store.create_batch(dataclasses.replace(_batch(i), dialect=dialect), admission=None)
+    ids = [_batch(i).id for i in range(6)]
+    page, more = await store.list_batches(after_seq=None, limit=10, dialect="anthropic")
+    assert [b.id for b in page] == [ids[5], ids[4], ids[2], ids[1]]
+    assert not more
+    cursor = await store.batch_cursor(ids[1])
+    page, more = await store.list_batches(
+        after_seq=None, before_seq=cursor, limit=2, dialect="anthropic"
+    )
+    assert [b.id for b in page] == [ids[4], ids[2]]
+    assert more
+    page, more = await store.list_batches(after_seq=None, before_seq=cursor, limit=3)
+    assert [b.id for b in page] == [ids[4], ids[3], ids[2]]
+    assert more
+
+    assert await store.delete_batch(ids[4], now=5000) is None  # still validating
+    await store.apply(
+        StatusChange(ids[4], frozenset({"validating"}), "failed", 4000, {"unexecuted": 0})
+    )
+    deleted = await store.delete_batch(ids[4], now=5000, project="default")
+    assert deleted is not None
+    assert deleted.deleted_at == 5000
+    assert await store.delete_batch(ids[4], now=5001) is None  # once
+    page, _ = await store.list_batches(after_seq=None, limit=10)
+    assert ids[4] not in [b.id for b in page]
+    found = await store.get_batch(ids[4])
+    assert found is not None
+    assert found.deleted_at == 5000
 
 
 async def test_files_hide_deleted_and_expired(store: SQLStore) -> None:

@@ -296,6 +296,9 @@ class Settings(BaseSettings):
 
     # Batches
     max_requests_per_batch: int = Field(default=50_000, gt=0)
+    # Anthropic's Message Batches (and any batch of /v1/messages lines): Anthropic's own limits.
+    message_batch_max_requests: int = Field(default=100_000, gt=0)
+    message_batch_max_bytes: int = Field(default=256 * MB, gt=0)
     max_validation_errors: int = Field(default=1000, gt=0)
     max_request_bytes: int = Field(default=32 * MB, gt=0)
     completion_window_seconds: int = Field(

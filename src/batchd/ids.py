@@ -1,4 +1,5 @@
-"""Object ids in OpenAI's shapes: ``file-…``, ``batch_…``, ``batch_req_…``, ``req_…``.
+"""Object ids in OpenAI's shapes: ``file-…``, ``batch_…``, ``batch_req_…``, ``req_…``; and
+Anthropic's Message Batches' ``msgbatch_…``.
 
 Ids are random (not guessable, not ordered); ordering in lists uses the store's sequence column.
 """
@@ -16,12 +17,13 @@ __all__ = [
     "new_batch_id",
     "new_batch_request_id",
     "new_file_id",
+    "new_message_batch_id",
     "new_request_id",
 ]
 
 _ALNUM = string.ascii_letters + string.digits
 _FILE_ID = re.compile(r"file-[A-Za-z0-9]{1,64}")
-_BATCH_ID = re.compile(r"batch_[A-Za-z0-9]{1,64}")
+_BATCH_ID = re.compile(r"(?:msg)?batch_[A-Za-z0-9]{1,64}")
 
 
 def new_file_id() -> str:
@@ -32,6 +34,11 @@ def new_file_id() -> str:
 def new_batch_id() -> str:
     """``batch_`` and 32 hex digits, like OpenAI's batch ids."""
     return "batch_" + secrets.token_hex(16)
+
+
+def new_message_batch_id() -> str:
+    """``msgbatch_`` and 24 alphanumerics, like Anthropic's Message Batch ids."""
+    return "msgbatch_" + "".join(secrets.choice(_ALNUM) for _ in range(24))
 
 
 _POOL_SIZE = 256

@@ -24,6 +24,7 @@ __all__ = [
     "BatchRequestCounts",
     "BatchStatus",
     "BatchUsage",
+    "DeletedMessageBatch",
     "ErrorDetail",
     "ErrorResponse",
     "FileDeleted",
@@ -32,6 +33,9 @@ __all__ = [
     "FilePurpose",
     "InputTokensDetails",
     "ListPage",
+    "MessageBatch",
+    "MessageBatchList",
+    "MessageBatchRequestCounts",
     "Model",
     "ModelList",
     "OutputTokensDetails",
@@ -208,3 +212,38 @@ class AnthropicErrorResponse(_Wire):
     type: Literal["error"]
     error: AnthropicErrorDetail
     request_id: str | None = None
+
+
+class MessageBatchRequestCounts(_Wire):
+    processing: int
+    succeeded: int
+    errored: int
+    canceled: int
+    expired: int
+
+
+class MessageBatch(_Wire):
+    """Anthropic's Message Batch (``/v1/messages/batches``); times are RFC 3339 strings."""
+
+    id: str
+    type: Literal["message_batch"]
+    processing_status: Literal["in_progress", "canceling", "ended"]
+    request_counts: MessageBatchRequestCounts
+    ended_at: str | None
+    created_at: str
+    expires_at: str | None
+    archived_at: str | None
+    cancel_initiated_at: str | None
+    results_url: str | None
+
+
+class MessageBatchList(_Wire):
+    data: list[MessageBatch]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+class DeletedMessageBatch(_Wire):
+    id: str
+    type: Literal["message_batch_deleted"]

@@ -35,6 +35,7 @@ __all__ = [
     "first_line_not_jsonl",
     "index_stream",
     "iter_lines",
+    "max_requests_for",
     "normalize_url",
     "not_jsonl",
     "validate_stream",
@@ -121,6 +122,18 @@ def normalize_url(url: str) -> str:
     if url.startswith("/") and not url.startswith("/v1/"):
         return "/v1" + url
     return url
+
+
+#: The endpoint of Anthropic's Messages, whose batches have Anthropic's request limit.
+_MESSAGES = "/v1/messages"
+
+
+def max_requests_for(settings: Settings, endpoint: str) -> int:
+    """How many requests a batch of ``endpoint`` may have: ``message_batch_max_requests`` for
+    Messages (Anthropic's 100,000), ``max_requests_per_batch`` (OpenAI's 50,000) otherwise."""
+    if normalize_url(endpoint) == _MESSAGES:
+        return settings.message_batch_max_requests
+    return settings.max_requests_per_batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -616,7 +629,7 @@ def validation_key(settings: Settings, endpoint: str) -> str:
         2,  # the version of what a result holds (2: input_bytes)
         normalize_url(endpoint),
         settings.model_names.signature(),
-        settings.max_requests_per_batch,
+        max_requests_for(settings, endpoint),
         settings.max_validation_errors,
         settings.max_request_bytes,
     ]
@@ -633,16 +646,17 @@ class UploadValidator:
         self,
         *,
         models: ModelNames | Collection[str],
-        max_requests: int,
+        max_requests: int | Callable[[str], int],
         max_errors: int,
         max_line_bytes: int,
         index: RequestIndexWriter | None = None,
     ) -> None:
+        """``max_requests``: a number, or the number for an endpoint."""
         self._splitter = LineSplitter(max_line_bytes)
+        self._max_requests = max_requests
         self._new_validator = functools.partial(
             Validator,
             models=models,
-            max_requests=max_requests,
             max_errors=max_errors,
             max_line_bytes=max_line_bytes,
             index=index,
@@ -656,7 +670,7 @@ class UploadValidator:
     ) -> UploadValidator:
         return cls(
             models=settings.model_names,
-            max_requests=settings.max_requests_per_batch,
+            max_requests=functools.partial(max_requests_for, settings),
             max_errors=settings.max_validation_errors,
             max_line_bytes=settings.max_request_bytes,
             index=index,
@@ -682,7 +696,10 @@ class UploadValidator:
             if not isinstance(url, str) or normalize_url(url) not in BATCH_ENDPOINTS:
                 self._abandoned = True
                 return
-            self._validator = self._new_validator(endpoint=url)
+            limit = self._max_requests
+            self._validator = self._new_validator(
+                endpoint=url, max_requests=limit if isinstance(limit, int) else limit(url)
+            )
         if not self._abandoned:
             self._validator.feed(lineno, raw, offset)
 

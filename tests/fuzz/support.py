@@ -120,6 +120,14 @@ OK_SCHEMAS: dict[str, str | None] = {
     "GET /v1/models": "ListModelsResponse",
     "GET /v1/models/{model}": "Model",
     "POST /v1/messages": None,  # Anthropic's Message, relayed or translated
+    # Anthropic's Message Batches: their schemas are batchd's (batchd.protocol.MessageBatch…),
+    # checked by schemathesis against the document
+    "POST /v1/messages/batches": None,
+    "GET /v1/messages/batches": None,
+    "GET /v1/messages/batches/{batch_id}": None,
+    "POST /v1/messages/batches/{batch_id}/cancel": None,
+    "DELETE /v1/messages/batches/{batch_id}": None,
+    "GET /v1/messages/batches/{batch_id}/results": None,
 }
 
 

@@ -9,7 +9,16 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI
 
 from batchd import __version__
-from batchd.api import anthropic, azure, batches, files, health, metrics, passthrough
+from batchd.api import (
+    anthropic,
+    azure,
+    batches,
+    files,
+    health,
+    message_batches,
+    metrics,
+    passthrough,
+)
 from batchd.api.access import AccessLogMiddleware, access_log_enabled
 from batchd.api.docs import install_docs
 from batchd.api.errors import install_error_handlers
@@ -76,6 +85,7 @@ def create_app(
         )
     app.include_router(azure.deployments, include_in_schema=False)
     app.include_router(anthropic.router, prefix="/v1")  # Anthropic's Messages API
+    app.include_router(message_batches.router, prefix="/v1")  # and its Message Batches API
     install_dashboard(app)
     app.add_middleware(BodyLimitMiddleware, settings=settings)
     if access_log_enabled(settings):  # inside the request ids, outside the body limits

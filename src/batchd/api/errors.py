@@ -1,11 +1,13 @@
-"""Every exception that reaches the HTTP layer becomes an error envelope here: OpenAI's, or on
-Anthropic's routes (``/v1/messages…``) Anthropic's, ``{"type": "error", "error": {"type",
-"message"}, "request_id"}`` with the error type of the status (:func:`anthropic_error_type`)."""
+"""Every exception that reaches the HTTP layer becomes an error envelope here: OpenAI's, or
+Anthropic's, ``{"type": "error", "error": {"type", "message"}, "request_id"}`` with the error type
+of the status (:func:`anthropic_error_type`), on Anthropic's routes (``/v1/messages…``) and for
+any request that carries an ``anthropic-version`` header (Anthropic's SDKs send it on every
+request, ``GET /v1/models`` included): see :func:`speaks_anthropic`."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,14 +23,28 @@ log = logging.getLogger("batchd.api")
 
 __all__ = [
     "ANTHROPIC_PREFIX",
+    "ANTHROPIC_VERSION",
     "anthropic_envelope",
     "anthropic_error_type",
     "envelope",
     "install_error_handlers",
+    "speaks_anthropic",
 ]
 
 #: The path prefix of Anthropic's API: its errors use Anthropic's envelope.
 ANTHROPIC_PREFIX = "/v1/messages"
+#: The header every request of Anthropic's SDKs carries: its errors use Anthropic's envelope.
+ANTHROPIC_VERSION = "anthropic-version"
+_ANTHROPIC_VERSION_RAW = ANTHROPIC_VERSION.encode()
+
+
+def speaks_anthropic(path: str, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether a request (its path, its raw ASGI headers: lower-case names) is answered in
+    Anthropic's style (its error envelope, a ``request-id`` header): on Anthropic's routes, or
+    when it carries ``anthropic-version``, whatever its path."""
+    if path.startswith(ANTHROPIC_PREFIX):
+        return True
+    return any(name == _ANTHROPIC_VERSION_RAW for name, _ in headers)
 
 
 def envelope(
@@ -56,8 +72,9 @@ def _respond(
     status: int,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    """The error answer, in the envelope of the API the path belongs to."""
-    if request.url.path.startswith(ANTHROPIC_PREFIX):
+    """The error answer, in the envelope of the API the request speaks (its path, its
+    ``anthropic-version``)."""
+    if speaks_anthropic(request.url.path, request.headers.raw):
         request_id = getattr(request.state, "request_id", None)
         message = body["error"]["message"] or ""
         return JSONResponse(

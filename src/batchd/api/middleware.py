@@ -8,7 +8,7 @@ import logging
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from batchd.api.errors import ANTHROPIC_PREFIX, anthropic_envelope, envelope
+from batchd.api.errors import anthropic_envelope, envelope, speaks_anthropic
 from batchd.config import Settings
 from batchd.errors import PayloadTooLarge
 from batchd.ids import new_request_id
@@ -22,8 +22,11 @@ _RETRYABLE_4XX = {408, 429}
 
 
 class RequestContextMiddleware:
-    """Adds ``x-request-id`` to every response and ``x-should-retry: false`` to deterministic
-    4xx responses, and turns an unhandled exception into a 500 in the OpenAI error envelope."""
+    """Adds ``x-request-id`` to every response (and ``request-id``, where Anthropic's SDKs read
+    it, to the answers of a request in Anthropic's style: see
+    :func:`~batchd.api.errors.speaks_anthropic`) and ``x-should-retry: false`` to deterministic
+    4xx responses, and turns an unhandled exception into a 500 in the error envelope of the
+    request's API (OpenAI's, or Anthropic's)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -35,7 +38,7 @@ class RequestContextMiddleware:
         request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         started = False
-        anthropic = str(scope.get("path", "")).startswith(ANTHROPIC_PREFIX)
+        anthropic = speaks_anthropic(str(scope.get("path", "")), scope.get("headers", ()))
 
         async def send_with_headers(message: Message) -> None:
             nonlocal started
@@ -79,14 +82,18 @@ class RequestContextMiddleware:
             await send({"type": "http.response.body", "body": body})
 
 
-_UPLOAD_PATHS = frozenset({"/v1/files", "/openai/files", "/openai/v1/files"})
+#: Bodies bounded by their route instead: file uploads (the file size limits) and Anthropic's
+#: inline Message Batches (message_batch_max_bytes).
+_UPLOAD_PATHS = frozenset(
+    {"/v1/files", "/openai/files", "/openai/v1/files", "/v1/messages/batches"}
+)
 
 
 class BodyLimitMiddleware:
     """413 ``request_too_large`` for a request body over ``max_request_body_bytes``. A declared
     ``Content-Length`` over it is refused before anything is read; a body that grows past it
-    while streamed fails the read (the route answers with the same 413). File uploads are left
-    to their route, which bounds them by the file size limits (413 ``file_too_large``)."""
+    while streamed fails the read (the route answers with the same 413). File uploads and
+    Message Batches are left to their route, which bounds them by their own limits."""
 
     def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
@@ -101,7 +108,12 @@ class BodyLimitMiddleware:
         limit = self.limit
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await _send_json(send, 413, _too_large(limit).envelope())
+            error = _too_large(limit)
+            body: object = error.envelope()
+            if speaks_anthropic(path, scope["headers"]):
+                request_id = scope.get("state", {}).get("request_id")
+                body = anthropic_envelope(error.message, error.status_code, request_id)
+            await _send_json(send, 413, body)
             return
         received = 0
         failed = False

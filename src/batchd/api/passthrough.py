@@ -1,6 +1,8 @@
 """Synchronous inference routes over the batch routing table: ``POST /v1/chat/completions``,
 ``/v1/completions``, ``/v1/embeddings``, ``/v1/responses`` and ``GET /v1/models`` (and the same
-under Azure's prefixes, see :mod:`batchd.api.azure`).
+under Azure's prefixes, see :mod:`batchd.api.azure`). ``GET /v1/models`` (and ``/v1/models/{id}``)
+answers in Anthropic's shapes (``ModelInfo``, its pagination, its error envelope) to a request
+with an ``anthropic-version`` header, as Anthropic's SDKs send.
 
 They exist so that a client can try a request with the ordinary OpenAI API against batchd, with
 the very model names and upstreams its batches will use, before sending a batch of them. Each
@@ -34,7 +36,8 @@ import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -43,10 +46,10 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from batchd.api.deps import Services, project, services
-from batchd.api.errors import envelope
+from batchd.api.deps import Dialect, DialectDep, Services, project, services
+from batchd.api.errors import ANTHROPIC_VERSION, envelope
 from batchd.api.openapi import answers, json_body
-from batchd.api.params import read_json_object
+from batchd.api.params import parse_limit, read_json_object
 from batchd.api.responses import JSONResponse
 from batchd.errors import APIError, BadGateway, GatewayTimeout, InvalidRequest, NotFound
 from batchd.protocol import ErrorResponse, Model, ModelList
@@ -55,6 +58,8 @@ from batchd.providers.base import ProviderStream, ProviderStreamError
 
 __all__ = [
     "INFERENCE",
+    "AnthropicModelInfo",
+    "AnthropicModelList",
     "Inference",
     "RelayResponse",
     "relay",
@@ -173,9 +178,78 @@ for _item in INFERENCE:
     )
 
 
-@router.get("/models", summary="List the models of the routing table", responses=answers(ModelList))
-async def list_models(svc: ServicesDep) -> Response:
+# -- models -----------------------------------------------------------------------------------
+
+
+class AnthropicModelInfo(BaseModel):
+    """A model of the routing table as Anthropic's Models API describes one (``ModelInfo``):
+    what batchd knows, ``null`` for what it does not (``capabilities``, ``max_tokens``…)."""
+
+    type: Literal["model"] = "model"
+    id: str
+    display_name: str
+    #: RFC 3339: when this server process started (the ``created`` of OpenAI's list).
+    created_at: str
+    lifecycle: Literal["active", "deprecated", "retired"] = "active"
+    deprecated_at: str | None = None
+    retires_at: str | None = None
+    line: str | None = None
+    max_input_tokens: int | None = None
+    max_tokens: int | None = None
+    capabilities: dict[str, Any] | None = None
+
+
+class AnthropicModelList(BaseModel):
+    """A page of Anthropic's model list: ``first_id``/``last_id`` are ``null`` on an empty
+    page."""
+
+    data: list[AnthropicModelInfo]
+    has_more: bool
+    first_id: str | None
+    last_id: str | None
+
+
+_CREATED_AT = datetime.fromtimestamp(_STARTED_AT, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+_LIFECYCLES = ("active", "deprecated", "retired")
+_LIST_LIMIT, _LIST_MAX = 20, 1000
+
+_ANTHROPIC_STYLE = (
+    " With an `anthropic-version` header (Anthropic's SDKs send it: `client.models.list()`, "
+    "`client.models.retrieve(id)`), on `/v1`, the answer is Anthropic's instead: "
+)
+_LIST_DESCRIPTION = (
+    "Every name a request may use: each route's name, then each alias, as OpenAI's list."
+    + _ANTHROPIC_STYLE
+    + "a page of `ModelInfo` objects (`data`, `has_more`, `first_id`, `last_id`), paged with "
+    "`limit` (1 to 1000, 20 by default), `after_id` or `before_id`; and errors in Anthropic's "
+    "envelope."
+)
+_RETRIEVE_DESCRIPTION = (
+    "One name of the routing table (a route's name or an alias), as OpenAI's model."
+    + _ANTHROPIC_STYLE
+    + "its `ModelInfo`; and errors (404 for an unknown model) in Anthropic's envelope."
+)
+
+
+def _models_answers(ok: Any, description: str) -> dict[int | str, dict[str, Any]]:
+    """:func:`answers` with a 200 that is OpenAI's or Anthropic's (``ok``, a union)."""
+    documented = answers(None, 400, 404)
+    documented[200] = {"model": ok, "description": description}
+    return documented
+
+
+@router.get(
+    "/models",
+    summary="List the models of the routing table",
+    description=_LIST_DESCRIPTION,
+    responses=_models_answers(
+        ModelList | AnthropicModelList, "OpenAI's model list, or Anthropic's page of models"
+    ),
+)
+async def list_models(request: Request, svc: ServicesDep, dialect: DialectDep) -> Response:
     names = [*svc.providers, *svc.providers.aliases]
+    if await _anthropic_style(request, dialect):
+        return JSONResponse(_anthropic_page(request, svc, names))
     return JSONResponse({"object": "list", "data": [_model_object(n) for n in names]})
 
 
@@ -199,16 +273,84 @@ register_url_convertor("model_name", _ModelName())
 @router.get(
     "/models/{model:model_name}",
     summary="Retrieve a model of the routing table",
-    responses=answers(Model, 404),
+    description=_RETRIEVE_DESCRIPTION,
+    responses=_models_answers(Model | AnthropicModelInfo, "OpenAI's model, or Anthropic's"),
 )
-async def retrieve_model(model: str, svc: ServicesDep) -> Response:
+async def retrieve_model(
+    model: str, request: Request, svc: ServicesDep, dialect: DialectDep
+) -> Response:
+    anthropic_style = await _anthropic_style(request, dialect)
     if model not in svc.providers:
         raise unknown_model(model, svc)
+    if anthropic_style:
+        return JSONResponse(_anthropic_model(model, svc).model_dump())
     return JSONResponse(_model_object(model))
 
 
 def _model_object(name: str) -> dict[str, Any]:
     return Model(id=name, created=_STARTED_AT, owned_by="batchd").model_dump()
+
+
+# -- the models in Anthropic's shapes ---------------------------------------------------------
+
+
+async def _anthropic_style(request: Request, dialect: Dialect) -> bool:
+    """Whether the models routes answer in Anthropic's shapes: a request on ``/v1`` (not Azure's
+    prefixes) that carries ``anthropic-version``, which must then be a version (a 400 if not)."""
+    if dialect != "openai" or ANTHROPIC_VERSION not in request.headers:
+        return False
+    # batchd.api.anthropic imports this module: the import waits for the first call
+    from batchd.api.anthropic import anthropic_version
+
+    await anthropic_version(request)
+    return True
+
+
+def _anthropic_model(name: str, svc: Services) -> AnthropicModelInfo:
+    route = svc.providers.aliases.get(name)
+    display = name if route is None else f"{name} (alias of {route})"
+    return AnthropicModelInfo(id=name, display_name=display, created_at=_CREATED_AT)
+
+
+def _anthropic_page(request: Request, svc: Services, names: list[str]) -> dict[str, Any]:
+    """The page of ``names`` that Anthropic's query parameters ask for: ``limit`` names after
+    ``after_id``, before ``before_id`` (``has_more``: more in that direction) or from the first;
+    ``lifecycle`` (``lifecycle[]`` as the SDKs send it) keeps them all (each is ``active``) or
+    none."""
+    query = request.query_params
+    limit = parse_limit(query.get("limit"), default=_LIST_LIMIT, maximum=_LIST_MAX)
+    after, before = query.get("after_id"), query.get("before_id")
+    if after is not None and before is not None:
+        raise InvalidRequest("Specify at most one of after_id and before_id.", param="before_id")
+    lifecycles = [*query.getlist("lifecycle[]"), *query.getlist("lifecycle")]
+    for value in lifecycles:
+        if value not in _LIFECYCLES:
+            raise InvalidRequest(
+                f"lifecycle: {value!r} is not one of {', '.join(_LIFECYCLES)}.",
+                param="lifecycle",
+            )
+    cursor = after if after is not None else before
+    param = "after_id" if after is not None else "before_id"
+    if cursor is not None and cursor not in names:
+        raise InvalidRequest(
+            f"{param}: {cursor!r} is not a model of this server (GET /v1/models lists them).",
+            param=param,
+        )
+    if lifecycles and "active" not in lifecycles:
+        page, has_more = [], False  # every model of the routing table is active
+    elif before is not None:
+        end = names.index(before)
+        start = max(0, end - limit)
+        page, has_more = names[start:end], start > 0
+    else:
+        start = 0 if after is None else names.index(after) + 1
+        page, has_more = names[start : start + limit], start + limit < len(names)
+    return AnthropicModelList(
+        data=[_anthropic_model(name, svc) for name in page],
+        has_more=has_more,
+        first_id=page[0] if page else None,
+        last_id=page[-1] if page else None,
+    ).model_dump()
 
 
 # -- the relay --------------------------------------------------------------------------------

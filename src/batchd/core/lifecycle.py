@@ -139,6 +139,7 @@ class BatchUpdate(TypedDict, total=False):
     error_file_id: str | None
     completed: int
     failed: int
+    unexecuted: int
     usage: dict[str, Any] | None
     ending: BatchEnding | None
 

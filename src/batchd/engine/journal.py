@@ -71,6 +71,7 @@ from batchd.storage.local import fsync_dir
 __all__ = [
     "CACHE_HEADER",
     "CHUNK",
+    "UNEXECUTED",
     "Counts",
     "Journal",
     "JournalEntry",
@@ -89,6 +90,8 @@ log = logging.getLogger("batchd.engine")
 CHUNK = 1024 * 1024
 _KEYS = ("id", "custom_id", "response", "error")
 CACHE_HEADER = "x-batchd-cache"
+#: The error codes of requests that never ran (see :data:`batchd.engine.finalize.CANCELLED`).
+UNEXECUTED = frozenset({"batch_cancelled", "batch_expired"})
 """The ``response.headers`` key of an answer from the result cache (value ``hit``)."""
 _MAX_INDEX_DIGITS = 18
 _IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16
@@ -250,11 +253,13 @@ def _decode(line: bytes) -> tuple[int, dict[str, Any]]:
 
 @dataclass(frozen=True, slots=True)
 class Counts:
-    """Requests with a durable result: ``completed`` (2xx) and ``failed`` (everything else)."""
+    """Requests with a durable result: ``completed`` (2xx) and ``failed`` (everything else), of
+    which ``unexecuted`` never ran (:data:`UNEXECUTED`: cancelled or expired first)."""
 
     total: int
     completed: int
     failed: int
+    unexecuted: int = 0
 
     @property
     def done(self) -> int:
@@ -272,6 +277,7 @@ class _Replay:
     index: ResultIndex
     completed: int = 0
     failed: int = 0
+    unexecuted: int = 0
     tokens: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
     duplicates: int = 0
     truncated: int = 0
@@ -338,6 +344,9 @@ def _replay(fd: int, path: Path, total: int) -> _Replay:
                 _add_tokens(state.tokens, _tokens_of(response))
             else:
                 state.failed += 1
+                error = record["error"]
+                if error is not None and error.get("code") in UNEXECUTED:
+                    state.unexecuted += 1
     state.end = end
     size = os.fstat(fd).st_size
     if end < size:
@@ -397,6 +406,7 @@ class Journal:
         self._done = state.done
         self._completed = state.completed
         self._failed = state.failed
+        self._unexecuted = state.unexecuted
         self._tokens = state.tokens
         self._index = state.index
         self._end = state.end
@@ -465,7 +475,7 @@ class Journal:
 
     @property
     def counts(self) -> Counts:
-        return Counts(self.total, self._completed, self._failed)
+        return Counts(self.total, self._completed, self._failed, self._unexecuted)
 
     @property
     def usage(self) -> Usage:
@@ -717,6 +727,7 @@ class Journal:
             return
         self._done = done
         self._failed += written
+        self._unexecuted += written
         if not item.future.done():
             item.future.set_result(written)
 

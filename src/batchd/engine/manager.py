@@ -35,7 +35,12 @@ from batchd.providers.base import Provider
 from batchd.storage import Storage
 from batchd.store import BatchRecord, SQLStore, Store
 from batchd.store.work import SharedWork
-from batchd.validation import ValidationResult, validate_stream, validation_key
+from batchd.validation import (
+    ValidationResult,
+    max_requests_for,
+    validate_stream,
+    validation_key,
+)
 
 __all__ = ["BatchManager"]
 
@@ -306,7 +311,7 @@ class BatchManager:
                         fh,
                         endpoint=batch.endpoint,
                         models=models,
-                        max_requests=settings.max_requests_per_batch,
+                        max_requests=max_requests_for(settings, batch.endpoint),
                         max_errors=settings.max_validation_errors,
                         max_line_bytes=settings.max_request_bytes,
                         should_stop=flag.is_set,

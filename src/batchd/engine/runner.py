@@ -296,6 +296,7 @@ class BatchRunner:
             error_file_id=error_file,
             completed=counts.completed,
             failed=counts.failed,
+            unexecuted=counts.unexecuted,
             usage=journal.usage.to_json(),
             lease=self._lease,
         )

@@ -26,11 +26,12 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import anyio.to_thread
+import orjson
 
 from batchd.core.lifecycle import TERMINAL
 from batchd.engine.dispatch import Dispatch, Engine
 from batchd.engine.inputs import Span
-from batchd.engine.journal import Counts, JournalEntry, Usage
+from batchd.engine.journal import UNEXECUTED, Counts, JournalEntry, Usage
 from batchd.errors import StoreError
 from batchd.storage import BlobWriter
 from batchd.store import BatchRecord
@@ -282,6 +283,14 @@ class RangeRunner:
             self._status(status)
 
 
+def _never_ran(line: bytes) -> bool:
+    """Whether the error line is a request recorded as cancelled or expired before it ran."""
+    if b"batch_cancelled" not in line and b"batch_expired" not in line:
+        return False
+    error = orjson.loads(line).get("error")
+    return isinstance(error, dict) and error.get("code") in UNEXECUTED
+
+
 class StoredResults:
     """A batch's result rows as the engine that ends it sees them (shared mode): the
     :class:`~batchd.engine.runner.ResultLog` of its :class:`~batchd.engine.runner.BatchRunner`.
@@ -291,7 +300,7 @@ class StoredResults:
         self.engine = engine
         self.work = work
         self.batch = batch
-        self._counts = Counts(batch.total, batch.completed, batch.failed)
+        self._counts = Counts(batch.total, batch.completed, batch.failed, batch.unexecuted)
         self._usage = _usage_of(batch.usage)
 
     @classmethod
@@ -364,7 +373,7 @@ class StoredResults:
     async def write_files(self, output: BlobWriter, errors: BlobWriter) -> tuple[int, int]:
         """Stream the rows in request order into the files; the counts and usage are summed on
         the way (memory: one fetch of rows)."""
-        written = failed = 0
+        written = failed = unexecuted = 0
         tokens = [0, 0, 0, 0]
         columns = (
             "ok",
@@ -385,13 +394,14 @@ class StoredResults:
                         tokens[k] += counts[k]
                 else:
                     error_lines.append(line)
+                    unexecuted += _never_ran(line)
             if ok_lines:
                 output.write(b"".join(ok_lines))
                 written += len(ok_lines)
             if error_lines:
                 errors.write(b"".join(error_lines))
                 failed += len(error_lines)
-        self._counts = Counts(self.batch.total, written, failed)
+        self._counts = Counts(self.batch.total, written, failed, unexecuted)
         self._usage = Usage(*tokens)
         return written, failed
 

@@ -71,6 +71,7 @@ __all__ = [
     "message_id",
     "stop_reason",
     "tool_use_id",
+    "upstream_message",
     "usage",
 ]
 
@@ -169,7 +170,7 @@ def error_body(status: int | None, body: Any, message: str | None = None) -> dic
     status with a message that speaks of a timeout ``timeout_error``, anything else
     ``api_error``.
     """
-    text = _upstream_message(body) or message
+    text = upstream_message(body) or message
     if not text:
         text = f"the upstream answered HTTP {status}" if status else "the upstream failed"
     if status is not None:
@@ -191,7 +192,9 @@ def error_type(status: int) -> str:
     return "invalid_request_error" if 400 <= status < 500 else "api_error"
 
 
-def _upstream_message(body: Any) -> str | None:
+def upstream_message(body: Any) -> str | None:
+    """The message of an error body: its ``error.message`` (OpenAI's envelope), or a bare
+    ``error``, ``message`` or ``detail`` string."""
     if not isinstance(body, Mapping):
         return None
     error = body.get("error")

@@ -51,7 +51,11 @@ class NewBatch:
     deadline: bool = True
     """Whether the batch expires after its completion window (``batchd run``: no deadline)."""
     dialect: str = "openai"
-    """The API asking (``openai`` or ``azure``; see :attr:`BatchRecord.dialect`)."""
+    """The API asking (``openai``, ``azure`` or ``anthropic``; see :attr:`BatchRecord.dialect`)."""
+    batch_id: str | None = None
+    """The id to give the batch (``None``: a new ``batch_`` id)."""
+    total: int = 0
+    """How many requests the batch has, when known before validation counts them."""
 
 
 class EngineHooks(Protocol):
@@ -139,7 +143,7 @@ async def find_batch(store: Store, scope: str | None, batch_id: str) -> BatchRec
     """The batch ``batch_id`` of ``scope`` (a project, or ``None``: any project), else
     :class:`NotFound`."""
     record = await store.get_batch(batch_id, project=scope) if is_batch_id(batch_id) else None
-    if record is None:
+    if record is None or record.deleted_at is not None:
         raise _not_found(batch_id)
     return record
 
@@ -187,7 +191,7 @@ class BatchService:
         _check_new(new)
         now = self.now()
         record = BatchRecord(
-            id=new_batch_id(),
+            id=new.batch_id or new_batch_id(),
             endpoint=new.endpoint,
             input_file_id=new.input_file_id,
             completion_window=new.completion_window,
@@ -198,6 +202,7 @@ class BatchService:
             output_expires_after=new.output_expires_after,
             project=project,
             dialect=new.dialect,
+            total=new.total,
         )
         limits = self.settings.limits_for(project)
         admission = BatchAdmission(
@@ -240,3 +245,26 @@ class BatchService:
         if batch.status in ("cancelling", "cancelled"):
             return batch
         raise Conflict(f"Cannot cancel a batch with status '{batch.status}'.")
+
+    async def delete(self, project: str, batch_id: str) -> BatchRecord:
+        """Delete the ended batch (hidden from then on) and its files; 400 while it runs."""
+        batch = await self.get(project, batch_id)
+        deleted = await self.store.delete_batch(batch_id, now=self.now(), project=project)
+        if deleted is None:
+            if batch.status not in lifecycle.TERMINAL:
+                raise InvalidRequest(
+                    f"Batch {batch_id} cannot be deleted while it is {batch.status}: only "
+                    "ended batches can be; cancel it first, then delete it once it has ended."
+                )
+            raise _not_found(batch_id)  # deleted meanwhile
+        gone = 0
+        for file_id in (deleted.input_file_id, deleted.output_file_id, deleted.error_file_id):
+            if file_id is not None:
+                gone += (
+                    await self.store.delete_file(file_id, now=self.now(), project=project)
+                    is not None
+                )
+        if gone:
+            self.engine.files_deleted()
+        log.info("batch %s: deleted (and %d files)", batch_id, gone)
+        return deleted

@@ -101,12 +101,21 @@ class FileService:
                 cap = UploadCap(room, _storage_full(limits.max_stored_bytes, used))
         return cap
 
-    def ingest(self, purpose: str | None, cap: UploadCap | None, *, hashed: bool = False) -> Ingest:
+    def ingest(
+        self,
+        purpose: str | None,
+        cap: UploadCap | None,
+        *,
+        hashed: bool = False,
+        limit: int | None = None,
+    ) -> Ingest:
         """Where the bytes of a new file go while they arrive: stored, and validated and indexed
         when ``purpose`` is ``batch``. ``purpose`` may be unknown (``None``) while the file
         streams in, when the client sent it after the file. ``hashed``: their SHA-256 is known
-        before the commit (:attr:`Ingest.hasher`)."""
-        limit = self.settings.max_file_bytes(purpose)
+        before the commit (:attr:`Ingest.hasher`). ``limit``: the file's size limit instead of
+        the purpose's (a file batchd writes itself)."""
+        if limit is None:
+            limit = self.settings.max_file_bytes(purpose)
         if cap is not None:
             limit = min(limit, cap.limit)
         return Ingest(
@@ -127,11 +136,13 @@ class FileService:
         purpose: str,
         expires_after: int | None = None,
         keep: bool = False,
+        limit: int | None = None,
     ) -> FileRecord:
         """Commit ``ingest`` as a new file of ``project`` (the ingest is aborted on any error).
-        ``expires_after``: seconds; ``None`` takes the default of the purpose, unless ``keep``."""
+        ``expires_after``: seconds; ``None`` takes the default of the purpose, unless ``keep``.
+        ``limit``: as for :meth:`ingest`."""
         try:
-            checked = self._check_upload(ingest, filename, purpose)
+            checked = self._check_upload(ingest, filename, purpose, limit)
         except BaseException:
             await ingest.abort()
             raise
@@ -168,9 +179,12 @@ class FileService:
             )
         return checked
 
-    def _check_upload(self, ingest: Ingest, filename: str, purpose: str) -> FilePurpose:
+    def _check_upload(
+        self, ingest: Ingest, filename: str, purpose: str, limit: int | None
+    ) -> FilePurpose:
         checked = self.check_purpose(purpose)
-        limit = self.settings.max_file_bytes(checked)
+        if limit is None:
+            limit = self.settings.max_file_bytes(checked)
         if ingest.size > limit:
             raise too_large(limit, checked)
         if (

@@ -27,13 +27,15 @@ async def resolve_cursor(
     kind: str,
     well_formed: Callable[[str], bool],
     lookup: Callable[[str], Awaitable[int | None]],
+    param: str = "after",
 ) -> int | None:
-    """The store sequence number of the ``after`` cursor object, or a 400 naming the bad id."""
+    """The store sequence number of the ``after`` cursor object, or a 400 naming the bad id
+    (and ``param``, the query parameter that gave it)."""
     if after is None:
         return None
     seq = await lookup(after) if well_formed(after) else None
     if seq is None:
         raise InvalidRequest(
-            f"Invalid 'after': no {kind} with id {after!r}.", param="after", code="invalid_value"
+            f"Invalid '{param}': no {kind} with id {after!r}.", param=param, code="invalid_value"
         )
     return seq

@@ -92,8 +92,22 @@ class Store(Protocol):
     ) -> BatchRecord | None: ...
     async def batch_cursor(self, batch_id: str, *, project: str | None = None) -> int | None: ...
     async def list_batches(
-        self, *, after_seq: int | None, limit: int, project: str | None = None
-    ) -> tuple[list[BatchRecord], bool]: ...
+        self,
+        *,
+        after_seq: int | None,
+        limit: int,
+        project: str | None = None,
+        before_seq: int | None = None,
+        dialect: str | None = None,
+    ) -> tuple[list[BatchRecord], bool]:
+        """Batches not deleted, newest first: older than ``after_seq``, or the ``limit`` just
+        newer than ``before_seq``; of one ``dialect`` when given. ``(page, has_more)``."""
+
+    async def delete_batch(
+        self, batch_id: str, *, now: int, project: str | None = None
+    ) -> BatchRecord | None:
+        """Mark an ended batch deleted; ``None`` when it is missing, not ended or deleted."""
+
     async def batches_with_status(self, statuses: Iterable[BatchStatus]) -> list[BatchRecord]: ...
     async def batch_status_counts(self) -> dict[str, int]:
         """How many batches have each status (those with none are left out)."""

@@ -63,6 +63,12 @@ class BatchRecord:
     ``api-version`` routes, whose batches always publish an error file, empty on success)."""
     ending: BatchEnding | None = None
     """How the running batch ends, once decided (see :mod:`batchd.core.lifecycle`)."""
+    unexecuted: int = 0
+    """Of the ``failed`` requests, those recorded as ``batch_cancelled`` or ``batch_expired``
+    (they never ran): set when the batch ends."""
+    deleted_at: int | None = None
+    """When the batch was deleted (Anthropic's ``DELETE`` of an ended batch): it is hidden from
+    every API from then on."""
     lease_epoch: int = 0
     """Raised by every claim of the batch: its holder passes it back with each change, which
     the store refuses once another engine has claimed the batch (fencing)."""

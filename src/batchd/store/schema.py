@@ -100,6 +100,11 @@ batches = sa.Table(
     sa.Column("enqueued_tokens", sa.BigInteger(), nullable=False, server_default="0"),
     # The API that created the batch (openai or azure; see BatchRecord.dialect).
     sa.Column("dialect", sa.String(16), nullable=False, server_default="openai"),
+    # Of the failed requests, those that never ran (cancelled or expired before they were sent):
+    # Anthropic's request_counts tell them apart.
+    sa.Column("unexecuted", sa.Integer(), nullable=False, server_default="0"),
+    # When the batch was deleted (Anthropic's DELETE of an ended batch): hidden from then on.
+    sa.Column("deleted_at", sa.BigInteger(), nullable=True),
     sa.Index("ix_batches_status", "status"),
     sa.Index("ix_batches_project", "project"),
 )

@@ -24,6 +24,7 @@ from batchd.core.lifecycle import (
     ACTIVE,
     ENQUEUED,
     RUNNABLE,
+    TERMINAL,
     BatchEnding,
     BatchEvent,
     BatchStatus,
@@ -486,14 +487,39 @@ class SQLStore:
         return int(rows[0][0]) if rows else None
 
     async def list_batches(
-        self, *, after_seq: int | None, limit: int, project: str | None = None
+        self,
+        *,
+        after_seq: int | None,
+        limit: int,
+        project: str | None = None,
+        before_seq: int | None = None,
+        dialect: str | None = None,
     ) -> tuple[list[BatchRecord], bool]:
         stmt = _in_project(sa.select(*_BATCH_COLUMNS), batches, project)
+        stmt = stmt.where(batches.c.deleted_at.is_(None))
+        if dialect is not None:
+            stmt = stmt.where(batches.c.dialect == dialect)
+        if before_seq is not None:  # the page just newer than the cursor, nearest first
+            stmt = stmt.where(batches.c.seq > before_seq).order_by(batches.c.seq)
+            rows, has_more = self._page(await self._fetch(stmt.limit(limit + 1)), limit)
+            return [self._batch(r) for r in reversed(rows)], has_more
         stmt = stmt.order_by(batches.c.seq.desc())
         if after_seq is not None:
             stmt = stmt.where(batches.c.seq < after_seq)
         rows, has_more = self._page(await self._fetch(stmt.limit(limit + 1)), limit)
         return [self._batch(r) for r in rows], has_more
+
+    async def delete_batch(
+        self, batch_id: str, *, now: int, project: str | None = None
+    ) -> BatchRecord | None:
+        """Mark the ended batch deleted (once); the batch after that, or ``None`` when it is
+        missing, deleted already or not ended."""
+        condition = sa.and_(
+            batches.c.deleted_at.is_(None),
+            batches.c.status.in_(sorted(TERMINAL)),
+            sa.true() if project is None else batches.c.project == project,
+        )
+        return await self._set_if(batch_id, condition, {"deleted_at": now})
 
     async def batches_with_status(self, statuses: Iterable[BatchStatus]) -> list[BatchRecord]:
         rows = await self._fetch(
@@ -505,7 +531,9 @@ class SQLStore:
 
     async def batch_status_counts(self) -> dict[str, int]:
         rows = await self._fetch(
-            sa.select(batches.c.status, sa.func.count().label("n")).group_by(batches.c.status)
+            sa.select(batches.c.status, sa.func.count().label("n"))
+            .where(batches.c.deleted_at.is_(None))
+            .group_by(batches.c.status)
         )
         return {str(row.status): int(row.n) for row in rows}
 
@@ -593,11 +621,11 @@ class SQLStore:
             sa.or_(batches.c.lease_owner.is_(None), batches.c.lease_expires_at < now),
         )
 
-    async def _set_lease(
+    async def _set_if(
         self, batch_id: str, condition: sa.ColumnElement[bool], values: dict[str, Any]
     ) -> BatchRecord | None:
-        """Set lease ``values`` if ``condition`` holds (compare-and-set); the batch after it,
-        or ``None`` when it is missing or the condition failed."""
+        """Set ``values`` (a lease, a deletion) if ``condition`` holds (compare-and-set); the
+        batch after it, or ``None`` when it is missing or the condition failed."""
 
         async def work(conn: AsyncConnection) -> BatchRecord | None:
             result = await conn.execute(
@@ -626,7 +654,7 @@ class SQLStore:
         )
         claimed: list[BatchRecord] = []
         for (batch_id,) in candidates:
-            batch = await self._set_lease(
+            batch = await self._set_if(
                 batch_id,
                 self._claimable(now),
                 {
@@ -643,7 +671,7 @@ class SQLStore:
         self, batch_id: str, *, owner: str, now: float, lease_seconds: float
     ) -> BatchRecord | None:
         """Extend ``owner``'s lease; the batch as it is now, or ``None`` if the lease was lost."""
-        return await self._set_lease(
+        return await self._set_if(
             batch_id, batches.c.lease_owner == owner, {"lease_expires_at": now + lease_seconds}
         )
 

@@ -1,0 +1,182 @@
+"""Anthropic's Message Batches API: ``/v1/messages/batches`` (create, list, retrieve, cancel,
+delete, results), for Anthropic's SDKs unchanged (``client.messages.batches``).
+
+Authentication, ``anthropic-version`` and the error envelope are those of
+:mod:`batchd.api.anthropic`; the work is done by
+:class:`~batchd.service.message_batches.MessageBatchService`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from starlette.responses import Response, StreamingResponse
+
+from batchd.api.anthropic import anthropic_version
+from batchd.api.deps import ProjectDep, Services, ServicesDep, project
+from batchd.api.openapi import answers, json_body
+from batchd.api.params import parse_limit
+from batchd.api.responses import JSONResponse
+from batchd.errors import PayloadTooLarge
+from batchd.protocol import (
+    AnthropicErrorResponse,
+    DeletedMessageBatch,
+    MessageBatch,
+    MessageBatchList,
+)
+from batchd.service.message_batches import MessageBatchService, message_batch_object
+from batchd.store import BatchRecord
+
+__all__ = ["router"]
+
+router = APIRouter(
+    prefix="/messages/batches",
+    tags=["anthropic"],
+    dependencies=[Depends(project), Depends(anthropic_version)],
+)
+
+
+def _answers(
+    ok: type[MessageBatch | MessageBatchList | DeletedMessageBatch] | None,
+    *errors: int,
+    ok_content: dict[str, object] | None = None,
+) -> dict[int | str, dict[str, object]]:
+    # 400 on every route: a missing or malformed anthropic-version
+    return answers(ok, 400, *errors, ok_content=ok_content, envelope=AnthropicErrorResponse)
+
+
+def _service(svc: Services) -> MessageBatchService:
+    return MessageBatchService(svc.batches, svc.files, svc.settings)
+
+
+def _answer(request: Request, svc: Services, batch: BatchRecord) -> Response:
+    return JSONResponse(_object(request, svc, batch))
+
+
+def _object(request: Request, svc: Services, batch: BatchRecord) -> dict[str, object]:
+    return message_batch_object(batch, str(request.base_url), now=svc.batches.now())
+
+
+_CREATE_BODY = json_body(
+    required=["requests"],
+    properties={
+        "requests": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["custom_id", "params"],
+                "properties": {
+                    "custom_id": {"type": "string", "pattern": "^[a-zA-Z0-9_-]{1,64}$"},
+                    "params": {
+                        "type": "object",
+                        "required": ["model", "max_tokens", "messages"],
+                    },
+                },
+            },
+        }
+    },
+)
+
+
+@router.post(
+    "",
+    name="create_message_batch",
+    summary="Create a Message Batch (Anthropic's Message Batches API)",
+    openapi_extra=_CREATE_BODY,
+    responses=_answers(MessageBatch, 400, 404, 413, 429, 507),
+)
+async def create_message_batch(request: Request, svc: ServicesDep, project: ProjectDep) -> Response:
+    limit = svc.settings.message_batch_max_bytes
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(
+            f"The message batch is larger than this server accepts ({limit:,} bytes; setting "
+            "message_batch_max_bytes). Split the requests into several batches.",
+            code="request_too_large",
+        )
+    batch = await _service(svc).create(project, request.stream())
+    return _answer(request, svc, batch)
+
+
+@router.get(
+    "",
+    name="list_message_batches",
+    summary="List Message Batches, newest first",
+    responses=_answers(MessageBatchList, 400),
+)
+async def list_message_batches(
+    request: Request,
+    svc: ServicesDep,
+    project: ProjectDep,
+    before_id: Annotated[str | None, Query()] = None,
+    after_id: Annotated[str | None, Query()] = None,
+    limit: Annotated[str | None, Query(description="1 to 1000, default 20")] = None,
+) -> Response:
+    size = parse_limit(limit, default=20, maximum=1000)
+    page = await _service(svc).list(project, before_id=before_id, after_id=after_id, limit=size)
+    data = [_object(request, svc, batch) for batch in page.data]
+    return JSONResponse(
+        {
+            "data": data,
+            "has_more": page.has_more,
+            "first_id": page.data[0].id if page.data else None,
+            "last_id": page.data[-1].id if page.data else None,
+        }
+    )
+
+
+@router.get(
+    "/{batch_id}",
+    name="retrieve_message_batch",
+    summary="Retrieve a Message Batch",
+    responses=_answers(MessageBatch, 404),
+)
+async def retrieve_message_batch(
+    batch_id: str, request: Request, svc: ServicesDep, project: ProjectDep
+) -> Response:
+    return _answer(request, svc, await _service(svc).get(project, batch_id))
+
+
+@router.post(
+    "/{batch_id}/cancel",
+    name="cancel_message_batch",
+    summary="Cancel a Message Batch",
+    responses=_answers(MessageBatch, 404, 409, 507),
+)
+async def cancel_message_batch(
+    batch_id: str, request: Request, svc: ServicesDep, project: ProjectDep
+) -> Response:
+    return _answer(request, svc, await _service(svc).cancel(project, batch_id))
+
+
+@router.delete(
+    "/{batch_id}",
+    name="delete_message_batch",
+    summary="Delete an ended Message Batch and its results",
+    responses=_answers(DeletedMessageBatch, 400, 404, 507),
+)
+async def delete_message_batch(batch_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
+    deleted = await _service(svc).delete(project, batch_id)
+    return JSONResponse({"id": deleted.id, "type": "message_batch_deleted"})
+
+
+@router.get(
+    "/{batch_id}/results",
+    name="message_batch_results",
+    summary="Stream the results of an ended Message Batch (JSONL)",
+    responses=_answers(
+        None,
+        400,
+        404,
+        ok_content={"application/x-jsonl": {"schema": {"type": "string", "format": "binary"}}},
+    ),
+)
+async def message_batch_results(batch_id: str, svc: ServicesDep, project: ProjectDep) -> Response:
+    lines = await _service(svc).results(project, batch_id)
+    return StreamingResponse(
+        lines,
+        media_type="application/x-jsonl",
+        headers={"cache-control": "no-store", "x-content-type-options": "nosniff"},
+    )
