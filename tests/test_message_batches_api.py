@@ -319,3 +319,32 @@ def test_results_before_the_end_and_unknown_ids(tmp_path_factory: pytest.TempPat
             sdk.messages.batches.cancel("batch_nothere")
         sdk.messages.batches.cancel(created.id)
         assert wait_ended(sdk, created.id).processing_status == "ended"
+
+
+def test_a_batch_past_its_window_ends_with_expired_results(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """``expires_at`` is the completion window (here 3 s): the requests not run by then are
+    expired results and counts."""
+    root = tmp_path_factory.mktemp("message-batches-expire")
+    with (
+        served(
+            root,
+            {"aliases": [ALIAS], "max_concurrency": 1},
+            {"latency_ms": 400},
+            completion_window_seconds=3,
+        ) as env,
+        client(env, "-") as sdk,
+    ):
+        requests = [{"custom_id": f"x{i}", "params": params(f"Late {i}.")} for i in range(20)]
+        created = sdk.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+        assert created.expires_at - created.created_at == timedelta(seconds=3)
+        ended = wait_ended(sdk, created.id, timeout=30)
+        counts = ended.request_counts
+        assert counts.expired > 0
+        assert counts.succeeded + counts.expired == 20
+        assert counts.canceled == counts.errored == counts.processing == 0
+        kinds: dict[str, int] = {}
+        for line in sdk.messages.batches.results(created.id):
+            kinds[line.result.type] = kinds.get(line.result.type, 0) + 1
+        assert kinds == {"succeeded": counts.succeeded, "expired": counts.expired}
