@@ -299,20 +299,35 @@ def test_validation_errors_in_anthropic_s_words(env: Served) -> None:
     assert {b.id for b in openai_sdk(env).batches.list(limit=100)} == batches_before
 
 
-def test_results_before_the_end_and_unknown_ids(tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_results_before_the_end_limits_and_unknown_ids(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Results before the end are a 400; the project's limits apply to Message Batches (one
+    active batch here: a second is Anthropic's 429, and leaves no file); unknown ids are
+    404s."""
     root = tmp_path_factory.mktemp("message-batches-early")
+    limited = "key-of-a-limited-project-0123"
+    keys = [{"key": limited, "project": "lim", "limits": {"max_active_batches": 1}}]
     with (
-        served(root, {"aliases": [ALIAS], "max_concurrency": 1}, {"latency_ms": 300}) as env,
-        client(env, "-") as sdk,
+        served(
+            root, {"aliases": [ALIAS], "max_concurrency": 1}, {"latency_ms": 300}, api_keys=keys
+        ) as env,
+        client(env, limited) as sdk,
     ):
         requests = [{"custom_id": f"e{i}", "params": params(f"Early {i}.")} for i in range(4)]
         created = sdk.messages.batches.create(requests=requests)  # type: ignore[arg-type]
         early = httpx.get(
             f"{env.server.base_url}/v1/messages/batches/{created.id}/results",
-            headers={"x-api-key": "-", "anthropic-version": "2023-06-01"},
+            headers={"x-api-key": limited, "anthropic-version": "2023-06-01"},
         )
         assert early.status_code == 400, early.text
         assert "processing_status is 'ended'" in early.json()["error"]["message"]
+        files = OpenAI(base_url=env.server.api_url, api_key=limited, max_retries=0).files
+        files_before = {f.id for f in files.list()}
+        with pytest.raises(anthropic.RateLimitError, match="Too many active batches") as refused:
+            sdk.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+        assert refused.value.body["error"]["type"] == "rate_limit_error"  # type: ignore[index]
+        assert {f.id for f in files.list()} == files_before
         with pytest.raises(anthropic.NotFoundError):
             sdk.messages.batches.retrieve("msgbatch_nothere")
         with pytest.raises(anthropic.NotFoundError):
@@ -348,3 +363,26 @@ def test_a_batch_past_its_window_ends_with_expired_results(
         for line in sdk.messages.batches.results(created.id):
             kinds[line.result.type] = kinds.get(line.result.type, 0) + 1
         assert kinds == {"succeeded": counts.succeeded, "expired": counts.expired}
+
+
+def test_an_idempotency_key_makes_a_retried_create_one_batch(env: Served) -> None:
+    """With ``Idempotency-Key`` (a batchd extension, as on ``POST /v1/batches``) the create sent
+    again gets the first answer, not a second batch; other requests under the key are a 409."""
+    requests = [{"custom_id": f"i{i}", "params": params(f"Once {i}.")} for i in range(3)]
+    key = {"Idempotency-Key": "create-once-0001"}
+    files_before = {f.id for f in openai_sdk(env).files.list()}
+    with client(env) as sdk:
+        create = sdk.messages.batches.with_raw_response.create
+        first = create(requests=requests, extra_headers=key)  # type: ignore[arg-type]
+        again = create(requests=requests, extra_headers=key)  # type: ignore[arg-type]
+        assert again.parse().id == first.parse().id
+        assert again.headers["idempotent-replayed"] == "true"
+        assert "idempotent-replayed" not in first.headers
+        with pytest.raises(anthropic.ConflictError, match="another request"):
+            create(requests=requests[:2], extra_headers=key)  # type: ignore[arg-type]
+        listed = [b.id for b in sdk.messages.batches.list(limit=1000)]
+        assert listed.count(first.parse().id) == 1
+        wait_ended(sdk, first.parse().id)
+    # one input file (and one output file): the replays' were not kept
+    new_files = [f for f in openai_sdk(env).files.list() if f.id not in files_before]
+    assert sorted(f.purpose for f in new_files) == ["batch", "batch_output"]

@@ -140,3 +140,24 @@ def test_greedy_messages_come_back_from_the_cache(
     assert all("headers" in line["response"] for line in again.output)
     sent = [{**chat_body(body), "model": MODEL} for body in bodies]
     assert upstream_attempts(upstream, sent) == [1] * 5
+
+
+def test_a_message_batch_on_an_anthropic_route_is_relayed(client: OpenAI) -> None:
+    """Anthropic's Message Batches API on a route of an Anthropic-compatible upstream: each
+    request relayed as it is, each result the upstream's own Message."""
+    requests = [
+        {"custom_id": f"n{i}", "params": params(f"Relay {i}.", model=NATIVE)} for i in range(3)
+    ]
+    base_url = str(client.base_url).removesuffix("/").removesuffix("/v1")
+    with anthropic.Anthropic(base_url=base_url, api_key="-", max_retries=0) as sdk:
+        batch = sdk.messages.batches.create(requests=requests)  # type: ignore[arg-type]
+        batch_id = batch.id
+        wait_for_batch(client, None, batch_id, ("completed",))
+        assert sdk.messages.batches.retrieve(batch_id).request_counts.succeeded == 3
+        results = {line.custom_id: line.result for line in sdk.messages.batches.results(batch_id)}
+    for request in requests:
+        result = results[request["custom_id"]]
+        assert result.type == "succeeded"
+        expected = answers.anthropic_message(request["params"])
+        assert result.message.content[0].text == expected["content"][0]["text"]  # type: ignore[union-attr]
+        assert result.message.usage.input_tokens == expected["usage"]["input_tokens"]

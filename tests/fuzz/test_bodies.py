@@ -157,6 +157,7 @@ _POST_ROUTES = [
     "/v1/batches/batch_0123/cancel",
     "/v1/batches/batch_0123/retry",
     "/v1/messages",
+    "/v1/messages/batches",
     *_INFERENCE_ROUTES,
 ]
 _BIG = b'{"model": "' + b"m" * MAX_REQUEST_BODY_BYTES + b'"}'  # over the body limit
@@ -177,6 +178,51 @@ def test_raw_bodies(
     headers = {} if content_type is None else {"content-type": content_type}
     data = body if cuts is None else pieces(body, cuts)
     checked(quiet_api.request("POST", route, data=data, headers=headers))
+
+
+# -- Anthropic's Message Batches -----------------------------------------------------------------
+
+_PARAMS = _bodies(
+    {
+        "model": st.sampled_from(MODELS),
+        "max_tokens": st.integers(1, 8),
+        "messages": st.just([{"role": "user", "content": "hi"}]),
+    },
+    {"system": st.text(max_size=10), "temperature": st.floats(0, 1), "stream": st.just(False)},
+    {
+        "model": st.sampled_from(["nope", ""]) | JSON_VALUES,
+        "max_tokens": st.integers(-1, 0) | JSON_VALUES,
+        "messages": st.just([]) | JSON_VALUES,
+    },
+)
+_MESSAGE_BATCHES = _bodies(
+    {
+        "requests": st.lists(
+            _bodies(
+                {
+                    "custom_id": st.sampled_from(["a", "b", "c-1", "d_2"]),
+                    "params": _PARAMS,
+                },
+                {},
+                {"custom_id": st.sampled_from(["", "a b", "x" * 65, "é"]) | JSON_VALUES},
+            ),
+            max_size=4,
+        )
+    },
+    {},
+    {},
+)
+
+
+@fuzz()
+@given(value=_MESSAGE_BATCHES, cuts=st.none() | st.lists(st.integers(0, 400), max_size=3))
+def test_message_batch_bodies(quiet_api: Api, value: Any, cuts: list[int] | None) -> None:
+    """Any JSON body to ``POST /v1/messages/batches`` (whole or in pieces): a batch or a 4xx in
+    Anthropic's envelope, never a 5xx."""
+    body = json.dumps(value).encode()
+    data = body if cuts is None else pieces(body, cuts)
+    headers = {"content-type": "application/json", "anthropic-version": "2023-06-01"}
+    checked(quiet_api.request("POST", "/v1/messages/batches", data=data, headers=headers))
 
 
 # -- multipart uploads ----------------------------------------------------------------------------

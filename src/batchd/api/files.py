@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from batchd.api.deps import DialectDep, ProjectDep, ServicesDep
-from batchd.api.idempotent import idempotency_key, respond
+from batchd.api.idempotent import idempotency_key, once_streamed
 from batchd.api.openapi import answers
 from batchd.api.params import (
     EXPIRY_SECONDS_SCHEMA,
@@ -24,7 +24,7 @@ from batchd.core.files import Ingest
 from batchd.errors import InvalidRequest
 from batchd.protocol import UPLOAD_PURPOSES, FileDeleted, FileList, FileObject
 from batchd.runtime import Services
-from batchd.service.idempotency import Replay, digest_of
+from batchd.service.idempotency import digest_of
 from batchd.store.records import FileRecord
 
 __all__ = ["router"]
@@ -103,31 +103,28 @@ async def create_file(
     if keyed is None:
         upload = await _upload(request, svc, project, hashed=False)
         return JSONResponse(file_object(await _create(svc, project, upload), dialect))
-    service, key = keyed
-    name = f"{request.method} {request.url.path}"
-    first = await service.claim(project, key, name, None)
-    if first is not None:  # another request, or still running: a 409 before reading the upload
-        service.check_usable(first, name, None)
-    try:
-        upload = await _upload(request, svc, project, hashed=True)
-    except BaseException:
-        if first is None:
-            await service.release(project, key)
-        raise
-    ingest, filename, purpose, seconds = upload
-    assert ingest.hasher is not None
-    fields = (purpose, filename, str(seconds), ingest.hasher.hexdigest(), dialect)
-    digest = digest_of(field.encode() for field in fields)
-    if first is not None:  # answered already: the same upload gets that answer again
-        await ingest.abort()
-        return respond(service.replay(first, name, digest), replayed=True)
-    try:
-        body = orjson.dumps(file_object(await _create(svc, project, upload), dialect))
-    except BaseException:
-        await service.release(project, key)
-        raise
-    await service.complete(project, key, digest, 200, body)
-    return respond(Replay(200, body), replayed=False)
+
+    def digest(upload: _Upload) -> str:
+        ingest, filename, purpose, seconds = upload
+        assert ingest.hasher is not None
+        fields = (purpose, filename, str(seconds), ingest.hasher.hexdigest(), dialect)
+        return digest_of(field.encode() for field in fields)
+
+    async def discard(upload: _Upload) -> None:
+        await upload[0].abort()
+
+    async def create(upload: _Upload) -> bytes:
+        return orjson.dumps(file_object(await _create(svc, project, upload), dialect))
+
+    return await once_streamed(
+        request,
+        keyed,
+        project,
+        lambda: _upload(request, svc, project, hashed=True),
+        digest,
+        discard,
+        create,
+    )
 
 
 _Upload = tuple[Ingest, str, str, int | None]  # the bytes, filename, purpose, expires_after

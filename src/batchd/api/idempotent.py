@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from fastapi import Request
 from starlette.responses import Response
@@ -10,7 +11,9 @@ from starlette.responses import Response
 from batchd.runtime import Services
 from batchd.service.idempotency import HEADER, REPLAYED_HEADER, IdempotencyService, Replay
 
-__all__ = ["idempotency_key", "respond"]
+__all__ = ["idempotency_key", "once_streamed", "respond", "run_once"]
+
+T = TypeVar("T")
 
 
 def idempotency_key(request: Request, svc: Services) -> tuple[IdempotencyService, str] | None:
@@ -41,3 +44,40 @@ async def run_once(
     service, key = found
     name = f"{request.method} {request.url.path}"
     return respond(*await service.once(project, key, name, digest(), call))
+
+
+async def once_streamed(
+    request: Request,
+    keyed: tuple[IdempotencyService, str],
+    project: str,
+    read: Callable[[], Awaitable[T]],
+    digest: Callable[[T], str],
+    discard: Callable[[T], Awaitable[None]],
+    create: Callable[[T], Awaitable[bytes]],
+) -> Response:
+    """``create`` once per key, for a route whose body streams into storage (its digest known
+    only once it is read): the key is claimed before the body is read (a 409 at once for a key
+    in use), ``read`` takes the body in; then the first call's answer comes again (and what was
+    read is discarded), or ``create``'s answer is kept for the key."""
+    service, key = keyed
+    name = f"{request.method} {request.url.path}"
+    first = await service.claim(project, key, name, None)
+    if first is not None:  # another request, or still running: a 409 before reading the body
+        service.check_usable(first, name, None)
+    try:
+        taken = await read()
+    except BaseException:
+        if first is None:
+            await service.release(project, key)
+        raise
+    found = digest(taken)
+    if first is not None:  # answered already: the same body gets that answer again
+        await discard(taken)
+        return respond(service.replay(first, name, found), replayed=True)
+    try:
+        body = await create(taken)
+    except BaseException:
+        await service.release(project, key)
+        raise
+    await service.complete(project, key, found, 200, body)
+    return respond(Replay(200, body), replayed=False)

@@ -10,22 +10,28 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response, StreamingResponse
 
 from batchd.api.anthropic import anthropic_version
 from batchd.api.deps import ProjectDep, Services, ServicesDep, project
+from batchd.api.idempotent import idempotency_key, once_streamed
 from batchd.api.openapi import answers, json_body
 from batchd.api.params import parse_limit
 from batchd.api.responses import JSONResponse
-from batchd.errors import PayloadTooLarge
 from batchd.protocol import (
     AnthropicErrorResponse,
     DeletedMessageBatch,
     MessageBatch,
     MessageBatchList,
 )
-from batchd.service.message_batches import MessageBatchService, message_batch_object
+from batchd.service.message_batches import (
+    MessageBatchService,
+    StoredRequests,
+    message_batch_object,
+    too_large,
+)
 from batchd.store import BatchRecord
 
 __all__ = ["router"]
@@ -84,20 +90,34 @@ _CREATE_BODY = json_body(
     "",
     name="create_message_batch",
     summary="Create a Message Batch (Anthropic's Message Batches API)",
+    description="The inline `requests` become a batch of `/v1/messages` lines. An "
+    "`Idempotency-Key` header (a batchd extension, as on `POST /v1/batches`) makes a retried "
+    "create return the first call's answer instead of a second batch.",
     openapi_extra=_CREATE_BODY,
-    responses=_answers(MessageBatch, 400, 404, 413, 429, 507),
+    responses=_answers(MessageBatch, 400, 404, 409, 413, 429, 507),
 )
 async def create_message_batch(request: Request, svc: ServicesDep, project: ProjectDep) -> Response:
     limit = svc.settings.message_batch_max_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(
-            f"The message batch is larger than this server accepts ({limit:,} bytes; setting "
-            "message_batch_max_bytes). Split the requests into several batches.",
-            code="request_too_large",
-        )
-    batch = await _service(svc).create(project, request.stream())
-    return _answer(request, svc, batch)
+        raise too_large(limit)
+    service = _service(svc)
+    keyed = idempotency_key(request, svc)
+    if keyed is None:
+        return _answer(request, svc, await service.create(project, request.stream()))
+
+    async def create(stored: StoredRequests) -> bytes:
+        return orjson.dumps(_object(request, svc, await service.create_stored(project, stored)))
+
+    return await once_streamed(
+        request,
+        keyed,
+        project,
+        lambda: service.store(project, request.stream(), hashed=True),
+        lambda stored: stored.digest or "",
+        lambda stored: service.discard(project, stored),
+        create,
+    )
 
 
 @router.get(

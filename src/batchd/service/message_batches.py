@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -43,7 +44,9 @@ __all__ = [
     "ARCHIVE_SECONDS",
     "DIALECT",
     "MessageBatchService",
+    "StoredRequests",
     "message_batch_object",
+    "too_large",
 ]
 
 log = logging.getLogger("batchd")
@@ -142,6 +145,17 @@ def _request_path(error: dict[str, Any]) -> str:
     return where
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRequests:
+    """A Message Batch's requests, stored as its input file, before the batch is created."""
+
+    file_id: str
+    batch_id: str
+    count: int
+    digest: str | None
+    """The SHA-256 of the stored lines, when asked for."""
+
+
 class MessageBatchService:
     """Every operation of Anthropic's Message Batches API, over :class:`BatchService`."""
 
@@ -155,45 +169,58 @@ class MessageBatchService:
 
     async def create(self, project: str, body: AsyncIterator[bytes]) -> BatchRecord:
         """A new batch of the inline requests streamed in ``body`` (``{"requests": [...]}``):
-        parsed in pieces off the event loop into a stored, validated input file, then created
-        (the project's limits apply); 400 for a bad request, 404 for an unknown model, 413 past
+        :meth:`store`, then :meth:`create_stored`."""
+        return await self.create_stored(project, await self.store(project, body))
+
+    async def store(
+        self, project: str, body: AsyncIterator[bytes], *, hashed: bool = False
+    ) -> StoredRequests:
+        """The requests streamed in ``body``, parsed in pieces off the event loop into a
+        stored, validated input file; 400 for a bad request, 404 for an unknown model, 413 past
         ``message_batch_max_bytes`` or the project's file limits. The body is read to its end
-        whatever happens, so that the client gets the answer."""
+        whatever happens, so that the client gets the answer. ``hashed``: with the SHA-256 of
+        the stored lines (an ``Idempotency-Key``'s digest)."""
         try:
-            file_id, batch_id, count = await self._store_requests(project, body)
+            return await self._store_requests(project, body, hashed)
         except BaseException:
             await _drain(body, self.settings.message_batch_max_bytes)
             raise
+
+    async def create_stored(self, project: str, stored: StoredRequests) -> BatchRecord:
+        """The batch of ``stored`` (the project's batch limits apply), or its file deleted and
+        the refusal raised."""
         try:
-            await self._check_validation(file_id)
+            await self._check_validation(stored.file_id)
             batch = await self.batches.create(
                 project,
                 NewBatch(
-                    input_file_id=file_id,
+                    input_file_id=stored.file_id,
                     endpoint=MESSAGES,
                     output_expires_after=ARCHIVE_SECONDS,
                     dialect=DIALECT,
-                    batch_id=batch_id,
-                    total=count,
+                    batch_id=stored.batch_id,
+                    total=stored.count,
                 ),
             )
         except BaseException:
-            await self.files.delete(project, file_id)
+            await self.discard(project, stored)
             raise
-        log.info("message batch %s: %d requests in %s", batch.id, count, file_id)
+        log.info("message batch %s: %d requests in %s", batch.id, stored.count, stored.file_id)
         return batch
 
+    async def discard(self, project: str, stored: StoredRequests) -> None:
+        """Delete the input file of requests that will not be a batch."""
+        await self.files.delete(project, stored.file_id)
+
     async def _store_requests(
-        self, project: str, body: AsyncIterator[bytes]
-    ) -> tuple[str, str, int]:
-        """The requests of ``body`` as a stored batch input file: ``(file id, the batch's id,
-        how many requests)``."""
+        self, project: str, body: AsyncIterator[bytes], hashed: bool
+    ) -> StoredRequests:
         settings = self.settings
         parser = InlineRequests(max_requests=settings.message_batch_max_requests)
         cap = await self.files.upload_cap(project)
         # A line adds about 40 bytes to its request ("method", "url", the newline).
         limit = settings.message_batch_max_bytes + 64 * settings.message_batch_max_requests
-        ingest = self.files.ingest("batch", cap, limit=limit)
+        ingest = self.files.ingest("batch", cap, limit=limit, hashed=hashed)
         batch_id = new_message_batch_id()
         checked_model = False
 
@@ -209,7 +236,7 @@ class MessageBatchService:
             async for chunk in body:
                 received += len(chunk)
                 if received > settings.message_batch_max_bytes:
-                    raise _too_large(settings.message_batch_max_bytes)
+                    raise too_large(settings.message_batch_max_bytes)
                 pending += chunk
                 if len(pending) >= _PIECE:
                     await anyio.to_thread.run_sync(step, bytes(pending), False)
@@ -224,7 +251,7 @@ class MessageBatchService:
             await ingest.abort()
             if cap is not None and cap.error is not None and exc.limit == cap.limit:
                 raise cap.error from None
-            raise _too_large(settings.message_batch_max_bytes) from None
+            raise too_large(settings.message_batch_max_bytes) from None
         except BaseException:
             await ingest.abort()
             raise
@@ -236,7 +263,8 @@ class MessageBatchService:
             expires_after=ARCHIVE_SECONDS,
             limit=limit,
         )
-        return record.id, batch_id, parser.count
+        digest = None if ingest.hasher is None else ingest.hasher.hexdigest()
+        return StoredRequests(record.id, batch_id, parser.count, digest)
 
     def _check_model(self, model: str) -> None:
         names = self.settings.model_names
@@ -371,7 +399,8 @@ async def _drain(body: AsyncIterator[bytes], limit: int) -> None:
         return
 
 
-def _too_large(limit: int) -> PayloadTooLarge:
+def too_large(limit: int) -> PayloadTooLarge:
+    """The 413 of a Message Batch over ``message_batch_max_bytes``."""
     return PayloadTooLarge(
         f"The message batch is larger than this server accepts ({limit:,} bytes; setting "
         "message_batch_max_bytes). Split the requests into several batches.",
