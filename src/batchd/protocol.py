@@ -6,6 +6,7 @@ some clients read keys without ``.get``. The status enums are ``Literal`` types.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -14,6 +15,7 @@ from batchd.core.lifecycle import BatchStatus
 
 __all__ = [
     "BATCH_ENDPOINTS",
+    "MESSAGES_ENDPOINT",
     "UPLOAD_PURPOSES",
     "AnthropicErrorDetail",
     "AnthropicErrorResponse",
@@ -39,6 +41,7 @@ __all__ = [
     "Model",
     "ModelList",
     "OutputTokensDetails",
+    "rfc3339",
 ]
 
 # The one definition of the statuses (and their groups) is the lifecycle's.
@@ -64,13 +67,16 @@ UPLOAD_PURPOSES: tuple[FilePurpose, ...] = (
 )
 
 # The endpoints a batch may target on this server, with the request-body fields each one requires.
+#: Anthropic's Messages API: served synchronously, and as lines of batches.
+MESSAGES_ENDPOINT = "/v1/messages"
+
 BATCH_ENDPOINTS: dict[str, tuple[str, ...]] = {
     "/v1/chat/completions": ("messages",),
     "/v1/completions": ("prompt",),
     "/v1/embeddings": ("input",),
     "/v1/responses": ("input",),
     "/v1/moderations": ("input",),
-    "/v1/messages": ("max_tokens", "messages"),  # Anthropic's Messages (batchd extension)
+    MESSAGES_ENDPOINT: ("max_tokens", "messages"),  # Anthropic's Messages (batchd extension)
 }
 
 
@@ -212,6 +218,11 @@ class AnthropicErrorResponse(_Wire):
     type: Literal["error"]
     error: AnthropicErrorDetail
     request_id: str | None = None
+
+
+def rfc3339(epoch: int) -> str:
+    """A Unix time as Anthropic's APIs write times: RFC 3339 in UTC, ``Z``."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
 
 
 class MessageBatchRequestCounts(_Wire):

@@ -23,7 +23,7 @@ import simdjson
 
 from batchd.config import ModelNames, Settings
 from batchd.core.request_index import RequestIndexWriter
-from batchd.protocol import BATCH_ENDPOINTS
+from batchd.protocol import BATCH_ENDPOINTS, MESSAGES_ENDPOINT
 
 __all__ = [
     "BOM",
@@ -124,14 +124,10 @@ def normalize_url(url: str) -> str:
     return url
 
 
-#: The endpoint of Anthropic's Messages, whose batches have Anthropic's request limit.
-_MESSAGES = "/v1/messages"
-
-
 def max_requests_for(settings: Settings, endpoint: str) -> int:
     """How many requests a batch of ``endpoint`` may have: ``message_batch_max_requests`` for
     Messages (Anthropic's 100,000), ``max_requests_per_batch`` (OpenAI's 50,000) otherwise."""
-    if normalize_url(endpoint) == _MESSAGES:
+    if normalize_url(endpoint) == MESSAGES_ENDPOINT:
         return settings.message_batch_max_requests
     return settings.max_requests_per_batch
 

@@ -18,7 +18,7 @@ from batchd.api.anthropic import anthropic_version
 from batchd.api.deps import ProjectDep, Services, ServicesDep, project
 from batchd.api.idempotent import idempotency_key, once_streamed
 from batchd.api.openapi import answers, json_body
-from batchd.api.params import parse_limit
+from batchd.api.params import anthropic_page, one_cursor, parse_limit
 from batchd.api.responses import JSONResponse
 from batchd.protocol import (
     AnthropicErrorResponse,
@@ -135,16 +135,10 @@ async def list_message_batches(
     limit: Annotated[str | None, Query(description="1 to 1000, default 20")] = None,
 ) -> Response:
     size = parse_limit(limit, default=20, maximum=1000)
+    one_cursor(after_id, before_id)
     page = await _service(svc).list(project, before_id=before_id, after_id=after_id, limit=size)
     data = [_object(request, svc, batch) for batch in page.data]
-    return JSONResponse(
-        {
-            "data": data,
-            "has_more": page.has_more,
-            "first_id": page.data[0].id if page.data else None,
-            "last_id": page.data[-1].id if page.data else None,
-        }
-    )
+    return JSONResponse(anthropic_page(data, page.has_more))
 
 
 @router.get(

@@ -16,7 +16,9 @@ __all__ = [
     "EXPIRY_SECONDS_SCHEMA",
     "MAX_EXPIRY",
     "MIN_EXPIRY",
+    "anthropic_page",
     "check_expiry_seconds",
+    "one_cursor",
     "parse_choice",
     "parse_integer",
     "parse_limit",
@@ -77,6 +79,22 @@ def parse_limit(raw: str | None, *, default: int, maximum: int) -> int:
             code="integer_above_max_value",
         )
     return value
+
+
+def one_cursor(after_id: str | None, before_id: str | None) -> None:
+    """Anthropic's lists page from ``after_id`` or ``before_id``, not both."""
+    if after_id is not None and before_id is not None:
+        raise InvalidRequest("Specify at most one of after_id and before_id.", param="before_id")
+
+
+def anthropic_page(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    """A page of Anthropic's lists: ``first_id`` and ``last_id`` those of ``data``'s ends."""
+    return {
+        "data": data,
+        "has_more": has_more,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+    }
 
 
 def parse_choice(raw: str | None, *, name: str, choices: Collection[str], default: str) -> str:

@@ -36,7 +36,6 @@ import math
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -49,10 +48,10 @@ from starlette.types import Receive, Scope, Send
 from batchd.api.deps import Dialect, DialectDep, Services, project, services
 from batchd.api.errors import ANTHROPIC_VERSION, envelope
 from batchd.api.openapi import answers, json_body
-from batchd.api.params import parse_limit, read_json_object
+from batchd.api.params import anthropic_page, one_cursor, parse_limit, read_json_object
 from batchd.api.responses import JSONResponse
 from batchd.errors import APIError, BadGateway, GatewayTimeout, InvalidRequest, NotFound
-from batchd.protocol import ErrorResponse, Model, ModelList
+from batchd.protocol import ErrorResponse, Model, ModelList, rfc3339
 from batchd.providers import Provider, ProviderResult
 from batchd.providers.base import ProviderStream, ProviderStreamError
 
@@ -209,7 +208,7 @@ class AnthropicModelList(BaseModel):
     last_id: str | None
 
 
-_CREATED_AT = datetime.fromtimestamp(_STARTED_AT, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+_CREATED_AT = rfc3339(_STARTED_AT)
 _LIFECYCLES = ("active", "deprecated", "retired")
 _LIST_LIMIT, _LIST_MAX = 20, 1000
 
@@ -320,8 +319,7 @@ def _anthropic_page(request: Request, svc: Services, names: list[str]) -> dict[s
     query = request.query_params
     limit = parse_limit(query.get("limit"), default=_LIST_LIMIT, maximum=_LIST_MAX)
     after, before = query.get("after_id"), query.get("before_id")
-    if after is not None and before is not None:
-        raise InvalidRequest("Specify at most one of after_id and before_id.", param="before_id")
+    one_cursor(after, before)
     lifecycles = [*query.getlist("lifecycle[]"), *query.getlist("lifecycle")]
     for value in lifecycles:
         if value not in _LIFECYCLES:
@@ -345,12 +343,7 @@ def _anthropic_page(request: Request, svc: Services, names: list[str]) -> dict[s
     else:
         start = 0 if after is None else names.index(after) + 1
         page, has_more = names[start : start + limit], start + limit < len(names)
-    return AnthropicModelList(
-        data=[_anthropic_model(name, svc) for name in page],
-        has_more=has_more,
-        first_id=page[0] if page else None,
-        last_id=page[-1] if page else None,
-    ).model_dump()
+    return anthropic_page([_anthropic_model(name, svc).model_dump() for name in page], has_more)
 
 
 # -- the relay --------------------------------------------------------------------------------

@@ -80,6 +80,7 @@ __all__ = [
     "Usage",
     "is_cached",
     "is_ok",
+    "never_ran",
     "out_of_range",
     "records",
     "usage_tokens",
@@ -92,6 +93,14 @@ _KEYS = ("id", "custom_id", "response", "error")
 CACHE_HEADER = "x-batchd-cache"
 #: The error codes of requests that never ran (see :data:`batchd.engine.finalize.CANCELLED`).
 UNEXECUTED = frozenset({"batch_cancelled", "batch_expired"})
+
+
+def never_ran(record: dict[str, Any]) -> bool:
+    """Whether a result record is a request recorded as cancelled or expired before it ran."""
+    error = record.get("error")
+    return isinstance(error, dict) and error.get("code") in UNEXECUTED
+
+
 """The ``response.headers`` key of an answer from the result cache (value ``hit``)."""
 _MAX_INDEX_DIGITS = 18
 _IOV_MAX = min(1024, os.sysconf("SC_IOV_MAX")) if hasattr(os, "sysconf") else 16
@@ -344,9 +353,7 @@ def _replay(fd: int, path: Path, total: int) -> _Replay:
                 _add_tokens(state.tokens, _tokens_of(response))
             else:
                 state.failed += 1
-                error = record["error"]
-                if error is not None and error.get("code") in UNEXECUTED:
-                    state.unexecuted += 1
+                state.unexecuted += never_ran(record)
     state.end = end
     size = os.fstat(fd).st_size
     if end < size:

@@ -31,7 +31,7 @@ import orjson
 from batchd.core.lifecycle import TERMINAL
 from batchd.engine.dispatch import Dispatch, Engine
 from batchd.engine.inputs import Span
-from batchd.engine.journal import UNEXECUTED, Counts, JournalEntry, Usage
+from batchd.engine.journal import Counts, JournalEntry, Usage, never_ran
 from batchd.errors import StoreError
 from batchd.storage import BlobWriter
 from batchd.store import BatchRecord
@@ -286,9 +286,8 @@ class RangeRunner:
 def _never_ran(line: bytes) -> bool:
     """Whether the error line is a request recorded as cancelled or expired before it ran."""
     if b"batch_cancelled" not in line and b"batch_expired" not in line:
-        return False
-    error = orjson.loads(line).get("error")
-    return isinstance(error, dict) and error.get("code") in UNEXECUTED
+        return False  # most error lines: not parsed
+    return never_ran(orjson.loads(line))
 
 
 class StoredResults:

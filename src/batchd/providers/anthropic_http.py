@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 from pydantic import Field, field_validator
 from pyreqwest.http import HeaderMap
 
+from batchd.protocol import MESSAGES_ENDPOINT
 from batchd.providers.base import ProviderOptions
 from batchd.providers.messages_stream import error_type
 from batchd.providers.openai_http import HTTPOptions, HTTPProvider, ReplicaOptions
@@ -38,7 +39,7 @@ from batchd.providers.openai_http import HTTPOptions, HTTPProvider, ReplicaOptio
 __all__ = ["MESSAGES", "AnthropicOptions", "AnthropicProvider", "error_type"]
 
 #: The endpoint this provider serves.
-MESSAGES = "/v1/messages"
+MESSAGES = MESSAGES_ENDPOINT
 
 
 def _api_root(url: str) -> str:

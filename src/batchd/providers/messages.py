@@ -62,6 +62,7 @@ from typing import Any
 
 import orjson
 
+from batchd.protocol import MESSAGES_ENDPOINT
 from batchd.providers.base import Provider, ProviderRequest, ProviderResult, ProviderStream
 from batchd.providers.messages_stream import (
     MessagesStream,
@@ -83,7 +84,7 @@ __all__ = [
 ]
 
 CHAT = "/v1/chat/completions"
-MESSAGES = "/v1/messages"
+MESSAGES = MESSAGES_ENDPOINT
 
 _ROUTE = "on this route (it translates Messages to chat completions)"
 #: Top-level parameters refused when set (not null, empty or off), with why.

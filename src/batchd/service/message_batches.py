@@ -20,9 +20,8 @@ What Anthropic's API says and where it comes from:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
@@ -32,10 +31,11 @@ from batchd.config import Settings
 from batchd.core import lifecycle
 from batchd.errors import InvalidRequest, NotFound, PayloadTooLarge
 from batchd.ids import is_batch_id, new_message_batch_id
+from batchd.protocol import MESSAGES_ENDPOINT, rfc3339
 from batchd.service.batches import BatchService, NewBatch
 from batchd.service.files import FileService
 from batchd.service.message_requests import InlineRequests
-from batchd.service.message_results import ResultLines, errored_line
+from batchd.service.message_results import ResultLines, errored_line, result_line
 from batchd.service.pages import Page, resolve_cursor
 from batchd.storage import BlobTooLarge
 from batchd.store import BatchRecord
@@ -52,7 +52,6 @@ __all__ = [
 log = logging.getLogger("batchd")
 
 DIALECT = "anthropic"
-MESSAGES = "/v1/messages"
 #: How long a Message Batch's results are kept after it was created (Anthropic: 29 days).
 ARCHIVE_SECONDS = 29 * 24 * 3600
 #: The body is parsed in pieces of about this size, each in a worker thread.
@@ -67,9 +66,7 @@ _STATUS = {
 
 
 def _rfc3339(epoch: int | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+    return None if epoch is None else rfc3339(epoch)
 
 
 def _ended_at(batch: BatchRecord) -> int | None:
@@ -195,7 +192,7 @@ class MessageBatchService:
                 project,
                 NewBatch(
                     input_file_id=stored.file_id,
-                    endpoint=MESSAGES,
+                    endpoint=MESSAGES_ENDPOINT,
                     output_expires_after=ARCHIVE_SECONDS,
                     dialect=DIALECT,
                     batch_id=stored.batch_id,
@@ -267,6 +264,8 @@ class MessageBatchService:
         return StoredRequests(record.id, batch_id, parser.count, digest)
 
     def _check_model(self, model: str) -> None:
+        """The 404 of an unknown model as soon as the first request is parsed, not after a
+        body of up to 256 MB (the stored file's validation would find it too, at the end)."""
         names = self.settings.model_names
         if model not in names:
             raise NotFound(
@@ -300,9 +299,7 @@ class MessageBatchService:
         self, project: str, *, before_id: str | None, after_id: str | None, limit: int
     ) -> Page[BatchRecord]:
         """The project's Message Batches, newest first: after ``after_id`` (older), or the
-        page just before ``before_id`` (newer)."""
-        if before_id is not None and after_id is not None:
-            raise InvalidRequest("Send either before_id or after_id, not both.", param="before_id")
+        page just before ``before_id`` (newer); one of them at most (:func:`one_cursor`)."""
         store = self.batches.store
 
         async def cursor(value: str | None, param: str) -> int | None:
@@ -348,7 +345,7 @@ class MessageBatchService:
             )
         if batch.status == "failed":
             _, chunks = await self.files.content(project, batch.input_file_id)
-            return _refused(chunks, _refusal(batch))
+            return _converted([chunks], _refused(_refusal(batch)))
         sources = []
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id is not None:
@@ -362,9 +359,12 @@ def _refusal(batch: BatchRecord) -> str:
     return f"The batch was refused before any request ran: {message or 'validation failed'}"
 
 
-async def _converted(sources: list[AsyncIterator[bytes]]) -> AsyncIterator[bytes]:
+async def _converted(
+    sources: list[AsyncIterator[bytes]], convert: Callable[[bytes], bytes] = result_line
+) -> AsyncIterator[bytes]:
+    """Every line of ``sources`` (streamed files) converted, each chunk in a worker thread."""
     for chunks in sources:
-        lines = ResultLines()
+        lines = ResultLines(convert)
         async for chunk in chunks:
             converted = await anyio.to_thread.run_sync(lines.feed, chunk)
             if converted:
@@ -373,17 +373,13 @@ async def _converted(sources: list[AsyncIterator[bytes]]) -> AsyncIterator[bytes
             yield tail
 
 
-async def _refused(chunks: AsyncIterator[bytes], message: str) -> AsyncIterator[bytes]:
-    """An ``errored`` result for every request of the input file."""
-    pending = b""
-    async for chunk in chunks:
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        out = [errored_line(orjson.loads(line)["custom_id"], message) for line in lines if line]
-        if out:
-            yield b"".join(out)
-    if pending.strip():
-        yield errored_line(orjson.loads(pending)["custom_id"], message)
+def _refused(message: str) -> Callable[[bytes], bytes]:
+    """An input line as an ``errored`` result with ``message``."""
+
+    def convert(line: bytes) -> bytes:
+        return errored_line(orjson.loads(line)["custom_id"], message)
+
+    return convert
 
 
 async def _drain(body: AsyncIterator[bytes], limit: int) -> None:

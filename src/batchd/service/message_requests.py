@@ -51,6 +51,7 @@ import ijson  # type: ignore[import-untyped]
 import orjson
 
 from batchd.errors import InvalidRequest
+from batchd.protocol import MESSAGES_ENDPOINT
 
 __all__ = ["InlineRequests"]
 
@@ -83,6 +84,13 @@ _CARRY: Final = 2 * _ESCAPE - 1  # bytes kept for an escape pair split across ch
 _ABSENT: Final = 0
 _OPEN: Final = 1  # begun: a list (or an object, or a scalar)
 _CLOSED: Final = 2  # ended (or, for an object, its first key seen)
+
+
+def _required(obj: dict[str, Any], at: str, key: str) -> Any:
+    """``obj[key]``, or pydantic's "Field required" at ``at.key``."""
+    if key not in obj:
+        raise _invalid(f"{at}.{key}", "Field required")
+    return obj[key]
 
 
 def _invalid(path: str, problem: str) -> InvalidRequest:
@@ -237,9 +245,7 @@ class _Requests:
         at = f"requests.{self.count}"
         if type(item) is not dict:
             raise _invalid(at, "Input should be a valid dictionary")
-        if "custom_id" not in item:
-            raise _invalid(f"{at}.custom_id", "Field required")
-        custom_id = item["custom_id"]
+        custom_id = _required(item, at, "custom_id")
         if type(custom_id) is not str or _custom_id_ok(custom_id) is None:
             raise _invalid(f"{at}.custom_id", f"String should match pattern '{_CUSTOM_ID_PATTERN}'")
         if custom_id in self._ids:
@@ -248,9 +254,7 @@ class _Requests:
                 f"Duplicate custom_id {custom_id!r}: each request of a batch needs a unique "
                 "custom_id.",
             )
-        if "params" not in item:
-            raise _invalid(f"{at}.params", "Field required")
-        params = item["params"]
+        params = _required(item, at, "params")
         if type(params) is not dict:
             raise _invalid(f"{at}.params", "Input should be a valid dictionary")
         self._check_params(f"{at}.params", params)
@@ -260,9 +264,7 @@ class _Requests:
         return custom_id, params
 
     def _check_params(self, at: str, params: dict[str, Any]) -> None:
-        if "model" not in params:
-            raise _invalid(f"{at}.model", "Field required")
-        model = params["model"]
+        model = _required(params, at, "model")
         if type(model) is not str:
             raise _invalid(f"{at}.model", "Input should be a valid string")
         if not model:
@@ -273,16 +275,12 @@ class _Requests:
                 f"{model!r} differs from {self.model!r} of requests.0: batchd runs each batch "
                 "on one model; send one batch per model.",
             )
-        if "max_tokens" not in params:
-            raise _invalid(f"{at}.max_tokens", "Field required")
-        max_tokens = params["max_tokens"]
+        max_tokens = _required(params, at, "max_tokens")
         if type(max_tokens) is not int:
             raise _invalid(f"{at}.max_tokens", "Input should be a valid integer")
         if max_tokens < 1:
             raise _invalid(f"{at}.max_tokens", "Input should be greater than or equal to 1")
-        if "messages" not in params:
-            raise _invalid(f"{at}.messages", "Field required")
-        messages = params["messages"]
+        messages = _required(params, at, "messages")
         if type(messages) is not list:
             raise _invalid(f"{at}.messages", "Input should be a valid list")
         if not messages:
@@ -307,7 +305,7 @@ class InlineRequests:
     so does any call after it. Blocking CPU work: run it in a worker thread.
     """
 
-    def __init__(self, *, max_requests: int, url: str = "/v1/messages") -> None:
+    def __init__(self, *, max_requests: int, url: str = MESSAGES_ENDPOINT) -> None:
         self._structure = _Structure(max_requests)
         self._requests = _Requests(self._structure, url)
         # Each coroutine is given an object whose ``send`` is the next C coroutine itself (the

@@ -32,6 +32,7 @@ writes none, so such a file is corrupt. Blank lines are skipped by :class:`Resul
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
@@ -94,11 +95,13 @@ def errored_line(
 
 class ResultLines:
     """Converts a file streamed in chunks (split anywhere, lines straddling them) line by line:
-    :meth:`feed` each chunk, then :meth:`finish` once for a last line without its ``\\n``."""
+    :meth:`feed` each chunk, then :meth:`finish` once for a last line without its ``\\n``.
+    ``convert``: what each line becomes (:func:`result_line` by default)."""
 
-    __slots__ = ("_pending",)
+    __slots__ = ("_convert", "_pending")
 
-    def __init__(self) -> None:
+    def __init__(self, convert: Callable[[bytes], bytes] = result_line) -> None:
+        self._convert = convert
         self._pending: list[bytes] = []
         """The start of a line not ended yet (pieces, so a long line is joined once)."""
 
@@ -117,18 +120,18 @@ class ResultLines:
             whole = chunk[: end + 1] if end + 1 < len(chunk) else chunk
         if end + 1 < len(chunk):
             self._pending.append(chunk[end + 1 :])
-        return _convert(whole.split(b"\n"))
+        return self._lines(whole.split(b"\n"))
 
     def finish(self) -> bytes:
         """The result of a last line the chunks did not end with ``\\n`` (``b""`` when none);
         the converter is ready for another file after it."""
         rest = b"".join(self._pending)
         self._pending.clear()
-        return _convert([rest])
+        return self._lines([rest])
 
-
-def _convert(lines: list[bytes]) -> bytes:
-    return b"".join([result_line(line) for line in lines if line and not line.isspace()])
+    def _lines(self, lines: list[bytes]) -> bytes:
+        convert = self._convert
+        return b"".join([convert(line) for line in lines if line and not line.isspace()])
 
 
 def _line(custom_id: str, result: dict[str, Any]) -> bytes:
